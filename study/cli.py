@@ -1,0 +1,122 @@
+"""The ``study`` command: parses arguments and hands over to the modules that do the work."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from study import config
+from study.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hyperparameter studies of top-down attention in LeNet-style networks.")
+
+Space = Annotated[Path, typer.Argument(help="search-space YAML, e.g. searchspaces/smoke.yaml")]
+Sets = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045 - typer needs Optional here
+    "--set", help="override a dotted key, e.g. --set train.epochs=2 (repeatable)")]
+ResultsDir = Annotated[Path, typer.Option("--results", help="where studies write")]
+
+
+def _fail(err: UserError) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+def _claim(study: config.Study, results: Path) -> Path:
+    study_dir = results / study.name
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise UserError(f"{study_dir} already holds results; remove it or pass --name NEW_NAME")
+    return study_dir
+
+
+@app.command()
+def run(
+    space: Space,
+    sets: Sets = None,
+    results: ResultsDir = Path("results"),
+    name: Annotated[Optional[str], typer.Option(help="study name (default: the file's)")] = None,  # noqa: UP045
+    address: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="existing Ray cluster, e.g. 127.0.0.1:6379 (default: start an embedded one)")] = None,
+) -> None:
+    """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
+    try:
+        study = config.load(space, [*(sets or []), *([f"name={name}"] if name else [])])
+        study_dir = _claim(study, results)
+        from study import tune
+
+        tune.run(study, study_dir, address=address)
+    except UserError as err:
+        _fail(err)
+    typer.echo(f"results in {study_dir}; next: study analyze {study_dir}")
+
+
+@app.command()
+def trial(
+    space: Space,
+    sets: Sets = None,
+    results: ResultsDir = Path("results"),
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+) -> None:
+    """One trial in this process, without Ray, of the file's sections as they stand (after
+    --set); the space is not sampled. Writes results/<name>-trial/ like a one-trial study."""
+    try:
+        study = config.load(space, sets or [])
+    except UserError as err:
+        _fail(err)
+    from study import results as result_files
+    from study.train import fit
+
+    params = {key: config.encode(config.get(study, key)) for key in study.space}
+    study_dir = results / f"{study.name}-trial"
+    trial_id = f"trial-{uuid.uuid4().hex[:8]}"
+    shown = ", ".join(f"{k}={v}" for k, v in params.items())
+    typer.echo(f"trial {trial_id}: {shown}, seed {seed}")
+
+    def progress(row: dict) -> None:
+        typer.echo(f"  epoch {row['epoch']:3d}  train {row['train_loss']:.4f}  "
+                   f"val {row['val_loss']:.4f}  ({row['seconds']:.1f} s)")
+
+    outcome = fit(study, seed, report=progress)
+    result_files.write_study(study_dir, study)
+    result_files.write_trial(study_dir, trial_id, seed, params, outcome)
+    result_files.consolidate(study_dir)
+    typer.echo(f"best epoch {outcome.best_epoch}: val {outcome.best_val_loss:.4f}, test "
+               f"{outcome.test_loss.mean():.4f}, exact {outcome.test_correct.mean():.3f} "
+               f"on {outcome.device} in {outcome.wall_s:.1f} s -> {study_dir}")
+
+
+@app.command()
+def analyze(
+    results_dir: Annotated[Path, typer.Argument(help="a study's results, e.g. results/smoke")],
+    by: Annotated[Optional[str], typer.Option(help="space key to compare by")] = None,  # noqa: UP045
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Wilcoxon signed-rank tests of each level against the reference, on per-sample losses."""
+    from study import analysis
+
+    try:
+        report = analysis.compare(results_dir, by)
+    except UserError as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"study {report['study']}: {report['question']}")
+    typer.echo(f"factor {report['factor']}, data {report['data_fingerprint']}")
+    for row in report["comparisons"]:
+        typer.echo(
+            f"  {row['level']} vs {row['reference']}: n={row['n']}  "
+            f"mean loss {row['mean_loss']:.4f} vs {row['mean_loss_reference']:.4f}  "
+            f"exact acc {row['exact_acc']:.3f} vs {row['exact_acc_reference']:.3f}  "
+            f"Wilcoxon W={row['statistic']:.0f} p={row['p_value']:.3g}  "
+            f"(seeds {row['seeds']} vs {row['seeds_reference']})"
+        )
+
+
+def main() -> None:
+    sys.exit(app())

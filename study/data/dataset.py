@@ -1,0 +1,116 @@
+"""The three-split dataset of a study, built from source pools and cached under a fingerprint.
+
+The source digits are split into train / validation / test pools first (stratified, same ratio),
+so no handwritten instance appears in two splits; each split's composites are drawn from its own
+pool. The fingerprint hashes the data config, the generator version and the source digits: two
+trials whose fingerprints match saw the same images in the same order, so they can be paired.
+
+Example:
+    >>> from study.config import DataConfig
+    >>> ds = build(DataConfig(n_images=1000))
+    >>> [len(s.images) for s in ds.splits.values()]
+    [800, 100, 100]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from study.config import DataConfig
+from study.data import source
+from study.data.compose import Composites, compose
+
+SPLITS = ("train", "val", "test")
+# Bump when the generator's output for a given config changes: old caches stop matching.
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Dataset:
+    splits: dict[str, Composites]
+    fingerprint: str
+    seconds: float  # time to build or load
+    cached: bool  # loaded from the cache rather than generated
+
+    def __getitem__(self, split: str) -> Composites:
+        return self.splits[split]
+
+
+def split_sizes(n_images: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Images per split; the test split takes the rounding remainder (86,000 → 68,800/8,600/8,600)."""
+    n_train, n_val = (round(n_images * f) for f in fractions[:2])
+    return n_train, n_val, n_images - n_train - n_val
+
+
+def pools(labels: np.ndarray, fractions: tuple[float, float, float], rng: np.random.Generator):
+    """Disjoint index arrays into the source digits, stratified by class."""
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        sizes = split_sizes(len(members), fractions)
+        for part, chunk in zip(parts, np.split(members, np.cumsum(sizes)[:-1])):
+            part.append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def fingerprint(config: DataConfig, digits: source.Digits) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(f"generator={GENERATOR_VERSION}".encode())
+    h.update(digits.images.tobytes())
+    h.update(digits.labels.tobytes())
+    return h.hexdigest()[:16]
+
+
+def generate(config: DataConfig, digits: source.Digits) -> dict[str, Composites]:
+    """All three splits, deterministic in ``config`` (``seed`` included)."""
+    pool_seed, *split_seeds = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS))
+    index = pools(digits.labels, config.split, np.random.default_rng(pool_seed))
+    splits = {}
+    for name, pool, n, seed in zip(SPLITS, index, split_sizes(config.n_images, config.split),
+                                   split_seeds):
+        made = compose(digits.images[pool], digits.labels[pool], n, config.canvas, config.digits,
+                       np.random.default_rng(seed), outline=config.outline)
+        # Report sources as indices into the full source set, so pools can be checked.
+        splits[name] = Composites(**{**made.__dict__, "sources": pool[made.sources].astype(np.int32)})
+    return splits
+
+
+def cache_dir() -> Path:
+    """``$STUDY_CACHE``, else ``~/.cache/study``."""
+    return Path(os.environ.get("STUDY_CACHE") or Path.home() / ".cache" / "study")
+
+
+def build(config: DataConfig, use_cache: bool = True) -> Dataset:
+    """The dataset for ``config``: loaded from the cache when there, else generated and cached."""
+    start = time.perf_counter()
+    digits = source.embedded()
+    key = fingerprint(config, digits)
+    path = cache_dir() / "data" / f"{key}.npz"
+    if use_cache and path.exists():
+        with np.load(path) as stored:
+            splits = {
+                name: Composites(**{f: stored[f"{name}/{f}"] for f in Composites.__dataclass_fields__})
+                for name in SPLITS
+            }
+        return Dataset(splits, key, time.perf_counter() - start, cached=True)
+    splits = generate(config, digits)
+    if use_cache:
+        _save(path, splits)
+    return Dataset(splits, key, time.perf_counter() - start, cached=False)
+
+
+def _save(path: Path, splits: dict[str, Composites]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{name}/{f}": v for name, c in splits.items() for f, v in c.__dict__.items()}
+    # Concurrent trials may build the same dataset: each writes its own file, the rename is atomic.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

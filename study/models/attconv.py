@@ -1,0 +1,143 @@
+"""AttConv: a convolution whose windows compete, iteratively, for the input pixels they explain.
+
+Notation as in the design: x is B×C×H×W, k the kernel, L the number of windows, O the output
+channels, T the iterations. ``X = unfold(x)`` is B×(C·k²)×L. The attention ``a`` (B×k²×L) is the
+share of each in-window pixel that a window claims, shared across input channels; ``N`` divides
+every share by the sum of the shares of all windows covering that pixel.
+
+    a ← N(1)
+    repeat T times:
+        y  = (X ⊙ a)ᵀ W_bu + b_bu            bottom-up: a convolution of the attended input
+        x̂  = y W_tdᵀ + b_td                  top-down prediction of every window
+        e  = Σ_c x̂ ⊙ X / √C                  agreement of prediction and input
+        a  = N(exp(e))                        softmax over the windows covering each pixel
+    output: the last y, as B×O×H'×W'
+
+Only the bottom-up product of the last iteration reaches the output, so the last top-down pass
+is skipped: T bottom-up and T−1 top-down matrix products, never a B×(C·k²)×L×O tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AttConv(nn.Module):
+    """Drop-in replacement for ``nn.Conv2d`` with top-down attention.
+
+    Example:
+        >>> layer = AttConv(1, 6, kernel_size=5, iterations=4)
+        >>> layer(torch.rand(2, 1, 48, 48)).shape
+        torch.Size([2, 6, 44, 44])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        iterations: int = 4,
+        stride: int = 1,
+        relu_inside: bool = False,
+    ) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"iterations must be at least 1, got {iterations}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        # Valid windows only (no padding), as in LeNet: every window lies on real pixels.
+        self.kernel_size, self.stride = kernel_size, stride
+        self.iterations = iterations
+        # The original's first version applied ReLU to y inside the loop; the final one did not.
+        self.relu_inside = relu_inside
+        fan_in = in_channels * kernel_size**2
+        # Same initialisation as nn.Conv2d, so T=1 starts where a plain convolution starts.
+        reference = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride)
+        self.weight_bu = nn.Parameter(reference.weight.detach().reshape(out_channels, fan_in).T.clone())
+        self.weight_td = nn.Parameter(self.weight_bu.detach().clone())
+        self.bias_bu = nn.Parameter(reference.bias.detach().clone())
+        bound = 1 / math.sqrt(out_channels)
+        self.bias_td = nn.Parameter(torch.empty(in_channels).uniform_(-bound, bound))
+        self._cover: dict[tuple, torch.Tensor] = {}  # (H, W, device) → see _covering
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, iterations={self.iterations}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for y, _, _ in self.steps(x):
+            pass
+        return y
+
+    def steps(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Yield, per iteration, the output ``y`` (B×O×H'×W'), the shares ``a`` it used
+        (B×k²×L) and the top-down prediction ``x̂`` (B×(C·k²)×L; None after the last)."""
+        B, C, H, W = x.shape
+        k2 = self.kernel_size**2
+        out_h, out_w = self._out_size(H), self._out_size(W)
+        X = F.unfold(x, self.kernel_size, stride=self.stride)
+        L = X.shape[-1]
+        a = self._normalise(x.new_ones(B, k2, L), H, W)
+        for t in range(self.iterations):
+            attended = (X.view(B, C, k2, L) * a.unsqueeze(1)).view(B, C * k2, L)
+            y = attended.transpose(1, 2) @ self.weight_bu + self.bias_bu  # B×L×O
+            if self.relu_inside:
+                y = F.relu(y)
+            out = y.transpose(1, 2).reshape(B, self.out_channels, out_h, out_w)
+            if t == self.iterations - 1:
+                yield out, a, None
+                return
+            x_hat = (y @ self.weight_td.T).transpose(1, 2)  # B×(C·k²)×L
+            x_hat = x_hat.view(B, C, k2, L) + self.bias_td.view(1, C, 1, 1)
+            e = (x_hat * X.view(B, C, k2, L)).sum(1) / math.sqrt(C)
+            yield out, a, x_hat.view(B, C * k2, L)
+            a = self._normalise(self._stable_exp(e, H, W), H, W)
+
+    def _out_size(self, side: int) -> int:
+        return (side - self.kernel_size) // self.stride + 1
+
+    def _covering(self, H: int, W: int, device: torch.device) -> torch.Tensor:
+        """For every input pixel, the flat (in-window position, window) entries that cover it:
+        an (H·W)×k² index into a B×(k²·L + 1) tensor whose last entry is a filler."""
+        key = (H, W, device)
+        if key not in self._cover:
+            ids = torch.arange(H * W, dtype=torch.float64).view(1, 1, H, W)
+            pixel = F.unfold(ids, self.kernel_size, stride=self.stride).long().flatten()
+            filler = len(pixel)
+            order = torch.argsort(pixel, stable=True)
+            counts = torch.bincount(pixel, minlength=H * W)
+            slot = torch.arange(len(pixel)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+            cover = torch.full((H * W, self.kernel_size**2), filler, dtype=torch.long)
+            cover[pixel[order], slot] = order
+            self._cover[key] = cover.to(device)
+        return self._cover[key]
+
+    def _fold(self, a: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        return F.fold(a, (H, W), self.kernel_size, stride=self.stride)
+
+    def _unfold(self, per_pixel: torch.Tensor) -> torch.Tensor:
+        return F.unfold(per_pixel, self.kernel_size, stride=self.stride)
+
+    def _normalise(self, shares: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """``N``: fold sums each pixel's shares, unfold puts the sums back into window layout."""
+        return shares / self._unfold(self._fold(shares, H, W))
+
+    def _stable_exp(self, e: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """exp(e) shifted by each pixel's max over the windows covering it: the same after
+        ``N``, but every pixel keeps one share of exactly 1, so nothing overflows and no
+        denominator is 0, whatever the weights."""
+        with torch.no_grad():  # a shift shared by a pixel's windows cancels in N
+            B = e.shape[0]
+            flat = torch.cat([e.reshape(B, -1), e.new_full((B, 1), float("-inf"))], 1)
+            per_pixel = flat[:, self._covering(H, W, e.device)].amax(-1).view(B, 1, H, W)
+            shift = self._unfold(per_pixel)
+        return torch.exp(e - shift)
+
+    def attention_per_pixel(self, a: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Each input pixel's shares summed over the windows covering it (B×1×H×W): 1 wherever
+        a window reaches after ``N``; for tests and figures."""
+        return self._fold(a, height, width)

@@ -1,0 +1,161 @@
+"""Writing and reading a study's result files (the contract in README.md, "Result files").
+
+Each trial writes its own files: per-sample Parquet under ``samples/trial_id=<id>/``, its best
+weights, and a staged row (``.trials/<id>.json``) that ``consolidate`` gathers into
+``trials.parquet`` and ``epochs.parquet``. Every file appears whole or not at all: it is written
+under a temporary name and renamed.
+
+Example:
+    >>> r = load("results/smoke")
+    >>> r.samples.groupby("trial_id").loss.mean()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from study.config import Study, dump
+from study.train import TrialResult
+
+TRIAL_COLUMNS_FIRST = ("trial_id", "status", "seed")
+TRIAL_COLUMNS_LAST = (
+    "n_params", "flops", "best_epoch", "best_val_loss", "test_loss", "test_exact_acc",
+    "wall_s", "device", "data_fingerprint",
+)
+EPOCH_COLUMNS = ("trial_id", "epoch", "train_loss", "val_loss", "seconds")
+_STAGED = ".trials"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` then rename ``tmp`` to ``path``, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_study(study_dir: Path, study: Study) -> None:
+    """``study.yaml``: the fully resolved study as run."""
+    atomic_write(Path(study_dir) / "study.yaml", lambda tmp: tmp.write_text(dump(study)))
+
+
+def samples_table(trial_id: str, seed: int, result: TrialResult) -> pa.Table:
+    """The per-sample rows of one trial, typed as the contract says."""
+    test = result.dataset["test"]
+    n = len(result.test_loss)
+    columns: dict[str, pa.Array] = {
+        # Dictionary-typed like the hive key ``trial_id=<id>``, so pyarrow can merge the two.
+        "trial_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), [trial_id]),
+        "seed": pa.array(np.full(n, seed, np.int32)),
+        "sample_idx": pa.array(np.arange(n, dtype=np.int32)),
+        "loss": pa.array(result.test_loss.astype(np.float32)),
+        "correct": pa.array(result.test_correct.astype(bool)),
+        "digits": pa.array(test.digit_strings(), pa.string()),
+        # Withheld combinations are a dataset variant not yet generated: every sample was seen.
+        "withheld": pa.array(np.zeros(n, bool)),
+    }
+    for c in range(result.test_logits.shape[1]):
+        columns[f"logit_{c}"] = pa.array(result.test_logits[:, c].astype(np.float32))
+    columns["data_fingerprint"] = pa.array([result.dataset.fingerprint] * n, pa.string())
+    return pa.table(columns)
+
+
+def trial_row(trial_id: str, seed: int, params: dict[str, Any], result: TrialResult) -> dict:
+    return {
+        "trial_id": trial_id,
+        "status": "COMPLETED",
+        "seed": seed,
+        **params,
+        "n_params": result.n_params,
+        "flops": result.flops,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "test_loss": float(result.test_loss.mean()),
+        "test_exact_acc": float(result.test_correct.mean()),
+        "wall_s": result.wall_s,
+        "device": result.device,
+        "data_fingerprint": result.dataset.fingerprint,
+    }
+
+
+def write_trial(
+    study_dir: Path, trial_id: str, seed: int, params: dict[str, Any], result: TrialResult
+) -> None:
+    """Everything one completed trial leaves behind (not yet in ``trials.parquet``)."""
+    study_dir = Path(study_dir)
+    table = samples_table(trial_id, seed, result)
+    atomic_write(study_dir / "samples" / f"trial_id={trial_id}" / "part-0.parquet",
+                 lambda tmp: pq.write_table(table, tmp))
+    atomic_write(study_dir / "weights" / f"{trial_id}.pt",
+                 lambda tmp: torch.save(result.best_state, tmp))
+    epochs = [{"trial_id": trial_id, **e} for e in result.epochs]
+    _stage(study_dir, trial_id, trial_row(trial_id, seed, params, result), epochs)
+
+
+def write_failed(study_dir: Path, trial_id: str, seed: int, params: dict[str, Any],
+                 status: str = "ERROR") -> None:
+    """A row for a trial that did not complete, so ``trials.parquet`` accounts for every trial."""
+    _stage(Path(study_dir), trial_id, {"trial_id": trial_id, "status": status, "seed": seed,
+                                        **params}, [])
+
+
+def _stage(study_dir: Path, trial_id: str, row: dict, epochs: list[dict]) -> None:
+    text = json.dumps({"row": row, "epochs": epochs}, allow_nan=True)
+    atomic_write(study_dir / _STAGED / f"{trial_id}.json", lambda tmp: tmp.write_text(text))
+
+
+def consolidate(study_dir: Path) -> int:
+    """Rewrite ``trials.parquet`` and ``epochs.parquet`` from the staged rows; returns the
+    number of trials. Cheap enough to call after every trial."""
+    study_dir = Path(study_dir)
+    staged = [json.loads(p.read_text()) for p in sorted((study_dir / _STAGED).glob("*.json"))]
+    rows = [s["row"] for s in staged]
+    trials = pd.DataFrame(rows)
+    for col in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST):
+        if col not in trials:
+            trials[col] = None
+    params = [c for c in trials.columns if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
+    trials = trials[[*TRIAL_COLUMNS_FIRST, *params, *TRIAL_COLUMNS_LAST]]
+    trials = trials.astype({"seed": "int32", "n_params": "Int64", "flops": "Int64",
+                            "best_epoch": "Int64"})
+    epochs = pd.DataFrame([e for s in staged for e in s["epochs"]], columns=list(EPOCH_COLUMNS))
+    epochs = epochs.astype({"epoch": "int32"})
+    atomic_write(study_dir / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
+    atomic_write(study_dir / "epochs.parquet", lambda tmp: epochs.to_parquet(tmp, index=False))
+    return len(trials)
+
+
+@dataclass(frozen=True)
+class Results:
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    samples: pd.DataFrame
+
+
+def load(path: str | Path) -> Results:
+    """The result files of one study as pandas DataFrames."""
+    path = Path(path)
+    samples_dir = path / "samples"
+    samples = pd.read_parquet(samples_dir) if samples_dir.exists() else pd.DataFrame()
+    if "trial_id" in samples:
+        # Read through the hive directory, the key comes back as a category; plain text is simpler.
+        samples["trial_id"] = samples["trial_id"].astype(str)
+    return Results(
+        trials=pd.read_parquet(path / "trials.parquet"),
+        epochs=pd.read_parquet(path / "epochs.parquet"),
+        samples=samples,
+    )

@@ -1,0 +1,155 @@
+"""Ray Tune schedules the trials, Optuna (through Ray Tune's OptunaSearch) chooses them.
+
+Optuna sees one trial per configuration, stored in ``optuna.db``; with ``search.seeds = S``
+Ray Tune's ``Repeater`` runs each configuration as S Ray trials (seeds 0..S−1) and gives Optuna
+their mean best validation loss. Each Ray trial writes its own result files; a callback on the
+driver keeps ``trials.parquet`` and ``epochs.parquet`` current and prints one line per trial.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.repeater import TRIAL_INDEX
+
+from study import results
+from study.config import Study, encode, resolve
+from study.data import build
+from study.errors import UserError
+from study.train import fit
+
+GPU_SHARE_AUTO = 0.25  # LeNet-sized trials leave a GPU idle: four share one by default
+
+
+def optuna_space(study: Study) -> dict[str, optuna.distributions.BaseDistribution]:
+    space = {}
+    for key, spec in study.space.items():
+        if spec.choice is not None:
+            space[key] = optuna.distributions.CategoricalDistribution([encode(v) for v in spec.choice])
+        elif spec.int_ is not None:
+            space[key] = optuna.distributions.IntDistribution(*spec.int_)
+        else:
+            low, high = spec.uniform or spec.loguniform
+            space[key] = optuna.distributions.FloatDistribution(low, high, log=bool(spec.loguniform))
+    return space
+
+
+def sampler(study: Study) -> optuna.samplers.BaseSampler:
+    seed = study.search.seed
+    if study.search.sampler == "grid":
+        grid = {k: [encode(v) for v in spec.choice] for k, spec in study.space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if study.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _params_and_seed(study: Study, config: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    return {k: config[k] for k in study.space}, int(config.get(TRIAL_INDEX, 0))
+
+
+def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int) -> None:
+    """One Ray trial: resolve the chosen parameters, fit, write the trial's result files."""
+    torch.set_num_threads(threads)
+    base = Study.model_validate(study)
+    params, seed = _params_and_seed(base, config)
+    trial_id = tune.get_context().get_trial_id()
+    result = fit(resolve(base, params), seed, report=tune.report)
+    results.write_trial(Path(study_dir), trial_id, seed, params, result)
+
+
+class _Recorder(tune.Callback):
+    """Driver side: consolidate the result tables and print progress after every trial."""
+
+    def __init__(self, study: Study, study_dir: Path, total: int) -> None:
+        self.study, self.study_dir, self.total = study, study_dir, total
+        self.start = time.perf_counter()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._record(trial, "done", trial.last_result)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        params, seed = _params_and_seed(self.study, trial.config)
+        results.write_failed(self.study_dir, trial.trial_id, seed, params)
+        self._record(trial, "FAILED", {})
+
+    def _record(self, trial, what: str, last: dict) -> None:
+        n = results.consolidate(self.study_dir)
+        params, seed = _params_and_seed(self.study, trial.config)
+        shown = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
+        score = f"best_val_loss={last['best_val_loss']:.4f} (epoch {last['best_epoch']})" \
+            if "best_val_loss" in last else "see the Ray log under ray/"
+        elapsed = time.perf_counter() - self.start
+        print(f"[{n}/{self.total} {elapsed:6.0f}s] trial {trial.trial_id} {what}: {shown} "
+              f"seed={seed} {score}", flush=True)
+
+
+def run(study: Study, study_dir: Path, address: str | None = None) -> tune.ResultGrid:
+    """Run every trial of ``study`` and leave the result files in ``study_dir``."""
+    study_dir = Path(study_dir).resolve()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started_here = not ray.is_initialized()
+    if started_here:
+        # Without an address Ray starts an embedded local instance; its token auth stays on.
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level="warning")
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            if address is None:
+                raise
+            raise UserError(f"--address {address}: cannot join that Ray cluster: {err}. Is "
+                            "`ray start --head` running there, and is its auth token here "
+                            "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
+    try:
+        results.write_study(study_dir, study)
+        data = build(study.data)  # warm the cache once, before trials race to generate it
+        print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
+              f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)", flush=True)
+        return _fit(study, study_dir)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:
+    search = study.search
+    searcher = OptunaSearch(
+        space=optuna_space(study),
+        metric=search.metric,
+        mode=search.mode,
+        sampler=sampler(study),
+        study_name=study.name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}"),
+    )
+    if search.seeds > 1:
+        searcher = Repeater(searcher, repeat=search.seeds, set_index=True)
+    total = study.n_configurations() * search.seeds
+
+    gpu = study.resources.gpu
+    if gpu == "auto":
+        gpu = GPU_SHARE_AUTO if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    threads = max(1, int(study.resources.cpu))
+    fn = tune.with_parameters(trainable, study=study.model_dump(by_alias=True),
+                              study_dir=str(study_dir), threads=threads)
+    tuner = tune.Tuner(
+        tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(study_dir / "ray"),
+            callbacks=[_Recorder(study, study_dir, total)],
+            verbose=1,
+        ),
+    )
+    print(f"study {study.name}: {total} trials ({study.n_configurations()} configurations × "
+          f"{search.seeds} seeds), {study.resources.cpu:g} CPU and {gpu:g} GPU each", flush=True)
+    return tuner.fit()
