@@ -296,7 +296,7 @@ def _check_candidates(study: Study, path: Path) -> None:
     keys = list(study.space)
     values = [[encode(v) for v in study.space[k].candidates()] for k in keys]
     for combination in itertools.islice(itertools.product(*values), 10_000):
-        params = dict(zip(keys, combination))
+        params = dict(zip(keys, combination, strict=True))
         try:
             resolve(study, params)
         except ValidationError as err:

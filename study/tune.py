@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Token authentication stays on. Ray enables it for a local instance it starts, but for an explicit
+# --address only when asked, and it reads the setting once, on import: so ask before importing.
+# The token itself comes from ~/.ray/auth_token or RAY_AUTH_TOKEN.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 import optuna
 import ray
 import torch
@@ -96,7 +101,6 @@ class _Recorder(tune.Callback):
 def run(study: Study, study_dir: Path, address: str | None = None) -> tune.ResultGrid:
     """Run every trial of ``study`` and leave the result files in ``study_dir``."""
     study_dir = Path(study_dir).resolve()
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started_here = not ray.is_initialized()
     if started_here:

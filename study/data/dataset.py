@@ -55,7 +55,7 @@ def pools(labels: np.ndarray, fractions: tuple[float, float, float], rng: np.ran
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
         sizes = split_sizes(len(members), fractions)
-        for part, chunk in zip(parts, np.split(members, np.cumsum(sizes)[:-1])):
+        for part, chunk in zip(parts, np.split(members, np.cumsum(sizes)[:-1]), strict=True):
             part.append(chunk)
     return [np.sort(np.concatenate(p)) for p in parts]
 
@@ -74,8 +74,8 @@ def generate(config: DataConfig, digits: source.Digits) -> dict[str, Composites]
     pool_seed, *split_seeds = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS))
     index = pools(digits.labels, config.split, np.random.default_rng(pool_seed))
     splits = {}
-    for name, pool, n, seed in zip(SPLITS, index, split_sizes(config.n_images, config.split),
-                                   split_seeds):
+    sizes = split_sizes(config.n_images, config.split)
+    for name, pool, n, seed in zip(SPLITS, index, sizes, split_seeds, strict=True):
         made = compose(digits.images[pool], digits.labels[pool], n, config.canvas, config.digits,
                        np.random.default_rng(seed), outline=config.outline)
         # Report sources as indices into the full source set, so pools can be checked.

@@ -69,8 +69,7 @@ class AttConv(nn.Module):
                 f"stride={self.stride}, iterations={self.iterations}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for y, _, _ in self.steps(x):
-            pass
+        *_, (y, _, _) = self.steps(x)
         return y
 
     def steps(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:

@@ -41,7 +41,7 @@ class LeNet(nn.Module):
 
         widths = [c_in * feature_side(canvas, config) ** 2, *config.hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for w_in, w_out in zip(widths, widths[1:]):
+        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(w_in, w_out), nn.ReLU()]
         layers.append(nn.Linear(widths[-1], N_CLASSES))
         self.classifier = nn.Sequential(*layers)

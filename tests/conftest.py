@@ -1,0 +1,15 @@
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "searchspaces" / "smoke.yaml"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory):
+    """Keep generated datasets out of the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDY_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()

@@ -1,0 +1,43 @@
+import numpy as np
+
+from study.config import DataConfig
+from study.data import build
+from study.data.dataset import fingerprint, split_sizes
+from study.data.source import embedded
+
+
+def test_split_sizes_follow_the_ratio():
+    assert split_sizes(86_000, (0.8, 0.1, 0.1)) == (68_800, 8_600, 8_600)
+    assert sum(split_sizes(1_001, (0.7, 0.2, 0.1))) == 1_001
+
+
+def test_splits_draw_from_disjoint_stratified_source_pools():
+    ds = build(DataConfig(n_images=3000))
+    labels = embedded().labels
+    used = {name: set(np.unique(split.sources).tolist()) for name, split in ds.splits.items()}
+    assert not used["train"] & used["val"] and not used["train"] & used["test"]
+    assert not used["val"] & used["test"]
+    # 400/50/50 instances of each class per pool: every pool holds every class.
+    for name in ("train", "val", "test"):
+        assert set(labels[list(used[name])].tolist()) == set(range(10))
+    assert [len(s.images) for s in ds.splits.values()] == [2400, 300, 300]
+
+
+def test_build_is_deterministic_and_cached_under_a_fingerprint():
+    config = DataConfig(n_images=600, seed=3)
+    first = build(config)
+    again = build(config)
+    fresh = build(config, use_cache=False)
+    assert again.cached and not fresh.cached and again.fingerprint == first.fingerprint
+    for name in ("train", "val", "test"):
+        assert again[name].images.tobytes() == fresh[name].images.tobytes()
+        assert (again[name].targets == fresh[name].targets).all()
+
+
+def test_fingerprint_changes_with_config_and_source():
+    digits = embedded()
+    base = fingerprint(DataConfig(), digits)
+    assert fingerprint(DataConfig(seed=1), digits) != base
+    assert fingerprint(DataConfig(canvas=56), digits) != base
+    digits.images[0, 0, 0] ^= 1
+    assert fingerprint(DataConfig(), digits) != base

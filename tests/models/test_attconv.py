@@ -1,0 +1,132 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from study.models import AttConv
+
+
+def loop_reference(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
+    """The design's equations, one window and one pixel at a time (slow, float64, batch of one)."""
+    (C, H, W), k, s, T = x.shape[1:], layer.kernel_size, layer.stride, layer.iterations
+    w_bu, w_td = layer.weight_bu.double(), layer.weight_td.double()
+    b_bu, b_td = layer.bias_bu.double(), layer.bias_td.double()
+    img = x[0].double()
+    windows = [(i, j) for i in range(0, H - k + 1, s) for j in range(0, W - k + 1, s)]
+    offsets = [(di, dj) for di in range(k) for dj in range(k)]
+
+    def normalise(shares):
+        total = torch.zeros(H, W, dtype=torch.float64)
+        for (i, j), row in zip(windows, shares, strict=True):
+            for (di, dj), v in zip(offsets, row, strict=True):
+                total[i + di, j + dj] += v
+        return [[v / total[i + di, j + dj] for (di, dj), v in zip(offsets, row, strict=True)]
+                for (i, j), row in zip(windows, shares, strict=True)]
+
+    a = normalise([[1.0] * k * k for _ in windows])
+    for _ in range(T):
+        ys, es = [], []
+        for (i, j), shares in zip(windows, a, strict=True):
+            patch = [img[c, i + di, j + dj] for c in range(C) for (di, dj) in offsets]
+            y = b_bu.clone()
+            for c in range(C):
+                for p in range(k * k):
+                    y = y + patch[c * k * k + p] * shares[p] * w_bu[c * k * k + p]
+            x_hat = [(y * w_td[c * k * k + p]).sum() + b_td[c] for c in range(C) for p in range(k * k)]
+            es.append([sum(x_hat[c * k * k + p] * patch[c * k * k + p] for c in range(C)) / math.sqrt(C)
+                       for p in range(k * k)])
+            ys.append(y)
+        a = normalise([[math.exp(v) for v in row] for row in es])
+    side = (H - k) // s + 1
+    return torch.stack(ys).T.reshape(1, -1, side, side)
+
+
+def windows_per_pixel(shape, k, s):
+    return F.fold(F.unfold(torch.ones(shape), k, stride=s), shape[-2:], k, stride=s)
+
+
+@pytest.mark.parametrize(("C", "H", "k", "s", "T"), [(1, 6, 3, 1, 3), (2, 7, 3, 2, 2)])
+def test_matches_a_loop_reference_on_a_tiny_input(C, H, k, s, T):
+    torch.manual_seed(0)
+    layer = AttConv(C, 3, k, iterations=T, stride=s).double()
+    with torch.no_grad():
+        layer.weight_td.add_(0.3 * torch.randn_like(layer.weight_td))  # make top-down differ
+    x = torch.rand(1, C, H, H, dtype=torch.float64)
+    with torch.no_grad():
+        expected = loop_reference(layer, x)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_shares_of_every_pixel_sum_to_one_after_every_normalisation():
+    torch.manual_seed(1)
+    layer = AttConv(3, 4, 5, iterations=5)
+    x = torch.rand(2, 3, 20, 20)
+    steps = list(layer.steps(x))
+    assert len(steps) == 5
+    for _, a, _ in steps:
+        assert (a > 0).all()
+        torch.testing.assert_close(layer.attention_per_pixel(a, 20, 20), torch.ones(2, 1, 20, 20))
+    assert not torch.allclose(steps[0][1], steps[-1][1])  # attention actually moved
+
+
+def test_one_iteration_is_a_convolution_of_the_input_divided_by_its_window_count():
+    torch.manual_seed(2)
+    layer = AttConv(2, 5, 5, iterations=1)
+    x = torch.rand(3, 2, 16, 16)
+    weight = layer.weight_bu.T.reshape(5, 2, 5, 5)
+    expected = F.conv2d(x / windows_per_pixel(x.shape, 5, 1), weight, layer.bias_bu)
+    torch.testing.assert_close(layer(x), expected)
+    counts = windows_per_pixel((1, 1, 16, 16), 5, 1)
+    assert counts[0, 0, 0, 0] == 1 and counts[0, 0, 8, 8] == 25  # corner vs interior
+
+
+def test_gradients_reach_all_four_parameter_tensors():
+    layer = AttConv(1, 6, 5, iterations=3)
+    layer(torch.rand(2, 1, 12, 12)).square().sum().backward()
+    for name in ("weight_bu", "weight_td", "bias_bu", "bias_td"):
+        grad = getattr(layer, name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_top_down_weights_start_as_a_copy_of_bottom_up():
+    layer = AttConv(3, 8, 5)
+    assert torch.equal(layer.weight_td, layer.weight_bu)
+    assert layer.weight_td.data_ptr() != layer.weight_bu.data_ptr()
+    assert layer.bias_td.shape == (3,) and layer.bias_bu.shape == (8,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_weights_give_no_inf_or_nan(dtype):
+    torch.manual_seed(3)
+    layer = AttConv(2, 4, 5, iterations=4)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(1e3)
+    layer = layer.to(dtype)
+    x = (torch.rand(2, 2, 14, 14) * 10).to(dtype)
+    for y, a, _ in layer.steps(x):
+        assert torch.isfinite(y).all() and torch.isfinite(a).all()
+        sums = layer.attention_per_pixel(a.float(), 14, 14)
+        torch.testing.assert_close(sums, torch.ones_like(sums), atol=2e-2, rtol=0)
+
+
+def test_no_tensor_of_size_batch_by_windows_by_outputs_by_inputs():
+    """The layer uses matrix products, never materialising B×(C·k²)×L×O."""
+    B, C, k, out_channels, side = 4, 3, 5, 8, 16
+    layer = AttConv(C, out_channels, k, iterations=3)
+    unfolded = B * C * k * k * (side - k + 1) ** 2
+    largest = 0
+
+    class Watch(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal largest
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else [out]:
+                if isinstance(t, torch.Tensor):
+                    largest = max(largest, t.numel())
+            return out
+
+    with Watch():
+        layer(torch.rand(B, C, side, side)).sum().backward()
+    assert largest == unfolded  # the unfolded input X is the largest tensor; X·O never exists

@@ -1,0 +1,97 @@
+import pytest
+
+from study import config
+from study.errors import UserError
+
+from .conftest import ROOT, SMOKE
+
+
+def write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_study_validates():
+    for path in sorted((ROOT / "searchspaces").glob("*.yaml")):
+        study = config.load(path)
+        assert study.name == path.stem
+
+
+def test_defaults_are_the_original_experiment():
+    study = config.load(ROOT / "searchspaces" / "thesis.yaml")
+    assert (study.data.n_images, study.data.canvas, study.data.digits) == (86_000, 48, 3)
+    assert (study.train.epochs, study.train.batch_size, study.train.lr) == (30, 32, 3.0e-4)
+    assert study.model.channels == [6, 16] and study.model.hidden == [120, 84]
+    assert study.search.seeds == 5 and study.n_configurations() == 2
+
+
+def test_set_overrides_dotted_keys_with_yaml_values():
+    study = config.load(SMOKE, ["train.epochs=7", "data.n_images=500", "model.attention.layers=[0, 1]"])
+    assert study.train.epochs == 7 and study.data.n_images == 500
+    assert study.model.attention.layers == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (["train.epoch=3"], "train.epoch: unknown key"),
+        (["data.n_images=lots"], "data.n_images: Input should be a valid integer"),
+        (["data.n_images=-5"], "data.n_images: Input should be greater than or equal to 30"),
+        (["data.split=[0.5, 0.5, 0.5]"], "data.split: must be three positive fractions"),
+        (["model.attention.layers=[3]"], "conv positions that do not exist"),
+        (["data.canvas=28", "model.channels=[6, 16, 32]"], "no pixels left after conv+pool stage"),
+        (["search.sampler=tpe"], "search.trials is required"),
+        (["compare=train.lr"], "compare: 'train.lr' is not a key of space"),
+        (["train.epochs"], "write KEY=VALUE"),
+    ],
+)
+def test_bad_input_is_one_message_naming_file_and_key(sets, expected):
+    with pytest.raises(UserError) as err:
+        config.load(SMOKE, sets)
+    assert expected in str(err.value)
+    assert "Traceback" not in str(err.value)
+
+
+def test_every_space_choice_is_validated_up_front(tmp_path):
+    path = write(tmp_path, "name: x\nspace:\n  model.attention.layers: {choice: [[], [0], [2]]}\n"
+                           "search: {sampler: grid}\n")
+    with pytest.raises(UserError, match=r"space\.yaml: model: .*\[2\].*with space choice"):
+        config.load(path)
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ("optimiser.lr: {choice: [1]}", "keys start with one of data, model, train"),
+        ("train.rate: {choice: [1]}", "'rate' is not a setting"),
+        ("model.attention: {choice: [1]}", "names a whole section"),
+        ("train.lr: {loguniform: [0.1, 0.01]}", "lower bound must be below the upper"),
+        ("train.lr: {choice: [1], uniform: [0, 1]}", "exactly one of"),
+    ],
+)
+def test_space_keys_and_distributions_are_checked(tmp_path, space, expected):
+    path = write(tmp_path, f"name: x\nspace:\n  {space}\nsearch: {{sampler: random, trials: 2}}\n")
+    with pytest.raises(UserError, match=expected):
+        config.load(path)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    with pytest.raises(UserError, match="space.yaml: not valid YAML"):
+        config.load(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(UserError, match="no such file"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_resolve_applies_encoded_choices_and_leaves_the_base_alone():
+    study = config.load(SMOKE)
+    base = study.model.attention.layers
+    trial = config.resolve(study, {"model.attention.layers": config.encode([])})
+    assert trial.model.attention.layers == [] and study.model.attention.layers == base
+    assert config.get(trial, "model.attention.layers") == []
+
+
+def test_dump_round_trips(tmp_path):
+    study = config.load(SMOKE, ["train.epochs=3"])
+    again = config.load(write(tmp_path, config.dump(study)))
+    assert again == study

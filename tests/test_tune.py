@@ -1,0 +1,127 @@
+"""Real studies through Ray Tune and OptunaSearch, checked against the result-file contract."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from scipy import stats
+
+from .conftest import SMOKE
+
+pytestmark = pytest.mark.ray
+BIN = Path(sys.executable).parent
+SMALL = ["--set", "data.n_images=600", "--set", "train.epochs=2"]
+N_TEST = 60  # 10 % of 600
+
+
+def study(*args, **kwargs):
+    return subprocess.run([str(BIN / "study"), *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+
+def check_contract(study_dir: Path, n_trials: int) -> pd.DataFrame:
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    assert len(trials) == n_trials and (trials["status"] == "COMPLETED").all()
+    for column in ("trial_id", "status", "seed", "model.attention.layers", "n_params", "flops",
+                   "best_epoch", "best_val_loss", "test_loss", "test_exact_acc", "wall_s", "device",
+                   "data_fingerprint"):
+        assert column in trials, column
+    assert set(trials["model.attention.layers"]) == {"[]", "[0]"}
+    n_params = dict(zip(trials["model.attention.layers"], trials["n_params"], strict=True))
+    assert n_params == {"[]": 169_270, "[0]": 169_421}
+    assert trials["data_fingerprint"].nunique() == 1
+
+    epochs = pd.read_parquet(study_dir / "epochs.parquet")
+    assert len(epochs) == 2 * n_trials
+    for _, t in trials.iterrows():
+        mine = epochs[epochs["trial_id"] == t["trial_id"]]
+        assert mine["val_loss"].min() == pytest.approx(t["best_val_loss"])
+        assert mine["val_loss"].idxmin() == mine.index[t["best_epoch"]]
+
+    samples = pd.read_parquet(study_dir / "samples")
+    assert len(samples) == N_TEST * n_trials  # exactly one row per test sample per trial
+    assert samples["sample_idx"].dtype == np.int32 and samples["loss"].dtype == np.float32
+    assert samples["correct"].dtype == bool and samples["withheld"].dtype == bool
+    assert [f"logit_{c}" for c in range(10)] == [c for c in samples if c.startswith("logit_")]
+    for trial_id, rows in samples.groupby("trial_id", observed=True):
+        assert sorted(rows["sample_idx"]) == list(range(N_TEST))
+        t = trials.set_index("trial_id").loc[trial_id]
+        assert rows["loss"].mean() == pytest.approx(t["test_loss"], rel=1e-5)
+        assert rows["correct"].mean() == pytest.approx(t["test_exact_acc"])
+    # Every trial saw the same test images: the digits agree sample by sample.
+    assert (samples.groupby("sample_idx")["digits"].nunique() == 1).all()
+    assert (study_dir / "study.yaml").exists()
+    assert len(list((study_dir / "weights").glob("*.pt"))) == n_trials
+    return trials
+
+
+def check_analysis(study_dir: Path, trials: pd.DataFrame) -> None:
+    out = study("analyze", str(study_dir), "--json")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)["comparisons"]
+    samples = pd.read_parquet(study_dir / "samples")
+    samples["trial_id"] = samples["trial_id"].astype(str)
+    level = dict(zip(trials["trial_id"], trials["model.attention.layers"], strict=True))
+    samples["arm"] = samples["trial_id"].map(level)
+    mean = samples.groupby(["arm", "sample_idx"])["loss"].mean().unstack("arm")
+    expected = stats.wilcoxon(mean["[0]"], mean["[]"])
+    assert row["n"] == N_TEST
+    assert row["statistic"] == pytest.approx(expected.statistic)
+    assert row["p_value"] == pytest.approx(expected.pvalue)
+    text = study("analyze", str(study_dir))
+    assert "Wilcoxon" in text.stdout and "[0] vs []" in text.stdout
+
+
+def test_embedded_study_with_replicated_seeds(tmp_path):
+    out = study("run", str(SMOKE), *SMALL, "--set", "search.seeds=2", "--results", str(tmp_path))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    study_dir = tmp_path / "smoke"
+    trials = check_contract(study_dir, n_trials=4)
+    assert sorted(trials["seed"]) == [0, 0, 1, 1]
+    # Optuna holds one trial per configuration, valued at the mean over its seeds.
+    ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
+    assert len(ot.trials) == 2
+    means = trials.groupby("model.attention.layers")["best_val_loss"].mean()
+    for t in ot.trials:
+        assert t.value == pytest.approx(means[t.params["model.attention.layers"]])
+    check_analysis(study_dir, trials)
+    assert "trial" in out.stdout and "done" in out.stdout  # progress lines
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    port = free_port()
+    ray = str(BIN / "ray")
+    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2",
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True)
+
+
+def test_study_on_an_existing_ray_cluster(tmp_path, ray_head):
+    out = study("run", str(SMOKE), *SMALL, "--results", str(tmp_path), "--address", ray_head)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    study_dir = tmp_path / "smoke"
+    trials = check_contract(study_dir, n_trials=2)
+    ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
+    assert len(ot.trials) == len(trials)  # one Optuna trial per Ray trial
+    values = dict(zip(trials["model.attention.layers"], trials["best_val_loss"], strict=True))
+    assert {t.params["model.attention.layers"]: t.value for t in ot.trials} == pytest.approx(values)
+    check_analysis(study_dir, trials)
