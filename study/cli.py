@@ -6,7 +6,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,8 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Hyperparameter studies of top-down attention in LeNet-style networks.")
 
 Space = Annotated[Path, typer.Argument(help="search-space YAML, e.g. searchspaces/smoke.yaml")]
-Sets = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045 - typer needs Optional here
-    "--set", help="override a dotted key, e.g. --set train.epochs=2 (repeatable)")]
+Sets = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="override a dotted key, e.g. --set train.epochs=2 (repeatable)")]
 ResultsDir = Annotated[Path, typer.Option("--results", help="where studies write")]
 
 
@@ -39,8 +39,8 @@ def run(
     space: Space,
     sets: Sets = None,
     results: ResultsDir = Path("results"),
-    name: Annotated[Optional[str], typer.Option(help="study name (default: the file's)")] = None,  # noqa: UP045
-    address: Annotated[Optional[str], typer.Option(  # noqa: UP045
+    name: Annotated[str | None, typer.Option(help="study name (default: the file's)")] = None,
+    address: Annotated[str | None, typer.Option(
         help="existing Ray cluster, e.g. 127.0.0.1:6379 (default: start an embedded one)")] = None,
 ) -> None:
     """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
@@ -49,10 +49,14 @@ def run(
         study_dir = _claim(study, results)
         from study import tune
 
-        tune.run(study, study_dir, address=address)
+        grid = tune.run(study, study_dir, address=address)
     except UserError as err:
         _fail(err)
     typer.echo(f"results in {study_dir}; next: study analyze {study_dir}")
+    if grid.errors:
+        typer.echo(f"{len(grid.errors)} of {len(grid)} trials failed: status ERROR in "
+                   f"trials.parquet, logs under {study_dir / 'ray'}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -93,7 +97,7 @@ def trial(
 @app.command()
 def analyze(
     results_dir: Annotated[Path, typer.Argument(help="a study's results, e.g. results/smoke")],
-    by: Annotated[Optional[str], typer.Option(help="space key to compare by")] = None,  # noqa: UP045
+    by: Annotated[str | None, typer.Option(help="space key to compare by")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Wilcoxon signed-rank tests of each level against the reference, on per-sample losses."""
