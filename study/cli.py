@@ -49,13 +49,22 @@ def run(
         study_dir = _claim(study, results)
         from study import tune
 
-        grid = tune.run(study, study_dir, address=address)
+        tune.run(study, study_dir, address=address)
     except UserError as err:
         _fail(err)
+    from study.results import status_counts
+
+    expected = study.n_configurations() * study.search.seeds
+    counts = status_counts(study_dir)
+    completed, failed = counts.get("COMPLETED", 0), counts.get("ERROR", 0)
+    if completed + failed < expected:  # Ray Tune returns early when interrupted (Ctrl-C)
+        typer.echo(f"interrupted: {completed} of {expected} trials completed; their results "
+                   f"are in {study_dir}", err=True)
+        raise typer.Exit(130)
     typer.echo(f"results in {study_dir}; next: study analyze {study_dir}")
-    if grid.errors:
-        typer.echo(f"{len(grid.errors)} of {len(grid)} trials failed: status ERROR in "
-                   f"trials.parquet, logs under {study_dir / 'ray'}", err=True)
+    if failed:
+        typer.echo(f"{failed} of {expected} trials failed: status ERROR in trials.parquet, "
+                   f"logs under {study_dir / 'ray'}", err=True)
         raise typer.Exit(1)
 
 

@@ -139,6 +139,14 @@ def consolidate(study_dir: Path) -> int:
     return len(trials)
 
 
+def status_counts(study_dir: Path) -> dict[str, int]:
+    """How many trials ended in each status (COMPLETED, ERROR) so far."""
+    path = Path(study_dir) / "trials.parquet"
+    if not path.exists():
+        return {}
+    return pd.read_parquet(path, columns=["status"])["status"].value_counts().to_dict()
+
+
 @dataclass(frozen=True)
 class Results:
     trials: pd.DataFrame

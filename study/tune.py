@@ -8,6 +8,7 @@ driver keeps ``trials.parquet`` and ``epochs.parquet`` current and prints one li
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -102,6 +103,9 @@ def run(study: Study, study_dir: Path, address: str | None = None) -> tune.Resul
     """Run every trial of ``study`` and leave the result files in ``study_dir``."""
     study_dir = Path(study_dir).resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # GridSampler stops its study after the last grid point; Ray logs that as a misleading warning.
+    logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(
+        lambda record: "Study.stop" not in record.getMessage())
     started_here = not ray.is_initialized()
     if started_here:
         # Without an address Ray starts an embedded local instance; its token auth stays on.
