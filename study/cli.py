@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -129,7 +128,3 @@ def analyze(
             f"Wilcoxon W={row['statistic']:.0f} p={row['p_value']:.3g}  "
             f"(seeds {row['seeds']} vs {row['seeds_reference']})"
         )
-
-
-def main() -> None:
-    sys.exit(app())

@@ -106,11 +106,10 @@ def write_trial(
     _stage(study_dir, trial_id, trial_row(trial_id, seed, params, result), epochs)
 
 
-def write_failed(study_dir: Path, trial_id: str, seed: int, params: dict[str, Any],
-                 status: str = "ERROR") -> None:
-    """A row for a trial that did not complete, so ``trials.parquet`` accounts for every trial."""
-    _stage(Path(study_dir), trial_id, {"trial_id": trial_id, "status": status, "seed": seed,
-                                        **params}, [])
+def write_failed(study_dir: Path, trial_id: str, seed: int, params: dict[str, Any]) -> None:
+    """A row for a trial that raised, so ``trials.parquet`` accounts for every trial."""
+    row = {"trial_id": trial_id, "status": "ERROR", "seed": seed, **params}
+    _stage(Path(study_dir), trial_id, row, [])
 
 
 def _stage(study_dir: Path, trial_id: str, row: dict, epochs: list[dict]) -> None:
