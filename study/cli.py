@@ -53,7 +53,7 @@ def run(
         _fail(err)
     from study.results import status_counts
 
-    expected = study.n_configurations() * study.search.seeds
+    expected = study.n_trials()
     counts = status_counts(study_dir)
     completed, failed = counts.get("COMPLETED", 0), counts.get("ERROR", 0)
     if completed + failed < expected:  # Ray Tune returns early when interrupted (Ctrl-C)

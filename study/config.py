@@ -181,6 +181,10 @@ class Study(_Section):
     def n_configurations(self) -> int:
         return self.grid_size() if self.search.sampler == "grid" else self.search.trials
 
+    def n_trials(self) -> int:
+        """Ray trials the study runs: every configuration, once per seed."""
+        return self.n_configurations() * self.search.seeds
+
     def compare_key(self) -> str:
         """The factor ``study analyze`` compares by default: ``compare``, else the first key."""
         return self.compare or next(iter(self.space))

@@ -140,7 +140,7 @@ def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:
     )
     if search.seeds > 1:
         searcher = Repeater(searcher, repeat=search.seeds, set_index=True)
-    total = study.n_configurations() * search.seeds
+    total = study.n_trials()
 
     gpu = study.resources.gpu
     if gpu == "auto":
