@@ -33,7 +33,7 @@ def _arms(study: config.Study, trials: pd.DataFrame, factor: str) -> dict[Any, l
     """Level of ``factor`` → the trial ids of its best configuration, in the space's order."""
     keys = list(study.space)
     arms = {}
-    for level in [config.encode(v) for v in study.space[factor].choice]:
+    for level in study.space[factor].levels():
         at_level = trials[trials[factor] == level]
         if at_level.empty:
             continue

@@ -46,6 +46,8 @@ def run(
     try:
         study = config.load(space, [*(sets or []), *([f"name={name}"] if name else [])])
         study_dir = _claim(study, results)
+        # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
+        typer.echo(_model_table(study, space))
         from study import tune
 
         tune.run(study, study_dir, address=address)
@@ -83,7 +85,7 @@ def trial(
     from study import results as result_files
     from study.train import fit
 
-    params = {key: config.encode(config.get(study, key)) for key in study.space}
+    params = {key: config.current(study, key) for key in study.space}
     study_dir = results / f"{study.name}-trial"
     trial_id = f"trial-{uuid.uuid4().hex[:8]}"
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
@@ -100,6 +102,26 @@ def trial(
     typer.echo(f"best epoch {outcome.best_epoch}: val {outcome.best_val_loss:.4f}, test "
                f"{outcome.test_loss.mean():.4f}, exact {outcome.test_correct.mean():.3f} "
                f"on {outcome.device} in {outcome.wall_s:.1f} s -> {study_dir}")
+
+
+def _model_table(study: config.Study, space: Path) -> str:
+    from study.models.catalogue import catalogue
+
+    try:
+        table = catalogue(study)
+    except ValueError as err:
+        raise UserError(f"{space}: {err}") from None
+    return table.astype(object).where(table.notna(), "").to_string(index=False)
+
+
+@app.command()
+def models(space: Space, sets: Sets = None) -> None:
+    """Every model the space can produce: widths, parameters, forward FLOPs, baseline matches."""
+    try:
+        study = config.load(space, sets or [])
+        typer.echo(_model_table(study, space))
+    except UserError as err:
+        _fail(err)
 
 
 @app.command()

@@ -50,14 +50,49 @@ class DataConfig(_Section):
 
 class AttentionConfig(_Section):
     layers: list[int] = Field(default_factory=list, description="conv positions that are AttConv")
-    iterations: int = Field(4, ge=1, le=64)
+    iterations: int | list[int] = Field(4, description="one count for every layer, or one per layer")
+    relu_inside: bool = Field(False, description="ReLU on y inside the loop (the earlier variant)")
 
     @field_validator("layers")
     @classmethod
     def _positions(cls, layers: list[int]) -> list[int]:
         if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
             raise ValueError(f"must be distinct conv positions counted from 0, got {layers}")
-        return sorted(layers)
+        return layers
+
+    @model_validator(mode="after")
+    def _iterations(self) -> AttentionConfig:
+        counts = self.iterations if isinstance(self.iterations, list) else [self.iterations]
+        if not all(1 <= t <= 64 for t in counts):
+            raise ValueError(f"iterations must lie in 1..64, got {self.iterations}")
+        if isinstance(self.iterations, list) and len(self.iterations) != len(self.layers):
+            raise ValueError(
+                f"iterations lists one count per attentional layer: {len(self.layers)} layer(s) "
+                f"{self.layers} but {len(self.iterations)} count(s) {self.iterations}; give one "
+                "number to use it everywhere"
+            )
+        return self
+
+    def iterations_at(self, position: int) -> int:
+        """Iterations of the AttConv at conv ``position`` (which must be in ``layers``)."""
+        if isinstance(self.iterations, int):
+            return self.iterations
+        return self.iterations[self.layers.index(position)]
+
+
+class BaselineConfig(_Section):
+    """A feed-forward network widened until its size matches an attentional configuration."""
+
+    match: Literal["params", "flops"] = Field(description="what to match: parameters or forward FLOPs")
+    like: AttentionConfig = Field(description="the attentional configuration whose size is the target")
+    tolerance: float = Field(0.02, gt=0, lt=0.5, description="largest accepted relative difference")
+
+    @field_validator("like")
+    @classmethod
+    def _attentional(cls, like: AttentionConfig) -> AttentionConfig:
+        if not like.layers:
+            raise ValueError("like.layers is empty: name the attentional layers whose size to match")
+        return like
 
 
 class ModelConfig(_Section):
@@ -67,14 +102,22 @@ class ModelConfig(_Section):
     hidden: list[int] = Field(default_factory=lambda: [120, 84])
     batchnorm: bool = True
     attention: AttentionConfig = AttentionConfig()
+    baseline: BaselineConfig | None = Field(None, description="widen to match an attentional size")
 
     @model_validator(mode="after")
     def _layers_exist(self) -> ModelConfig:
-        bad = [i for i in self.attention.layers if i >= len(self.channels)]
-        if bad:
+        for key, attention in (("attention", self.attention), ("baseline.like", self.baseline and
+                                                                self.baseline.like)):
+            bad = [i for i in attention.layers if i >= len(self.channels)] if attention else []
+            if bad:
+                raise ValueError(
+                    f"{key}.layers {bad} name conv positions that do not exist: the network has "
+                    f"{len(self.channels)} conv layers (positions 0..{len(self.channels) - 1})"
+                )
+        if self.baseline and self.attention.layers:
             raise ValueError(
-                f"attention.layers {bad} name conv positions that do not exist: the network has "
-                f"{len(self.channels)} conv layers (positions 0..{len(self.channels) - 1})"
+                f"a matched baseline is feed-forward, but attention.layers is {self.attention.layers}; "
+                "set model.attention.layers to [] where model.baseline is set"
             )
         return self
 
@@ -89,9 +132,14 @@ class TrainConfig(_Section):
 
 
 class Distribution(_Section):
-    """One entry of ``space``: exactly one of ``choice``, ``uniform``, ``loguniform``, ``int``."""
+    """One entry of ``space``: exactly one of ``choice``, ``uniform``, ``loguniform``, ``int``.
 
-    choice: list[Any] | None = Field(None, min_length=1)
+    ``choice`` is a list of values, or a mapping of labels to values: Optuna, the result files
+    and reports then show the labels (``{none: [], conv1: [0]}``). A key naming a whole section
+    (``model``) takes mappings as values and merges the chosen one into that section.
+    """
+
+    choice: list[Any] | dict[str, Any] | None = None
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
     int_: tuple[int, int] | None = Field(None, alias="int")
@@ -106,18 +154,43 @@ class Distribution(_Section):
             raise ValueError(f"the lower bound must be below the upper, got {list(bounds)}")
         if self.loguniform and self.loguniform[0] <= 0:
             raise ValueError("loguniform bounds must be positive")
-        if self.choice and len({encode(v) for v in self.choice}) != len(self.choice):
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        if isinstance(self.choice, list) and len(set(self.levels())) != len(self.choice):
             raise ValueError(f"choices must be distinct, got {self.choice}")
         return self
 
+    def levels(self) -> list[Any]:
+        """The choices as Optuna and the result files store them: labels, or encoded values."""
+        if isinstance(self.choice, dict):
+            return list(self.choice)
+        return [encode(v) for v in self.choice or ()]
+
+    def value(self, stored: Any) -> Any:
+        """The value behind a stored level (a list, say); a ranged value passes through."""
+        if self.choice is None:
+            return stored
+        for level, value in zip(self.levels(), self.choice.values() if isinstance(self.choice, dict)
+                                else self.choice, strict=True):
+            if level == stored:
+                return value
+        raise KeyError(f"{stored!r} is not one of the choices {self.levels()}")
+
     def candidates(self) -> list[Any]:
-        """Values worth validating up front: every choice, or both ends of a range."""
-        return list(self.choice or self.uniform or self.loguniform or self.int_)
+        """Stored values worth validating up front: every level, or both ends of a range."""
+        return self.levels() or list(self.uniform or self.loguniform or self.int_)
 
 
 class SearchConfig(_Section):
+    """How Optuna chooses configurations.
+
+    With ``sampler`` tpe or random and a ``compare`` factor, every level of that factor is tuned
+    by its own Optuna study with ``trials`` configurations, so no level is starved by a sampler
+    that has found a better one (tuned per arm). A grid covers every level anyway.
+    """
+
     sampler: Literal["tpe", "random", "grid"] = "tpe"
-    trials: int | None = Field(None, ge=1, description="configurations to try; grid: all of them")
+    trials: int | None = Field(None, ge=1, description="configurations to try (per compared level)")
     seeds: int = Field(1, ge=1, description="independently trained replicates per configuration")
     metric: Literal["best_val_loss"] = "best_val_loss"
     mode: Literal["min"] = "min"
@@ -153,8 +226,8 @@ class Study(_Section):
     def _space_keys(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
         if not space:
             raise ValueError("a study needs at least one parameter to vary")
-        for key in space:
-            _check_path(key)
+        for key, spec in space.items():
+            _check_path(key, spec)
         return space
 
     @model_validator(mode="after")
@@ -172,14 +245,30 @@ class Study(_Section):
                 )
         elif self.search.trials is None:
             raise ValueError(f"search.trials is required with sampler {self.search.sampler}")
+        if self.compare is not None and self.space[self.compare].choice is None:
+            raise ValueError(f"compare: {self.compare!r} must be a 'choice' key to have levels")
+        if self.tuned_per_level() and len(self.space) == 1:
+            raise ValueError(
+                f"sampler {self.search.sampler} tunes the keys besides compare ({self.compare!r}) "
+                "for each of its levels, and there are none; add one (e.g. train.lr) or use "
+                "sampler grid"
+            )
         feature_side(self.data.canvas, self.model)
         return self
 
     def grid_size(self) -> int:
         return math.prod(len(d.choice or ()) for d in self.space.values())
 
+    def tuned_per_level(self) -> bool:
+        """Whether each level of ``compare`` gets its own Optuna study (see ``SearchConfig``)."""
+        return self.search.sampler != "grid" and self.compare is not None
+
     def n_configurations(self) -> int:
-        return self.grid_size() if self.search.sampler == "grid" else self.search.trials
+        if self.search.sampler == "grid":
+            return self.grid_size()
+        if self.tuned_per_level():
+            return self.search.trials * len(self.space[self.compare].choice)
+        return self.search.trials
 
     def n_trials(self) -> int:
         """Ray trials the study runs: every configuration, once per seed."""
@@ -203,10 +292,16 @@ def feature_side(canvas: int, model: ModelConfig) -> int:
     return side
 
 
-def _check_path(key: str) -> None:
+def _check_path(key: str, spec: Distribution) -> None:
     section, _, rest = key.partition(".")
-    if section not in TUNABLE_SECTIONS or not rest:
+    if section not in TUNABLE_SECTIONS:
         raise ValueError(f"{key!r}: keys start with one of {', '.join(TUNABLE_SECTIONS)}")
+    merges = isinstance(spec.choice, dict) and all(isinstance(v, dict) for v in spec.choice.values())
+    if not rest:
+        if not merges:
+            raise ValueError(f"{key!r} names a whole section; name one of its settings, or give "
+                             "labelled choices of settings to merge into it")
+        return
     model: type[BaseModel] = Study.model_fields[section].annotation
     parts = rest.split(".")
     for depth, part in enumerate(parts):
@@ -219,8 +314,9 @@ def _check_path(key: str) -> None:
             if not is_section:
                 raise ValueError(f"{key!r}: {part!r} holds a value, not settings")
             model = annotation
-        elif is_section:
-            raise ValueError(f"{key!r} names a whole section; name one of its settings")
+        elif is_section and not merges:
+            raise ValueError(f"{key!r} names a whole section; name one of its settings, or give "
+                             "labelled choices of settings to merge into it")
 
 
 def encode(value: Any) -> Any:
@@ -228,22 +324,23 @@ def encode(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, list | dict) else value
 
 
-def decode(spec: Distribution, stored: Any) -> Any:
-    """The choice value (a list, say) behind what ``encode`` stored; ranges pass through."""
-    if spec.choice is None:
-        return stored
-    for value in spec.choice:
-        if encode(value) == stored:
-            return value
-    raise KeyError(f"{stored!r} is not one of the choices {spec.choice}")
-
-
 def resolve(study: Study, params: dict[str, Any]) -> Study:
-    """The study with ``params`` (dotted keys, values as ``encode`` stores them) filled in."""
+    """The study with ``params`` (dotted keys, values as the result files store them) filled in."""
     raw = study.model_dump(by_alias=True)
     for key, stored in params.items():
-        _set_dotted(raw, key, decode(study.space[key], stored))
+        _set_dotted(raw, key, study.space[key].value(stored), merge=True)
     return Study.model_validate(raw)
+
+
+def current(study: Study, key: str) -> Any:
+    """What the file's own sections hold at ``key``, stored as the result files store choices.
+
+    For labelled choices this is the first label that leaves the study unchanged, or None.
+    """
+    spec = study.space[key]
+    if isinstance(spec.choice, dict):
+        return next((level for level in spec.levels() if resolve(study, {key: level}) == study), None)
+    return encode(get(study, key))
 
 
 def get(study: Study, key: str) -> Any:
@@ -254,14 +351,19 @@ def get(study: Study, key: str) -> Any:
     return node
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
+def _set_dotted(raw: dict, key: str, value: Any, merge: bool = False) -> None:
+    """Set ``value`` at a dotted key; with ``merge``, a mapping is merged into the section there."""
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"{key!r}: {part!r} holds a value, not settings")
-    node[leaf] = value
+    if merge and isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        for name, inner in value.items():
+            _set_dotted(node[leaf], name, inner, merge=True)
+    else:
+        node[leaf] = value
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Study:
@@ -298,7 +400,7 @@ def _validate(raw: dict, path: Path) -> Study:
 def _check_candidates(study: Study, path: Path) -> None:
     """Every value the space can choose must make a valid study, checked before any trial runs."""
     keys = list(study.space)
-    values = [[encode(v) for v in study.space[k].candidates()] for k in keys]
+    values = [study.space[k].candidates() for k in keys]
     for combination in itertools.islice(itertools.product(*values), 10_000):
         params = dict(zip(keys, combination, strict=True))
         try:

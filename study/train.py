@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from study.config import Study
 from study.data import Dataset, build
-from study.models import LeNet, forward_flops, n_params
+from study.models import build_network, forward_flops, n_params
 
 EVAL_BATCH = 1024
 
@@ -86,7 +86,7 @@ def fit(study: Study, seed: int, report: Callable[[dict], None] | None = None) -
     )
 
     torch.manual_seed(seed)
-    model = LeNet(study.model, study.data.canvas).to(device)
+    model = build_network(study.model, study.data.canvas).to(device)
     flops = forward_flops(model, study.data.canvas)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     order = torch.Generator(device=device).manual_seed(seed)

@@ -2,14 +2,17 @@
 
 Optuna sees one trial per configuration, stored in ``optuna.db``; with ``search.seeds = S``
 Ray Tune's ``Repeater`` runs each configuration as S Ray trials (seeds 0..S−1) and gives Optuna
-their mean best validation loss. Each Ray trial writes its own result files; a callback on the
-driver keeps ``trials.parquet`` and ``epochs.parquet`` current and prints one line per trial.
+their mean best validation loss. When the study is tuned per level of its compare factor, each
+level has its own Optuna study in that file (named ``<study>:<level>``) and ``PerLevel`` lets
+them take turns. Each Ray trial writes its own result files; a callback on the driver keeps
+``trials.parquet`` and ``epochs.parquet`` current and prints one line per trial.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +26,12 @@ import optuna
 import ray
 import torch
 from ray import tune
-from ray.tune.search import Repeater
+from ray.tune.search import Repeater, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from study import results
-from study.config import Study, encode, resolve
+from study.config import Study, resolve
 from study.data import build
 from study.errors import UserError
 from study.train import fit
@@ -36,11 +39,13 @@ from study.train import fit
 GPU_SHARE_AUTO = 0.25  # LeNet-sized trials leave a GPU idle: four share one by default
 
 
-def optuna_space(study: Study) -> dict[str, optuna.distributions.BaseDistribution]:
+def optuna_space(study: Study, keys: list[str]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna's distributions for the given keys of the study's space."""
     space = {}
-    for key, spec in study.space.items():
+    for key in keys:
+        spec = study.space[key]
         if spec.choice is not None:
-            space[key] = optuna.distributions.CategoricalDistribution([encode(v) for v in spec.choice])
+            space[key] = optuna.distributions.CategoricalDistribution(spec.levels())
         elif spec.int_ is not None:
             space[key] = optuna.distributions.IntDistribution(*spec.int_)
         else:
@@ -49,14 +54,57 @@ def optuna_space(study: Study) -> dict[str, optuna.distributions.BaseDistributio
     return space
 
 
-def sampler(study: Study) -> optuna.samplers.BaseSampler:
+def sampler(study: Study, keys: list[str]) -> optuna.samplers.BaseSampler:
     seed = study.search.seed
     if study.search.sampler == "grid":
-        grid = {k: [encode(v) for v in spec.choice] for k, spec in study.space.items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return optuna.samplers.GridSampler({k: study.space[k].levels() for k in keys}, seed=seed)
     if study.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+class PerLevel(Searcher):
+    """One searcher per level of ``key``, taking turns, ``trials`` configurations each.
+
+    Ray Tune has no stratified search, and a single sampler over the compared factor would
+    spend its budget on the level it currently likes: the comparison needs every level tuned
+    equally. Each suggestion goes to the level with the fewest so far. Every level's sampler
+    has the same seed, so the levels start from the same random configurations.
+    """
+
+    def __init__(self, key: str, searchers: dict[Any, Searcher], trials: int) -> None:
+        first = next(iter(searchers.values()))
+        super().__init__(metric=first.metric, mode=first.mode)
+        self.key, self.searchers, self.trials = key, searchers, trials
+        self.suggested = dict.fromkeys(searchers, 0)
+        self.level_of: dict[str, Any] = {}
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        open_levels = [level for level, n in self.suggested.items() if n < self.trials]
+        if not open_levels:
+            return Searcher.FINISHED
+        level = min(open_levels, key=self.suggested.__getitem__)
+        config = self.searchers[level].suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        self.suggested[level] += 1
+        self.level_of[trial_id] = level
+        return {**config, self.key: level}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searchers[self.level_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        level = self.level_of.pop(trial_id)
+        self.searchers[level].on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:  # as OptunaSearch saves itself
+            pickle.dump(self.__dict__, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))
 
 
 def _params_and_seed(study: Study, config: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -128,18 +176,29 @@ def run(study: Study, study_dir: Path, address: str | None = None) -> tune.Resul
             ray.shutdown()
 
 
-def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:
+def searcher(study: Study, study_dir: Path) -> Searcher:
+    """Optuna (one study, or one per compared level) behind Ray Tune, repeated over seeds."""
     search = study.search
-    searcher = OptunaSearch(
-        space=optuna_space(study),
-        metric=search.metric,
-        mode=search.mode,
-        sampler=sampler(study),
-        study_name=study.name,
-        storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}"),
-    )
+    storage = optuna.storages.RDBStorage(f"sqlite:///{Path(study_dir) / 'optuna.db'}")
+
+    def optuna_search(keys: list[str], name: str) -> OptunaSearch:
+        return OptunaSearch(space=optuna_space(study, keys), metric=search.metric, mode=search.mode,
+                            sampler=sampler(study, keys), study_name=name, storage=storage)
+
+    if study.tuned_per_level():
+        key = study.compare
+        others = [k for k in study.space if k != key]
+        searcher: Searcher = PerLevel(key, {level: optuna_search(others, f"{study.name}:{level}")
+                                            for level in study.space[key].levels()}, search.trials)
+    else:
+        searcher = optuna_search(list(study.space), study.name)
     if search.seeds > 1:
         searcher = Repeater(searcher, repeat=search.seeds, set_index=True)
+    return searcher
+
+
+def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:
+    search = study.search
     total = study.n_trials()
 
     gpu = study.resources.gpu
@@ -150,7 +209,7 @@ def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:
                               study_dir=str(study_dir), threads=threads)
     tuner = tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total),
+        tune_config=tune.TuneConfig(search_alg=searcher(study, study_dir), num_samples=total),
         run_config=tune.RunConfig(
             name="tune",
             storage_path=str(study_dir / "ray"),

@@ -1,6 +1,10 @@
+import os
 from pathlib import Path
 
 import pytest
+
+# As study.tune does before importing Ray, for tests that import Ray before it: token auth stays on.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "searchspaces" / "smoke.yaml"

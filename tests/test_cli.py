@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from study.cli import app
 
-from .conftest import SMOKE
+from .conftest import ROOT, SMOKE
 
 runner = CliRunner()
 
@@ -51,3 +51,20 @@ def test_trial_runs_in_process_and_writes_the_contract(tmp_path):
     assert trials["model.attention.layers"].tolist() == ["[]"]
     assert len(pd.read_parquet(out / "samples")) == 30
     assert "epoch   0" in result.output
+
+
+def test_models_lists_every_model_with_baselines_matched():
+    result = runner.invoke(app, ["models", str(ROOT / "searchspaces" / "complexity.yaml")])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:]}
+    assert set(rows) == {"attconv", "lenet5", "params-matched", "flops-matched"}
+    for label in ("params-matched", "flops-matched"):
+        assert abs(float(rows[label][-1]) - 1) <= 0.02  # the achieved ratio, last column
+
+
+def test_a_baseline_that_cannot_match_stops_the_run_before_anything_is_written(tmp_path):
+    path = ROOT / "searchspaces" / "complexity.yaml"
+    result = runner.invoke(app, ["run", str(path), "--results", str(tmp_path), "--set",
+                                 "space.model.choice.flops-matched.baseline.tolerance=1e-7"])
+    assert result.exit_code == 2 and "raise model.baseline.tolerance" in result.output
+    assert not any(tmp_path.iterdir())

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from study import config
@@ -66,6 +68,8 @@ def test_every_space_choice_is_validated_up_front(tmp_path):
         ("optimiser.lr: {choice: [1]}", "keys start with one of data, model, train"),
         ("train.rate: {choice: [1]}", "'rate' is not a setting"),
         ("model.attention: {choice: [1]}", "names a whole section"),
+        ("model: {choice: {a: {}, b: 1}}", "names a whole section"),
+        ("model: {choice: {a: {attention: {layerz: [0]}}}}", "model.attention.layerz: unknown key"),
         ("train.lr: {loguniform: [0.1, 0.01]}", "lower bound must be below the upper"),
         ("train.lr: {choice: [1], uniform: [0, 1]}", "exactly one of"),
     ],
@@ -95,3 +99,47 @@ def test_dump_round_trips(tmp_path):
     study = config.load(SMOKE, ["train.epochs=3"])
     again = config.load(write(tmp_path, config.dump(study)))
     assert again == study
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (["model.attention={layers: [0, 1], iterations: [2, 4, 8]}"], "one count per attentional layer"),
+        (["model.attention.iterations=0"], "iterations must lie in 1..64"),
+        (["model.baseline={match: params, like: {layers: [0]}}"], "a matched baseline is feed-forward"),
+        (["model.attention.layers=[]", "model.baseline={match: flops, like: {layers: []}}"],
+         "like.layers is empty"),
+        (["model.attention.layers=[]", "model.baseline={match: flops, like: {layers: [5]}}"],
+         "baseline.like.layers [5] name conv positions that do not exist"),
+        (["search.sampler=tpe", "search.trials=2"], "tunes the keys besides compare"),
+        (["compare=train.lr", "space={train.lr: {uniform: [0.001, 0.01]}}", "search.sampler=random",
+          "search.trials=2"], "must be a 'choice' key"),
+    ],
+)
+def test_model_and_search_mistakes_are_caught_before_running(sets, expected):
+    with pytest.raises(UserError, match=re.escape(expected)):
+        config.load(SMOKE, sets)
+
+
+def test_iterations_per_layer_follow_the_layers_order():
+    attention = config.AttentionConfig(layers=[1, 0], iterations=[8, 2])
+    assert (attention.iterations_at(0), attention.iterations_at(1)) == (2, 8)
+    assert config.AttentionConfig(layers=[0, 1], iterations=3).iterations_at(1) == 3
+
+
+def test_labelled_choices_store_labels_and_merge_sections():
+    study = config.load(ROOT / "searchspaces" / "complexity.yaml")
+    spec = study.space["model"]
+    assert spec.levels() == ["attconv", "lenet5", "params-matched", "flops-matched"]
+    flops = config.resolve(study, {"model": "flops-matched", "train.lr": 1e-3}).model
+    # Merged, not replaced: the rest of the model section stays as the file has it.
+    assert flops.attention.layers == [] and flops.channels == [6, 16] and flops.batchnorm
+    assert flops.baseline.match == "flops" and flops.baseline.like.layers == [0]
+    assert config.current(study, "model") == "attconv"  # what `study trial` records
+    assert config.current(study, "train.lr") == study.train.lr
+
+
+def test_tuning_per_level_multiplies_configurations_by_levels():
+    study = config.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=3"])
+    assert study.tuned_per_level() and study.n_configurations() == 3 * 4
+    assert study.n_trials() == 3 * 4 * study.search.seeds

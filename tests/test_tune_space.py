@@ -2,11 +2,12 @@
 
 import optuna
 import pytest
+from ray.tune.search import Searcher
 
 from study import config
-from study.tune import optuna_space, sampler
+from study.tune import optuna_space, sampler, searcher
 
-from .conftest import SMOKE
+from .conftest import ROOT, SMOKE
 
 
 def mixed_study(sampler_name: str) -> config.Study:
@@ -19,9 +20,9 @@ def mixed_study(sampler_name: str) -> config.Study:
 @pytest.mark.parametrize("name", ["tpe", "random"])
 def test_samplers_draw_valid_configurations_from_the_space(name):
     study = mixed_study(name)
-    ot = optuna.create_study(sampler=sampler(study))
+    ot = optuna.create_study(sampler=sampler(study, list(study.space)))
     for _ in range(6):
-        trial = ot.ask(fixed_distributions=optuna_space(study))
+        trial = ot.ask(fixed_distributions=optuna_space(study, list(study.space)))
         resolved = config.resolve(study, trial.params)
         assert resolved.model.attention.layers in ([], [0])
         assert 1.0e-4 <= resolved.train.lr <= 3.0e-3 and 16 <= resolved.train.batch_size <= 64
@@ -31,9 +32,25 @@ def test_samplers_draw_valid_configurations_from_the_space(name):
 def test_grid_visits_every_combination_once():
     study = config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1]]},"
                                 " model.attention.iterations: {choice: [1, 4]}}"])
-    ot = optuna.create_study(sampler=sampler(study))
+    ot = optuna.create_study(sampler=sampler(study, list(study.space)))
     seen = set()
     for _ in range(study.n_configurations()):
-        trial = ot.ask(fixed_distributions=optuna_space(study))
+        trial = ot.ask(fixed_distributions=optuna_space(study, list(study.space)))
         seen.add(tuple(trial.params.values()))  # running trials count as visited: no tell needed
     assert len(seen) == study.n_configurations() == 6
+
+
+def test_each_level_is_tuned_by_its_own_study_taking_turns(tmp_path):
+    study = config.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=2", "search.seeds=1"])
+    search = searcher(study, tmp_path)
+    suggestions = [search.suggest(f"t{i}") for i in range(8)]
+    levels = [s["model.attention.layers"] for s in suggestions]
+    assert levels == ["none", "conv1", "conv2", "both"] * 2  # balanced, in turn
+    assert search.suggest("t8") == Searcher.FINISHED
+    for i, s in enumerate(suggestions):
+        search.on_trial_complete(f"t{i}", {"best_val_loss": s["train.lr"]})
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for level in ("none", "conv1", "conv2", "both"):
+        trials = optuna.load_study(study_name=f"position:{level}", storage=storage).trials
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+        assert set(trials[0].params) == {"train.lr"}  # the compared key is fixed per study

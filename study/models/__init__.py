@@ -1,6 +1,16 @@
-"""AttConv and the LeNet family built from it."""
+"""AttConv, the LeNet family built from it, and matched feed-forward baselines."""
 
+from study.config import ModelConfig
 from study.models.attconv import AttConv
+from study.models.baseline import Match, matched
 from study.models.lenet import LeNet, forward_flops, n_params
 
-__all__ = ["AttConv", "LeNet", "forward_flops", "n_params"]
+
+def build_network(config: ModelConfig, canvas: int, in_channels: int = 1) -> LeNet:
+    """The network ``config`` describes; a matched baseline is widened first (``matched``)."""
+    if config.baseline is not None:
+        config = matched(config, canvas, in_channels).config
+    return LeNet(config, canvas, in_channels)
+
+
+__all__ = ["AttConv", "LeNet", "Match", "build_network", "forward_flops", "matched", "n_params"]

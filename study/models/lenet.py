@@ -27,11 +27,15 @@ class LeNet(nn.Module):
 
     def __init__(self, config: ModelConfig, canvas: int, in_channels: int = 1) -> None:
         super().__init__()
+        if config.baseline is not None:
+            raise ValueError("a matched baseline is built with study.models.build_network, which widens it")
         stages = []
         c_in = in_channels
+        attention = config.attention
         for position, c_out in enumerate(config.channels):
-            if position in config.attention.layers:
-                conv = AttConv(c_in, c_out, config.kernel, iterations=config.attention.iterations)
+            if position in attention.layers:
+                conv = AttConv(c_in, c_out, config.kernel, iterations=attention.iterations_at(position),
+                               relu_inside=attention.relu_inside)
             else:
                 conv = nn.Conv2d(c_in, c_out, config.kernel)
             norm = nn.BatchNorm2d(c_out) if config.batchnorm else nn.Identity()

@@ -38,21 +38,21 @@ def loop_reference(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
                        for p in range(k * k)])
             ys.append(y)
         a = normalise([[math.exp(v) for v in row] for row in es])
-    side = (H - k) // s + 1
-    return torch.stack(ys).T.reshape(1, -1, side, side)
+    return torch.stack(ys).T.reshape(1, -1, (H - k) // s + 1, (W - k) // s + 1)
 
 
 def windows_per_pixel(shape, k, s):
     return F.fold(F.unfold(torch.ones(shape), k, stride=s), shape[-2:], k, stride=s)
 
 
-@pytest.mark.parametrize(("C", "H", "k", "s", "T"), [(1, 6, 3, 1, 3), (2, 7, 3, 2, 2)])
-def test_matches_a_loop_reference_on_a_tiny_input(C, H, k, s, T):
+@pytest.mark.parametrize(("C", "H", "W", "k", "s", "T"),
+                         [(1, 6, 6, 3, 1, 3), (2, 7, 7, 3, 2, 2), (3, 5, 8, 3, 1, 2)])
+def test_matches_a_loop_reference_on_a_tiny_input(C, H, W, k, s, T):
     torch.manual_seed(0)
     layer = AttConv(C, 3, k, iterations=T, stride=s).double()
     with torch.no_grad():
         layer.weight_td.add_(0.3 * torch.randn_like(layer.weight_td))  # make top-down differ
-    x = torch.rand(1, C, H, H, dtype=torch.float64)
+    x = torch.rand(1, C, H, W, dtype=torch.float64)  # several channels, stride, non-square
     with torch.no_grad():
         expected = loop_reference(layer, x)
     torch.testing.assert_close(layer(x), expected)

@@ -42,3 +42,31 @@ def test_flops_grow_with_attention_iterations():
     plain = forward_flops(LeNet(ModelConfig(), 48), 48)
     # One iteration is one bottom-up product: exactly a convolution's cost.
     assert plain == flops[0] < flops[1] < flops[2]
+
+
+def test_deeper_stack_parameter_count_by_hand():
+    # conv 1·6·25+6, 6·16·25+16, 16·32·25+32 with batch norm 2·(6+16+32); 48 → 22 → 9 → 2 leaves
+    # 32×2×2 features: fc 128·120+120, 120·84+84, 84·10+10.
+    plain = 156 + 2416 + 12_832 + 2 * (6 + 16 + 32) + 15_480 + 10_164 + 850
+    config = ModelConfig(channels=[6, 16, 32])
+    assert n_params(LeNet(config, canvas=48)) == plain == 42_006
+    # Each AttConv adds W_td (as large as W_bu) and b_td (one per input channel).
+    attentional = ModelConfig(channels=[6, 16, 32], attention={"layers": [0, 1, 2]})
+    assert n_params(LeNet(attentional, canvas=48)) == \
+        plain + (150 + 1) + (2400 + 6) + (12_800 + 16)
+
+
+def test_iterations_and_relu_option_reach_each_layer():
+    config = ModelConfig(channels=[6, 16, 32],
+                         attention={"layers": [2, 0], "iterations": [16, 1], "relu_inside": True})
+    model = LeNet(config, canvas=48)
+    layers = {i: stage[0] for i, stage in enumerate(model.features)}
+    assert (layers[0].iterations, layers[2].iterations) == (1, 16)
+    assert layers[0].relu_inside and layers[2].relu_inside
+    assert isinstance(layers[1], torch.nn.Conv2d)
+    model(torch.rand(2, 1, 48, 48)).sum().backward()
+
+
+def test_a_baseline_config_is_built_only_through_matching():
+    with pytest.raises(ValueError, match="build_network"):
+        LeNet(ModelConfig(baseline={"match": "params", "like": {"layers": [0]}}), canvas=48)

@@ -1,0 +1,54 @@
+"""Every model a study's space can produce, with its size: what ``study models`` prints.
+
+Example:
+    >>> from study.config import load
+    >>> table = catalogue(load("searchspaces/complexity.yaml"))
+    >>> list(table["model"])
+    ['attconv', 'lenet5', 'params-matched', 'flops-matched']
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+
+from study.config import Study, resolve
+from study.models.baseline import matched
+from study.models.lenet import LeNet, forward_flops, n_params
+
+
+def model_keys(study: Study) -> list[str]:
+    """The keys of the space that change the network."""
+    return [key for key in study.space if key == "model" or key.startswith("model.")]
+
+
+def catalogue(study: Study) -> pd.DataFrame:
+    """One row per model: the choices that make it, its widths, parameters and forward FLOPs, and
+    for a matched baseline what it matches, the target and the achieved ratio.
+
+    Ranged model keys contribute both ends of their range. Raises ``ValueError`` naming the
+    choice when a baseline cannot be matched within its tolerance.
+    """
+    keys, canvas = model_keys(study), study.data.canvas
+    rows = []
+    for combination in itertools.product(*(study.space[k].candidates() for k in keys)):
+        params = dict(zip(keys, combination, strict=True))
+        config = resolve(study, params).model
+        match = None
+        if config.baseline is not None:
+            try:
+                match = matched(config, canvas)
+            except ValueError as err:
+                shown = ", ".join(f"{k}={v}" for k, v in params.items())
+                raise ValueError(f"model.baseline (with space choice {shown}): {err}") from None
+            config = match.config
+        net = LeNet(config, canvas)
+        row = {**params, "channels": str(config.channels), "hidden": str(config.hidden),
+               "attention": str(config.attention.layers), "n_params": n_params(net),
+               "flops": forward_flops(net, canvas)}
+        if match is not None:
+            row |= {"matches": match.match, "target": match.target, "ratio": round(match.ratio, 4)}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.astype({"target": "Int64"}) if "target" in table else table
