@@ -128,25 +128,34 @@ def models(space: Space, sets: Sets = None) -> None:
 def analyze(
     results_dir: Annotated[Path, typer.Argument(help="a study's results, e.g. results/smoke")],
     by: Annotated[str | None, typer.Option(help="space key to compare by")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    split: Annotated[str | None, typer.Option(
+        help="per-sample column to split the tables by, e.g. withheld or digits")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the tables as one JSON object")] = False,
 ) -> None:
-    """Wilcoxon signed-rank tests of each level against the reference, on per-sample losses."""
-    from study import analysis
+    """Compare each level with the reference on per-sample test losses; write report/."""
+    from study import analysis, report
 
     try:
-        report = analysis.compare(results_dir, by)
+        result = analysis.analyze(results_dir, by, split)
     except UserError as err:
         _fail(err)
+    where = report.write(result, results_dir)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    typer.echo(f"study {report['study']}: {report['question']}")
-    typer.echo(f"factor {report['factor']}, data {report['data_fingerprint']}")
-    for row in report["comparisons"]:
+    typer.echo(f"study {result.study.name}: {result.study.question}")
+    typer.echo(f"factor {result.factor}, data {result.data_fingerprint}")
+    for _, row in result.comparisons.iterrows():
+        subgroup = f"[{split}={row[split]}] " if split else ""
         typer.echo(
-            f"  {row['level']} vs {row['reference']}: n={row['n']}  "
+            f"  {subgroup}{row['level']} vs {row['reference']}: n={row['n']}  "
             f"mean loss {row['mean_loss']:.4f} vs {row['mean_loss_reference']:.4f}  "
             f"exact acc {row['exact_acc']:.3f} vs {row['exact_acc_reference']:.3f}  "
-            f"Wilcoxon W={row['statistic']:.0f} p={row['p_value']:.3g}  "
-            f"(seeds {row['seeds']} vs {row['seeds_reference']})"
+            f"median diff {row['median_diff']:.3g} [{row['median_diff_ci_low']:.3g}, "
+            f"{row['median_diff_ci_high']:.3g}]  r={row['rank_biserial']:.2f}  "
+            f"W={row['wilcoxon_w']:.0f} p={row['p_two_sided']:.3g} (Holm {row['p_holm']:.3g})  "
+            f"seeds {row['seeds']} vs {row['seeds_reference']}, p_seeds={row['p_seeds']:.3g}"
         )
+        if row["warning"]:
+            typer.echo(f"    caution: {row['warning']}")
+    typer.echo(f"report: {where / 'report.md'}")

@@ -6,8 +6,8 @@ weights, and a staged row (``.trials/<id>.json``) that ``consolidate`` gathers i
 under a temporary name and renamed.
 
 Example:
-    >>> r = load("results/smoke")
-    >>> r.samples.groupby("trial_id").loss.mean()  # doctest: +SKIP
+    >>> r = load("results/smoke")  # doctest: +SKIP
+    >>> r.samples.groupby(["model.attention.layers", "sample_idx"]).loss.mean()  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -148,21 +148,30 @@ def status_counts(study_dir: Path) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Results:
+    """One study's results as tidy DataFrames: ``trials`` (one row per trial), ``epochs`` (per
+    trial and epoch) and ``samples`` (per trial and test sample, with the trial's parameters)."""
+
     trials: pd.DataFrame
     epochs: pd.DataFrame
     samples: pd.DataFrame
+    params: list[str]  # the space keys: parameter columns of trials, and of samples
 
 
 def load(path: str | Path) -> Results:
-    """The result files of one study as pandas DataFrames."""
+    """The result files of one study as pandas DataFrames, the trial parameters joined to the
+    per-sample rows so that arms can be grouped directly.
+
+    Example:
+        >>> r = load("results/smoke")  # doctest: +SKIP
+        >>> r.samples.groupby("model.attention.layers").loss.mean()  # doctest: +SKIP
+    """
     path = Path(path)
+    trials = pd.read_parquet(path / "trials.parquet")
+    params = [c for c in trials if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
     samples_dir = path / "samples"
     samples = pd.read_parquet(samples_dir) if samples_dir.exists() else pd.DataFrame()
     if "trial_id" in samples:
         # Read through the hive directory, the key comes back as a category; plain text is simpler.
         samples["trial_id"] = samples["trial_id"].astype(str)
-    return Results(
-        trials=pd.read_parquet(path / "trials.parquet"),
-        epochs=pd.read_parquet(path / "epochs.parquet"),
-        samples=samples,
-    )
+        samples = samples.merge(trials[["trial_id", *params]], on="trial_id", how="left")
+    return Results(trials, pd.read_parquet(path / "epochs.parquet"), samples, params)

@@ -56,7 +56,7 @@ def _on(device: torch.device, array: np.ndarray, dtype: torch.dtype | None = Non
     return tensor if dtype is None else tensor.to(dtype)
 
 
-def _inputs(images: torch.Tensor) -> torch.Tensor:
+def as_inputs(images: torch.Tensor) -> torch.Tensor:
     """uint8 B×H×W → float B×1×H×W in [0, 1]."""
     return images.unsqueeze(1).float().div_(255)
 
@@ -67,7 +67,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
     model.eval()
     losses, logits = [], []
     for lo in range(0, len(images), EVAL_BATCH):
-        out = model(_inputs(images[lo : lo + EVAL_BATCH]))
+        out = model(as_inputs(images[lo : lo + EVAL_BATCH]))
         target = targets[lo : lo + EVAL_BATCH]
         losses.append(F.binary_cross_entropy_with_logits(out, target, reduction="none").mean(1))
         logits.append(out)
@@ -102,7 +102,7 @@ def fit(study: Study, seed: int, report: Callable[[dict], None] | None = None) -
         total = torch.zeros((), device=device)
         for lo in range(0, n_used, cfg.batch_size):
             idx = perm[lo : min(lo + cfg.batch_size, n_used)]
-            loss = F.binary_cross_entropy_with_logits(model(_inputs(train_x[idx])), train_y[idx])
+            loss = F.binary_cross_entropy_with_logits(model(as_inputs(train_x[idx])), train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

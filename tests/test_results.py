@@ -21,6 +21,8 @@ def test_completed_and_failed_trials_are_both_accounted_for(tmp_path):
     assert list(r.trials.columns[:4]) == ["trial_id", "status", "seed", "model.attention.layers"]
     assert r.epochs["trial_id"].tolist() == ["good", "good"]
     assert len(r.samples) == 30 and set(r.samples["trial_id"]) == {"good"}
+    # The trial's parameters are joined to its samples, so arms group directly.
+    assert r.params == ["model.attention.layers"] and set(r.samples["model.attention.layers"]) == {"[]"}
     assert results.status_counts(tmp_path) == {"COMPLETED": 1, "ERROR": 1}
 
 

@@ -4,7 +4,7 @@ import torch
 
 from study import config
 from study.models import LeNet
-from study.train import _inputs, _on, evaluate, fit
+from study.train import _on, as_inputs, evaluate, fit
 
 from .conftest import SMOKE
 
@@ -44,7 +44,7 @@ def test_per_sample_test_results_come_from_the_best_weights(run):
     model.eval()
     test = result.dataset["test"]
     with torch.no_grad():
-        logits = model(_inputs(torch.from_numpy(test.images)))
+        logits = model(as_inputs(torch.from_numpy(test.images)))
     np.testing.assert_allclose(result.test_logits, logits.numpy(), rtol=1e-5, atol=1e-5)
     target = torch.from_numpy(test.targets).float()
     per_sample = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")

@@ -63,6 +63,7 @@ def check_contract(study_dir: Path, n_trials: int) -> pd.DataFrame:
 
 
 def check_analysis(study_dir: Path, trials: pd.DataFrame) -> None:
+    """The report's numbers, recomputed independently from the Parquet files with scipy."""
     out = study("analyze", str(study_dir), "--json")
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)["comparisons"]
@@ -71,12 +72,21 @@ def check_analysis(study_dir: Path, trials: pd.DataFrame) -> None:
     level = dict(zip(trials["trial_id"], trials["model.attention.layers"], strict=True))
     samples["arm"] = samples["trial_id"].map(level)
     mean = samples.groupby(["arm", "sample_idx"])["loss"].mean().unstack("arm")
-    expected = stats.wilcoxon(mean["[0]"], mean["[]"])
+    d = mean["[0]"] - mean["[]"]
     assert row["n"] == N_TEST
-    assert row["statistic"] == pytest.approx(expected.statistic)
-    assert row["p_value"] == pytest.approx(expected.pvalue)
+    assert row["wilcoxon_w"] == pytest.approx(stats.wilcoxon(d).statistic)
+    assert row["p_two_sided"] == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert row["p_arm_lower"] == pytest.approx(stats.wilcoxon(d, alternative="less").pvalue)
+    assert row["median_diff"] == pytest.approx(d.median(), abs=1e-7)
+    csv = pd.read_csv(study_dir / "report" / "comparisons.csv")
+    assert csv.loc[0, "p_two_sided"] == pytest.approx(row["p_two_sided"])
+    assert csv.loc[0, "rank_biserial"] == pytest.approx(row["rank_biserial"])
+    report = (study_dir / "report" / "report.md").read_text()
+    for figure in ("qq", "loss_curves", "losses", "optuna_history", "optuna_importances", "attention"):
+        assert (study_dir / "report" / f"{figure}.png").stat().st_size > 1000
+        assert f"]({figure}.png)" in report
     text = study("analyze", str(study_dir))
-    assert "Wilcoxon" in text.stdout and "[0] vs []" in text.stdout
+    assert "[0] vs []" in text.stdout and "report.md" in text.stdout
 
 
 def test_embedded_study_with_replicated_seeds(tmp_path):

@@ -136,6 +136,13 @@ class AttConv(nn.Module):
             shift = self._unfold(per_pixel)
         return torch.exp(e - shift)
 
+    def prediction(self, a: torch.Tensor, x_hat: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Each input pixel's top-down prediction (B×C×H×W): the windows' predictions ``x_hat``
+        (B×(C·k²)×L) weighted by the shares ``a`` (B×k²×L) with which they claim the pixel."""
+        B, L = a.shape[0], a.shape[-1]
+        weighted = x_hat.view(B, self.in_channels, -1, L) * a.unsqueeze(1)
+        return self._fold(weighted.flatten(1, 2), height, width)
+
     def attention_per_pixel(self, a: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Each input pixel's shares summed over the windows covering it (B×1×H×W): 1 wherever
         a window reaches after ``N``; for tests and figures."""

@@ -130,3 +130,14 @@ def test_no_tensor_of_size_batch_by_windows_by_outputs_by_inputs():
     with Watch():
         layer(torch.rand(B, C, side, side)).sum().backward()
     assert largest == unfolded  # the unfolded input X is the largest tensor; X·O never exists
+
+
+def test_prediction_of_a_perfect_top_down_pass_is_the_input():
+    # Shares sum to 1 over the windows covering each pixel, so windows predicting exactly their
+    # input reconstruct it whatever the shares are.
+    torch.manual_seed(0)
+    layer = AttConv(2, 4, 3, iterations=3)
+    x = torch.rand(2, 2, 9, 7)
+    *_, (_, a, _) = layer.steps(x)
+    X = F.unfold(x, 3)
+    torch.testing.assert_close(layer.prediction(a, X, 9, 7), x)
