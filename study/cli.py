@@ -19,11 +19,26 @@ Space = Annotated[Path, typer.Argument(help="search-space YAML, e.g. searchspace
 Sets = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE", help="override a dotted key, e.g. --set train.epochs=2 (repeatable)")]
 ResultsDir = Annotated[Path, typer.Option("--results", help="where studies write")]
+Download = Annotated[bool, typer.Option(
+    "--download", help="fetch MNIST into data.root first (data.source: mnist; needs network)")]
+data_app = typer.Typer(no_args_is_help=True, help="Look at a study's dataset.")
+app.add_typer(data_app, name="data")
 
 
 def _fail(err: UserError) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(2)
+
+
+def _load(space: Path, sets: list[str] | None, download: bool) -> config.Study:
+    """The study, with MNIST fetched first when asked and its source digits checked."""
+    study = config.load(space, sets or [])
+    from study.data import source
+
+    if download and study.data.source == "mnist":
+        source.download_mnist(study.data.root)
+    source.load(study.data)  # a missing or corrupt MNIST folder fails here, before anything runs
+    return study
 
 
 def _claim(study: config.Study, results: Path) -> Path:
@@ -41,10 +56,11 @@ def run(
     name: Annotated[str | None, typer.Option(help="study name (default: the file's)")] = None,
     address: Annotated[str | None, typer.Option(
         help="existing Ray cluster, e.g. 127.0.0.1:6379 (default: start an embedded one)")] = None,
+    download: Download = False,
 ) -> None:
     """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
     try:
-        study = config.load(space, [*(sets or []), *([f"name={name}"] if name else [])])
+        study = _load(space, [*(sets or []), *([f"name={name}"] if name else [])], download)
         study_dir = _claim(study, results)
         # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
         typer.echo(_model_table(study, space))
@@ -75,11 +91,12 @@ def trial(
     sets: Sets = None,
     results: ResultsDir = Path("results"),
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    download: Download = False,
 ) -> None:
     """One trial in this process, without Ray, of the file's sections as they stand (after
     --set); the space is not sampled. Writes results/<name>-trial/ like a one-trial study."""
     try:
-        study = config.load(space, sets or [])
+        study = _load(space, sets, download)
     except UserError as err:
         _fail(err)
     from study import results as result_files
@@ -122,6 +139,29 @@ def models(space: Space, sets: Sets = None) -> None:
         typer.echo(_model_table(study, space))
     except UserError as err:
         _fail(err)
+
+
+@data_app.command()
+def preview(
+    space: Space,
+    sets: Sets = None,
+    out: Annotated[Path | None, typer.Option(help="where to write (default: results/<name>-data)")] = None,
+    download: Download = False,
+) -> None:
+    """Sample grids (PNG) of each split with their labels, and the dataset's statistics."""
+    try:
+        study = _load(space, sets, download)
+    except UserError as err:
+        _fail(err)
+    from study.data import build
+    from study.data import preview as data_preview
+
+    dataset = build(study.data)
+    out = out or Path("results") / f"{study.name}-data"
+    table = data_preview.write(dataset, study.name, out)
+    typer.echo(f"dataset {dataset.fingerprint}: {study.data.n_images:,} images")
+    typer.echo(table.set_index("split").T.to_string())
+    typer.echo(f"grids and statistics.csv in {out}")
 
 
 @app.command()

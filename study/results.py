@@ -65,8 +65,9 @@ def samples_table(trial_id: str, seed: int, result: TrialResult) -> pa.Table:
         "loss": pa.array(result.test_loss.astype(np.float32)),
         "correct": pa.array(result.test_correct.astype(bool)),
         "digits": pa.array(test.digit_strings(), pa.string()),
-        # Withheld combinations are a dataset variant not yet generated: every sample was seen.
-        "withheld": pa.array(np.zeros(n, bool)),
+        "withheld": pa.array(test.withheld.astype(bool)),
+        "colours": pa.array(test.colour_strings(), pa.string()),
+        "occlusion": pa.array(test.hidden.mean(1).astype(np.float32)),
     }
     for c in range(result.test_logits.shape[1]):
         columns[f"logit_{c}"] = pa.array(result.test_logits[:, c].astype(np.float32))

@@ -57,8 +57,8 @@ def _on(device: torch.device, array: np.ndarray, dtype: torch.dtype | None = Non
 
 
 def as_inputs(images: torch.Tensor) -> torch.Tensor:
-    """uint8 B×H×W → float B×1×H×W in [0, 1]."""
-    return images.unsqueeze(1).float().div_(255)
+    """uint8 B×H×W (grayscale) or B×3×H×W (colour) → float B×C×H×W in [0, 1]."""
+    return (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255)
 
 
 @torch.inference_mode()
@@ -86,8 +86,9 @@ def fit(study: Study, seed: int, report: Callable[[dict], None] | None = None) -
     )
 
     torch.manual_seed(seed)
-    model = build_network(study.model, study.data.canvas).to(device)
-    flops = forward_flops(model, study.data.canvas)
+    canvas, channels = study.data.canvas, study.data.channels()
+    model = build_network(study.model, canvas, channels).to(device)
+    flops = forward_flops(model, canvas, channels)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     order = torch.Generator(device=device).manual_seed(seed)
 

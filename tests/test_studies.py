@@ -15,7 +15,8 @@ from study.cli import app
 from .conftest import ROOT
 
 FACTOR_STUDIES = ["position", "iterations", "layers", "complexity"]
-SMOKE_SETS = ["data.n_images=300", "train.epochs=1", "search.trials=1", "search.seeds=1"]
+DATA_STUDIES = ["data-size", "data-orientation", "data-withheld", "data-colour"]
+SMOKE_SETS = ["data.n_images=300", "train.epochs=1", "search.seeds=1"]
 runner = CliRunner()
 
 
@@ -35,10 +36,11 @@ def cluster():
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("name", FACTOR_STUDIES)
+@pytest.mark.parametrize("name", FACTOR_STUDIES + DATA_STUDIES)
 def test_each_study_runs_at_smoke_scale_and_analyses_every_level(cluster, tmp_path, name):
     path = ROOT / "searchspaces" / f"{name}.yaml"
-    sets = [arg for s in SMOKE_SETS for arg in ("--set", s)]
+    per_level = ["search.trials=1"] if name in FACTOR_STUDIES else []
+    sets = [arg for s in SMOKE_SETS + per_level for arg in ("--set", s)]
     result = runner.invoke(app, ["run", str(path), *sets, "--results", str(tmp_path)])
     assert result.exit_code == 0, result.output
 
@@ -47,10 +49,27 @@ def test_each_study_runs_at_smoke_scale_and_analyses_every_level(cluster, tmp_pa
     trials = pd.read_parquet(tmp_path / name / "trials.parquet")
     assert sorted(trials[study.compare]) == sorted(levels)  # one configuration per level
     names = optuna.get_all_study_names(f"sqlite:///{tmp_path / name / 'optuna.db'}")
-    assert sorted(names) == sorted(f"{name}:{level}" for level in levels)  # one Optuna study per level
+    if name in FACTOR_STUDIES:
+        assert sorted(names) == sorted(f"{name}:{level}" for level in levels)  # one Optuna study per level
 
     report = runner.invoke(app, ["analyze", str(tmp_path / name), "--json"])
     assert report.exit_code == 0, report.output
     rows = json.loads(report.output)["comparisons"]
     assert [r["level"] for r in rows] == levels[1:]
     assert all(r["reference"] == levels[0] for r in rows)
+
+
+@pytest.mark.ray
+def test_withheld_samples_are_marked_and_analysed_separately(cluster, tmp_path):
+    path = ROOT / "searchspaces" / "data-withheld.yaml"
+    sets = [arg for s in ["data.n_images=600", *SMOKE_SETS[1:]] for arg in ("--set", s)]
+    assert runner.invoke(app, ["run", str(path), *sets, "--results", str(tmp_path)]).exit_code == 0
+    samples = pd.read_parquet(tmp_path / "data-withheld" / "samples")
+    pairs = [{"0", "1"}, {"2", "3"}, {"4", "5"}, {"6", "7"}, {"8", "9"}]
+    expected = samples["digits"].map(lambda d: any(p <= set(d) for p in pairs))
+    assert (samples["withheld"] == expected).all() and samples["withheld"].any()
+    report = runner.invoke(app, ["analyze", str(tmp_path / "data-withheld"), "--split", "withheld", "--json"])
+    assert report.exit_code == 0, report.output
+    rows = json.loads(report.output)["comparisons"]
+    assert [r["withheld"] for r in rows] == [False, True]
+    assert sum(r["n"] for r in rows) == 60

@@ -1,6 +1,8 @@
 """Composite images: K digits of K different classes on one canvas, nearer ones occluding.
 
-Everything is vectorised over images; the only Python loop runs over the K depth layers.
+Each digit may be scaled, rotated and coloured (``Variant``), and chosen digit combinations or
+digit–colour pairs may be withheld. Everything is vectorised over images (warps with
+``torch.nn.functional.grid_sample``); the only Python loops run over the K depth layers.
 
 Example:
     >>> from study.data.source import embedded
@@ -13,28 +15,51 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from study.config import PALETTE, Variant
 from study.data.source import SIDE
 
 N_CLASSES = 10
+COLOURS = list(PALETTE)
+_RGB = np.array([PALETTE[c] for c in COLOURS] + [(255, 255, 255)], dtype=np.uint8)  # last: white
+UNCHANGED = Variant()  # upright, unscaled, white digits
 _CHUNK = 8192  # images composed at once: bounds the index arrays to a few hundred MB
 
 
 @dataclass(frozen=True)
 class Composites:
-    images: np.ndarray  # (n, canvas, canvas) uint8
+    images: np.ndarray  # (n, canvas, canvas) uint8, or (n, 3, canvas, canvas) in colour
     targets: np.ndarray  # (n, 10) uint8 multi-hot
     classes: np.ndarray  # (n, k) int8, back to front
     sources: np.ndarray  # (n, k) int32 index into the source digits, back to front
-    positions: np.ndarray  # (n, k, 2) int16 top-left (row, col) of each 28×28 digit box
+    positions: np.ndarray  # (n, k, 2) int16 top-left (row, col) of each digit's box
+    scales: np.ndarray  # (n, k) float32
+    angles: np.ndarray  # (n, k) float32, degrees
+    colours: np.ndarray  # (n, k) int8 index into COLOURS, −1 for white
+    hidden: np.ndarray  # (n, k) float32: fraction of each digit's stroke covered by nearer digits
+    withheld: np.ndarray  # (n,) bool: holds a withheld combination or digit–colour pair
 
     def digit_strings(self) -> np.ndarray:
         """The present classes of each image as sorted text, e.g. ``"136"``."""
         present = np.sort(self.classes, axis=1).astype(np.uint8) + ord("0")
         return present.view(f"S{present.shape[1]}").ravel().astype(str)
+
+    def colour_strings(self) -> np.ndarray:
+        """Each digit's colour in digit order, e.g. ``"1=red 3=blue 6=cyan"`` ('' without colour)."""
+        if (self.colours < 0).all():
+            return np.full(len(self.classes), "", dtype=object)
+        order = np.argsort(self.classes, axis=1)
+        classes = np.take_along_axis(self.classes, order, 1)
+        colours = np.take_along_axis(self.colours, order, 1)
+        names = np.array([*COLOURS, "white"], dtype=object)[colours]
+        return np.array([" ".join(f"{c}={n}" for c, n in zip(cs, ns, strict=True))
+                         for cs, ns in zip(classes, names, strict=True)], dtype=object)
 
 
 def compose(
@@ -45,13 +70,21 @@ def compose(
     k: int,
     rng: np.random.Generator,
     outline: bool = False,
+    variant: Variant = UNCHANGED,
+    channels: int = 1,
+    withheld: list[list[int]] = (),
+    withheld_colours: list[tuple[int, str]] = (),
+    avoid_withheld: bool = False,
 ) -> Composites:
     """Draw ``n`` composites from the given source digits (one split's pool).
 
     For each image: ``k`` distinct classes in random depth order, one random instance of each,
-    each placed uniformly at random with its whole 28×28 box inside the canvas. A nearer digit
-    replaces every pixel beneath its stroke (pixels > 0); with ``outline`` a one-pixel dark ring
-    around the stroke is cleared too, so occluded strokes do not merge into the occluder.
+    scaled and rotated uniformly within ``variant``'s ranges inside a square box of side
+    ceil(28 × largest scale), each box placed uniformly at random wholly inside the canvas. A
+    nearer digit replaces every pixel beneath its stroke (pixels > 0); with ``outline`` a
+    one-pixel dark ring around the stroke is cleared too. With ``avoid_withheld`` (training and
+    validation) no image holds all digits of a ``withheld`` set or a withheld digit–colour pair;
+    otherwise such images occur by chance and are marked ``withheld``.
     """
     if canvas < SIDE:
         raise ValueError(f"canvas must be at least {SIDE} pixels, got {canvas}")
@@ -62,48 +95,133 @@ def compose(
     table = np.concatenate(by_class)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
 
-    classes = np.argsort(rng.random((n, N_CLASSES)), axis=1)[:, :k]
+    def draw_classes(m: int) -> np.ndarray:
+        return np.argsort(rng.random((m, N_CLASSES)), axis=1)[:, :k]
+
+    def draw_colours(m: int) -> np.ndarray:
+        return rng.integers(0, len(COLOURS), (m, k)) if variant.colour else np.full((m, k), -1)
+
+    classes, colours = draw_classes(n), draw_colours(n)
+    pairs = [(d, COLOURS.index(c)) for d, c in withheld_colours]
+    if avoid_withheld:
+        for _ in range(1000):
+            bad = _holds(classes, withheld) | _holds_pair(classes, colours, pairs)
+            if not bad.any():
+                break
+            classes[bad], colours[bad] = draw_classes(int(bad.sum())), draw_colours(int(bad.sum()))
+        else:
+            raise ValueError(f"cannot draw {k} digits avoiding withheld {withheld} {withheld_colours}")
+    marked = _holds(classes, withheld) | _holds_pair(classes, colours, pairs)
+
     picks = (rng.random((n, k)) * counts[classes]).astype(np.int64)
     sources = table[starts[classes] + picks]
-    positions = rng.integers(0, canvas - SIDE + 1, size=(n, k, 2))
+    scales = rng.uniform(*variant.scale, size=(n, k)).astype(np.float32)
+    angles = rng.uniform(*variant.rotation, size=(n, k)).astype(np.float32)
+    box = math.ceil(SIDE * variant.scale[1])
+    positions = rng.integers(0, canvas - box + 1, size=(n, k, 2))
 
-    images = np.zeros((n, canvas, canvas), dtype=np.uint8)
-    strokes = digits > 0
-    masks = _dilate(strokes) if outline else strokes
+    intensity = np.zeros((n, canvas, canvas), dtype=np.uint8)
+    owner = np.full((n, canvas, canvas), -1, dtype=np.int8)
+    hidden = np.zeros((n, k), dtype=np.float32)
     for lo in range(0, n, _CHUNK):
         part = slice(lo, min(lo + _CHUNK, n))
-        _paint(images[part], digits, strokes, masks, sources[part], positions[part])
+        patches = _warp(digits, sources[part], scales[part], angles[part], box)
+        hidden[part] = _paint(intensity[part], owner[part], patches, positions[part], outline)
 
+    images = intensity if channels == 1 else _colourise(intensity, owner, colours)
     targets = np.zeros((n, N_CLASSES), dtype=np.uint8)
     np.put_along_axis(targets, classes, 1, axis=1)
     return Composites(
-        images=images,
-        targets=targets,
-        classes=classes.astype(np.int8),
-        sources=sources.astype(np.int32),
-        positions=positions.astype(np.int16),
+        images=images, targets=targets, classes=classes.astype(np.int8), sources=sources.astype(np.int32),
+        positions=positions.astype(np.int16), scales=scales, angles=angles,
+        colours=colours.astype(np.int8), hidden=hidden, withheld=marked,
     )
 
 
-def _paint(images, digits, strokes, masks, sources, positions) -> None:
-    """Paste each depth layer back to front, in place."""
-    offsets = np.arange(SIDE)
-    rows_of = np.arange(len(images))[:, None, None]
-    for layer in range(sources.shape[1]):
+def _holds(classes: np.ndarray, combinations: list[list[int]]) -> np.ndarray:
+    """Rows whose classes include every digit of at least one combination."""
+    present = np.zeros((len(classes), N_CLASSES), dtype=bool)
+    np.put_along_axis(present, classes, True, axis=1)
+    found = np.zeros(len(classes), dtype=bool)
+    for combination in combinations:
+        found |= present[:, combination].all(1)
+    return found
+
+
+def _holds_pair(classes: np.ndarray, colours: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """Rows with a digit drawn in a withheld colour for it."""
+    found = np.zeros(len(classes), dtype=bool)
+    for digit, colour in pairs:
+        found |= ((classes == digit) & (colours == colour)).any(1)
+    return found
+
+
+def _warp(digits, sources, scales, angles, box: int) -> np.ndarray:
+    """Each chosen digit scaled and rotated about its centre into a box×box patch (m, k, box, box)."""
+    m, k = sources.shape
+    src = digits[sources.ravel()]
+    if box == SIDE and (scales == 1).all() and not angles.any():  # nothing to warp
+        return src.reshape(m, k, SIDE, SIDE)
+    theta = np.radians(angles.ravel().astype(np.float64))
+    # Output coordinates (normalised to the box) → input coordinates (normalised to 28 pixels).
+    factor = box / (SIDE * scales.ravel().astype(np.float64))
+    cos, sin = np.cos(theta) * factor, np.sin(theta) * factor
+    affine = np.zeros((m * k, 2, 3))
+    affine[:, 0, 0], affine[:, 0, 1], affine[:, 1, 0], affine[:, 1, 1] = cos, -sin, sin, cos
+    grid = F.affine_grid(torch.from_numpy(affine).float(), [m * k, 1, box, box], align_corners=False)
+    image = torch.from_numpy(src).unsqueeze(1).float()
+    warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped.round().clamp_(0, 255).to(torch.uint8).numpy().reshape(m, k, box, box)
+
+
+def _paint(intensity, owner, patches, positions, outline: bool) -> np.ndarray:
+    """Paste each depth layer back to front, in place; return each digit's hidden fraction."""
+    n, k, box, _ = patches.shape
+    side = intensity.shape[-1]
+    flat_intensity, flat_owner = intensity.reshape(-1), owner.reshape(-1)  # views: writes land
+    offsets = np.arange(box)
+    image_start = (np.arange(n) * side * side)[:, None, None]
+    strokes = patches > 0
+    masks = _dilate(strokes.reshape(n * k, box, box)).reshape(strokes.shape) if outline else strokes
+    windows = []
+    for layer in range(k):
         rows = (positions[:, layer, 0, None] + offsets)[:, :, None]
         cols = (positions[:, layer, 1, None] + offsets)[:, None, :]
-        src = sources[:, layer]
-        window = images[rows_of, rows, cols]
+        window = image_start + rows * side + cols  # flat indices of the digit's box
+        windows.append(window)
+        mask = masks[:, layer]
         # Pixels under the mask but off the stroke are the outline: cleared to background.
-        painted = np.where(strokes[src], digits[src], 0)
-        images[rows_of, rows, cols] = np.where(masks[src], painted, window)
+        painted = np.where(strokes[:, layer], patches[:, layer], 0)
+        flat_intensity[window] = np.where(mask, painted, flat_intensity[window])
+        flat_owner[window] = np.where(mask, layer, flat_owner[window])
+    hidden = np.zeros((n, k), dtype=np.float32)
+    for layer, window in enumerate(windows):
+        stroke = strokes[:, layer]
+        covered = (stroke & (flat_owner[window] != layer)).sum((1, 2))
+        hidden[:, layer] = covered / np.maximum(stroke.sum((1, 2)), 1)
+    return hidden
+
+
+def _colourise(intensity: np.ndarray, owner: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """(n, 3, H, W) RGB: each pixel's intensity in the colour of the digit that owns it."""
+    white = len(COLOURS)
+    colour_of_pixel = np.full(owner.shape, white, dtype=np.int8)
+    for layer in range(colours.shape[1]):
+        layer_colour = np.where(colours[:, layer] < 0, white, colours[:, layer]).astype(np.int8)
+        colour_of_pixel = np.where(owner == layer, layer_colour[:, None, None], colour_of_pixel)
+    out = np.empty((len(owner), 3, *owner.shape[1:]), dtype=np.uint8)
+    for channel in range(3):
+        on = _RGB[:, channel] > 0  # palette channels are fully on or off
+        out[:, channel] = np.where(on[colour_of_pixel], intensity, 0)
+    return out
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
-    """Grow each 28×28 mask by one pixel in all eight directions."""
+    """Grow each square mask (m, side, side) by one pixel in all eight directions."""
+    side = mask.shape[-1]
     padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
     grown = np.zeros_like(mask)
     for dr in range(3):
         for dc in range(3):
-            grown |= padded[:, dr : dr + SIDE, dc : dc + SIDE]
+            grown |= padded[:, dr : dr + side, dc : dc + side]
     return grown

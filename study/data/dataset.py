@@ -29,7 +29,7 @@ from study.data.compose import Composites, compose
 
 SPLITS = ("train", "val", "test")
 # Bump when the generator's output for a given config changes: old caches stop matching.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,10 @@ def generate(config: DataConfig, digits: source.Digits) -> dict[str, Composites]
     sizes = split_sizes(config.n_images, config.split)
     for name, pool, n, seed in zip(SPLITS, index, sizes, split_seeds, strict=True):
         made = compose(digits.images[pool], digits.labels[pool], n, config.canvas, config.digits,
-                       np.random.default_rng(seed), outline=config.outline)
+                       np.random.default_rng(seed), outline=config.outline,
+                       variant=config.test_variant if name == "test" else config.train,
+                       channels=config.channels(), withheld=config.withheld,
+                       withheld_colours=config.withheld_colours, avoid_withheld=name != "test")
         # Report sources as indices into the full source set, so pools can be checked.
         splits[name] = Composites(**{**made.__dict__, "sources": pool[made.sources].astype(np.int32)})
     return splits
@@ -91,7 +94,7 @@ def cache_dir() -> Path:
 def build(config: DataConfig, use_cache: bool = True) -> Dataset:
     """The dataset for ``config``: loaded from the cache when there, else generated and cached."""
     start = time.perf_counter()
-    digits = source.embedded()
+    digits = source.load(config)
     key = fingerprint(config, digits)
     path = cache_dir() / "data" / f"{key}.npz"
     if use_cache and path.exists():

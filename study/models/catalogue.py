@@ -30,7 +30,7 @@ def catalogue(study: Study) -> pd.DataFrame:
     Ranged model keys contribute both ends of their range. Raises ``ValueError`` naming the
     choice when a baseline cannot be matched within its tolerance.
     """
-    keys, canvas = model_keys(study), study.data.canvas
+    keys, canvas, channels = model_keys(study), study.data.canvas, study.data.channels()
     rows = []
     for combination in itertools.product(*(study.space[k].candidates() for k in keys)):
         params = dict(zip(keys, combination, strict=True))
@@ -38,15 +38,15 @@ def catalogue(study: Study) -> pd.DataFrame:
         match = None
         if config.baseline is not None:
             try:
-                match = matched(config, canvas)
+                match = matched(config, canvas, channels)
             except ValueError as err:
                 shown = ", ".join(f"{k}={v}" for k, v in params.items())
                 raise ValueError(f"model.baseline (with space choice {shown}): {err}") from None
             config = match.config
-        net = LeNet(config, canvas)
+        net = LeNet(config, canvas, channels)
         row = {**params, "channels": str(config.channels), "hidden": str(config.hidden),
                "attention": str(config.attention.layers), "n_params": n_params(net),
-               "flops": forward_flops(net, canvas)}
+               "flops": forward_flops(net, canvas, channels)}
         if match is not None:
             row |= {"matches": match.match, "target": match.target, "ratio": round(match.ratio, 4)}
         rows.append(row)
