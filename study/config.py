@@ -37,6 +37,9 @@ PALETTE = {  # digit colours: each channel fully on or off, so a colour is recog
 }
 
 
+DIGIT_SIDE = 28  # MNIST digits are 28×28 pixels
+
+
 class Variant(_Section):
     """How one split draws its digits; ``data.train`` sets training and validation, ``data.test``
     the test split (by default the same as ``data.train``)."""
@@ -55,6 +58,10 @@ class Variant(_Section):
         if info.field_name == "rotation" and not -180 <= bounds[0] <= bounds[1] <= 180:
             raise ValueError(f"rotations must lie in -180..180 degrees, got {list(bounds)}")
         return bounds
+
+    def box(self) -> int:
+        """Side of the square box each digit is drawn in: room for the largest scale."""
+        return math.ceil(DIGIT_SIDE * self.scale[1])
 
 
 class DataConfig(_Section):
@@ -97,7 +104,7 @@ class DataConfig(_Section):
         if self.source == "mnist" and not self.root:
             raise ValueError("source mnist needs data.root, the folder holding MNIST/raw/")
         for name, variant in (("train", self.train), ("test", self.test_variant)):
-            if math.ceil(28 * variant.scale[1]) > self.canvas:
+            if variant.box() > self.canvas:
                 raise ValueError(f"{name}.scale up to {variant.scale[1]} draws digits larger than "
                                  f"the {self.canvas}-pixel canvas; raise data.canvas")
         return self

@@ -188,13 +188,13 @@ def searcher(study: Study, study_dir: Path) -> Searcher:
     if study.tuned_per_level():
         key = study.compare
         others = [k for k in study.space if k != key]
-        searcher: Searcher = PerLevel(key, {level: optuna_search(others, f"{study.name}:{level}")
-                                            for level in study.space[key].levels()}, search.trials)
+        search_alg: Searcher = PerLevel(key, {level: optuna_search(others, f"{study.name}:{level}")
+                                              for level in study.space[key].levels()}, search.trials)
     else:
-        searcher = optuna_search(list(study.space), study.name)
+        search_alg = optuna_search(list(study.space), study.name)
     if search.seeds > 1:
-        searcher = Repeater(searcher, repeat=search.seeds, set_index=True)
-    return searcher
+        search_alg = Repeater(search_alg, repeat=search.seeds, set_index=True)
+    return search_alg
 
 
 def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:

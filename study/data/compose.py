@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +116,7 @@ def compose(
     sources = table[starts[classes] + picks]
     scales = rng.uniform(*variant.scale, size=(n, k)).astype(np.float32)
     angles = rng.uniform(*variant.rotation, size=(n, k)).astype(np.float32)
-    box = math.ceil(SIDE * variant.scale[1])
+    box = variant.box()
     positions = rng.integers(0, canvas - box + 1, size=(n, k, 2))
 
     intensity = np.zeros((n, canvas, canvas), dtype=np.uint8)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from study.config import DataConfig
+from study.config import DIGIT_SIDE, DataConfig
 from study.errors import UserError
 
-SIDE = 28
+SIDE = DIGIT_SIDE
 
 
 @dataclass(frozen=True)
