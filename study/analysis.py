@@ -124,12 +124,17 @@ def disagreement(p_samples: float, p_seeds: float, n_seeds: tuple[int, int]) -> 
 @dataclass(frozen=True)
 class Arm:
     level: Any
-    trial_ids: list[str]
+    networks: list[tuple[str, int]]  # (trial_id, seed) of every network of its configuration
     params: dict[str, Any]  # the arm's configuration as stored in trials.parquet
 
 
+def of_networks(frame: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.DataFrame:
+    """The rows of ``frame`` (with trial_id and seed columns) that belong to ``networks``."""
+    return frame[pd.MultiIndex.from_frame(frame[["trial_id", "seed"]]).isin(networks)]
+
+
 def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[Arm]:
-    """Per level of ``factor`` (in the space's order), the trials of its best configuration."""
+    """Per level of ``factor`` (in the space's order), the networks of its best configuration."""
     keys = list(study.space)
     arms = []
     for level in study.space[factor].levels():
@@ -139,14 +144,16 @@ def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[
         by_config = at_level.groupby(keys, dropna=False)
         best = by_config["best_val_loss"].mean().idxmin()
         chosen = by_config.get_group(best if len(keys) > 1 else (best,))
-        arms.append(Arm(level, list(chosen["trial_id"]), dict(zip(keys, chosen[keys].iloc[0], strict=True))))
+        networks = list(zip(chosen["trial_id"], chosen["seed"], strict=True))
+        arms.append(Arm(level, networks, dict(zip(keys, chosen[keys].iloc[0], strict=True))))
     return arms
 
 
-def seed_average(samples: pd.DataFrame, trial_ids: list[str], split: str | None = None) -> pd.DataFrame:
-    """Per-sample loss and correctness averaged over the given trials (seeds), by sample_idx;
+def seed_average(samples: pd.DataFrame, networks: list[tuple[str, int]],
+                 split: str | None = None) -> pd.DataFrame:
+    """Per-sample loss and correctness averaged over the given networks (seeds), by sample_idx;
     with ``split``, that per-sample column is carried along."""
-    chosen = samples[samples["trial_id"].isin(trial_ids)]
+    chosen = of_networks(samples, networks)
     averaged = chosen.groupby("sample_idx")[["loss", "correct"]].mean()
     if split is not None:
         averaged[split] = chosen.groupby("sample_idx")[split].first()
@@ -209,14 +216,14 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         raise UserError(f"{study_dir}: {factor} has completed trials at {len(arms)} level(s); "
                         "a comparison needs two")
 
-    # Each trial's mean test loss (per subgroup): what a test across seeds compares.
-    per_trial = r.samples.groupby(["trial_id", *([split] if split else [])])["loss"].mean()
-    averaged = {arm.level: seed_average(r.samples, arm.trial_ids, split) for arm in arms}
-    arm_rows = [{"level": arm.level, "seeds": len(arm.trial_ids),
+    # Each network's mean test loss (per subgroup): what a test across seeds compares.
+    per_network = r.samples.groupby(["trial_id", "seed", *([split] if split else [])])["loss"].mean()
+    averaged = {arm.level: seed_average(r.samples, arm.networks, split) for arm in arms}
+    arm_rows = [{"level": arm.level, "seeds": len(arm.networks),
                  **{k: v for k, v in arm.params.items() if k != factor},
                  "mean_loss": float(averaged[arm.level]["loss"].mean()),
                  "exact_acc": float(averaged[arm.level]["correct"].mean()),
-                 "trial_ids": ",".join(arm.trial_ids)} for arm in arms]
+                 "networks": ",".join(f"{t}/{seed}" for t, seed in arm.networks)} for arm in arms]
 
     reference, *others = arms
     rows = []
@@ -224,7 +231,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         paired = averaged[arm.level].join(averaged[reference.level], how="inner", rsuffix="_ref")
         groups = paired.groupby(split, sort=True) if split else [(None, paired)]
         for subgroup, part in groups:
-            seeds_of = per_trial.xs(subgroup, level=split) if split else per_trial
+            seeds_of = per_network.xs(subgroup, level=split) if split else per_network
             row = {split: subgroup} if split else {}
             row |= {"level": arm.level, "reference": reference.level}
             row |= paired_test(part["loss"].to_numpy(), part["loss_ref"].to_numpy(), seed)
@@ -232,9 +239,9 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
                     "mean_loss_reference": float(part["loss_ref"].mean()),
                     "exact_acc": float(part["correct"].mean()),
                     "exact_acc_reference": float(part["correct_ref"].mean()),
-                    "seeds": len(arm.trial_ids), "seeds_reference": len(reference.trial_ids)}
-            row |= seed_test(seeds_of.reindex(arm.trial_ids).dropna(),
-                             seeds_of.reindex(reference.trial_ids).dropna())
+                    "seeds": len(arm.networks), "seeds_reference": len(reference.networks)}
+            row |= seed_test(seeds_of.reindex(arm.networks).dropna(),
+                             seeds_of.reindex(reference.networks).dropna())
             rows.append(row)
     comparisons = pd.DataFrame(rows)
     comparisons.insert(comparisons.columns.get_loc("p_two_sided") + 1, "p_holm",

@@ -71,16 +71,16 @@ def run(
         _fail(err)
     from study.results import status_counts
 
-    expected = study.n_trials()
+    expected = study.n_networks()
     counts = status_counts(study_dir)
     completed, failed = counts.get("COMPLETED", 0), counts.get("ERROR", 0)
     if completed + failed < expected:  # Ray Tune returns early when interrupted (Ctrl-C)
-        typer.echo(f"interrupted: {completed} of {expected} trials completed; their results "
+        typer.echo(f"interrupted: {completed} of {expected} networks completed; their results "
                    f"are in {study_dir}", err=True)
         raise typer.Exit(130)
     typer.echo(f"results in {study_dir}; next: study analyze {study_dir}")
     if failed:
-        typer.echo(f"{failed} of {expected} trials failed: status ERROR in trials.parquet, "
+        typer.echo(f"{failed} of {expected} networks failed: status ERROR in trials.parquet, "
                    f"logs under {study_dir / 'ray'}", err=True)
         raise typer.Exit(1)
 
@@ -90,7 +90,8 @@ def trial(
     space: Space,
     sets: Sets = None,
     results: ResultsDir = Path("results"),
-    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    seeds: Annotated[list[int] | None, typer.Option(
+        "--seed", help="training seed, repeatable (default: 0..search.seeds-1, trained together)")] = None,
     download: Download = False,
 ) -> None:
     """One trial in this process, without Ray, of the file's sections as they stand (after
@@ -105,20 +106,22 @@ def trial(
     params = {key: config.current(study, key) for key in study.space}
     study_dir = results / f"{study.name}-trial"
     trial_id = f"trial-{uuid.uuid4().hex[:8]}"
+    seeds = seeds or study.seeds()
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
-    typer.echo(f"trial {trial_id}: {shown}, seed {seed}")
+    typer.echo(f"trial {trial_id}: {shown}, seeds {seeds}")
 
     def progress(row: dict) -> None:
         typer.echo(f"  epoch {row['epoch']:3d}  train {row['train_loss']:.4f}  "
-                   f"val {row['val_loss']:.4f}  ({row['seconds']:.1f} s)")
+                   f"val {row['val_loss']:.4f}  (mean of {len(seeds)} seeds; {row['seconds']:.1f} s)")
 
-    outcome = fit(study, seed, report=progress)
+    outcome = fit(study, seeds, report=progress)
     result_files.write_study(study_dir, study)
-    result_files.write_trial(study_dir, trial_id, seed, params, outcome)
+    result_files.write_trial(study_dir, trial_id, params, outcome)
     result_files.consolidate(study_dir)
-    typer.echo(f"best epoch {outcome.best_epoch}: val {outcome.best_val_loss:.4f}, test "
-               f"{outcome.test_loss.mean():.4f}, exact {outcome.test_correct.mean():.3f} "
-               f"on {outcome.device} in {outcome.wall_s:.1f} s -> {study_dir}")
+    for network in outcome.networks:
+        typer.echo(f"seed {network.seed}: best epoch {network.best_epoch}, val {network.best_val_loss:.4f}, "
+                   f"test {network.test_loss.mean():.4f}, exact {network.test_correct.mean():.3f}")
+    typer.echo(f"on {outcome.device} in {outcome.wall_s:.1f} s -> {study_dir}")
 
 
 def _model_table(study: config.Study, space: Path) -> str:

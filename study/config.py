@@ -199,6 +199,7 @@ class TrainConfig(_Section):
     lr: float = Field(3.0e-4, gt=0, lt=1)
     select: Literal["best_val"] = "best_val"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_graphs: bool = Field(True, description="on CUDA, replay the training step as a CUDA graph")
 
 
 class Distribution(_Section):
@@ -261,7 +262,7 @@ class SearchConfig(_Section):
 
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     trials: int | None = Field(None, ge=1, description="configurations to try (per compared level)")
-    seeds: int = Field(1, ge=1, description="independently trained replicates per configuration")
+    seeds: int = Field(1, ge=1, description="networks per configuration (seeds 0..S−1), trained together")
     metric: Literal["best_val_loss"] = "best_val_loss"
     mode: Literal["min"] = "min"
     scheduler: Literal["fifo"] = "fifo"
@@ -341,8 +342,16 @@ class Study(_Section):
         return self.search.trials
 
     def n_trials(self) -> int:
-        """Ray trials the study runs: every configuration, once per seed."""
+        """Ray trials the study runs: one per configuration, training all its seeds at once."""
+        return self.n_configurations()
+
+    def n_networks(self) -> int:
+        """Networks the study trains: every configuration once per seed."""
         return self.n_configurations() * self.search.seeds
+
+    def seeds(self) -> list[int]:
+        """The training seeds of every configuration."""
+        return list(range(self.search.seeds))
 
     def compare_key(self) -> str:
         """The factor ``study analyze`` compares by default: ``compare``, else the first key."""

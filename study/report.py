@@ -9,7 +9,7 @@ the tables as CSV, and these PNGs:
 - ``losses.png``: the distribution of seed-averaged per-sample test losses per arm;
 - ``optuna_history.png`` and ``optuna_importances.png``: from ``optuna.db`` (importances over
   every stored trial, the compared level included as a parameter);
-- ``attention.png``: for the best attentional trial, a few test images, the share each window
+- ``attention.png``: for the best attentional network, a few test images, the share each window
   claims after every iteration and the top-down prediction, drawn from its saved weights.
 
 The directory is built under a temporary name and swapped in whole.
@@ -36,10 +36,11 @@ import torch
 from scipy import stats
 
 from study import config
-from study.analysis import ALPHA, Analysis
+from study.analysis import ALPHA, Analysis, of_networks
 from study.data import build
 from study.models import AttConv, build_network
-from study.train import as_inputs
+from study.results import weights_path
+from study.train import as_images, as_inputs
 
 N_ATTENTION_IMAGES = 4
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -110,11 +111,11 @@ def loss_curves(analysis: Analysis, epochs: pd.DataFrame, path: Path) -> None:
     """Train and validation loss per epoch for each arm: the mean over seeds and their range."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for arm in analysis.selected:
-        mine = epochs[epochs["trial_id"].isin(arm.trial_ids)].groupby("epoch")
+        mine = of_networks(epochs, arm.networks).groupby("epoch")
         for ax, column in zip(axes, ("train_loss", "val_loss"), strict=True):
             spread = mine[column].agg(["mean", "min", "max"])
             (line,) = ax.plot(spread.index, spread["mean"], marker="o", ms=3,
-                              label=f"{arm.level} ({len(arm.trial_ids)} seeds)")
+                              label=f"{arm.level} ({len(arm.networks)} seeds)")
             ax.fill_between(spread.index, spread["min"], spread["max"], color=line.get_color(), alpha=0.2)
     for ax, title in zip(axes, ("training loss", "validation loss"), strict=True):
         ax.set(title=title, xlabel="epoch", ylabel="BCE")
@@ -181,28 +182,28 @@ def optuna_importances(analysis: Analysis, study_dir: Path, path: Path) -> str:
 
 
 def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
-    """The best attentional trial's first AttConv on a few test images."""
+    """The best attentional network's first AttConv on a few test images."""
     study, trials = analysis.study, pd.read_parquet(study_dir / "trials.parquet")
     trials = trials[trials["status"] == "COMPLETED"].sort_values("best_val_loss")
     for _, row in trials.iterrows():
         trial_study = config.resolve(study, {key: row[key] for key in study.space})
-        weights = study_dir / "weights" / f"{row['trial_id']}.pt"
+        weights = weights_path(study_dir, row["trial_id"], row["seed"])
         if trial_study.model.attention.layers and weights.exists():
             break
     else:
-        return "no completed trial with an AttConv layer and saved weights"
-    trial_id = row["trial_id"]
+        return "no completed network with an AttConv layer and saved weights"
+    network = f"{row['trial_id']} seed {row['seed']}"
     net = build_network(trial_study.model, trial_study.data.canvas, trial_study.data.channels())
     net.load_state_dict(torch.load(weights, map_location="cpu"))
     net.eval()
     layer = next(m for m in net.modules() if isinstance(m, AttConv))
     if layer.iterations < 2:
-        return f"trial {trial_id}'s AttConv runs 1 iteration: its attention never changes"
+        return f"{network}'s AttConv runs 1 iteration: its attention never changes"
     images = build(trial_study.data)["test"].images[:N_ATTENTION_IMAGES]
     seen = {}
     hook = layer.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
     with torch.no_grad():
-        net(as_inputs(torch.from_numpy(images)))
+        net(as_inputs(as_images(images)))
         hook.remove()
         steps = list(layer.steps(seen["x"]))
     out_h, out_w = steps[0][0].shape[-2:]
@@ -229,7 +230,7 @@ def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(shown, ax=axes[:, 1:-1], shrink=0.6, label="log2(share claimed / even share)")
     position = min(trial_study.model.attention.layers) + 1  # conv1 is position 0
-    fig.suptitle(f"trial {trial_id}: AttConv at conv{position} ({layer.iterations} iterations)",
+    fig.suptitle(f"{network}: AttConv at conv{position} ({layer.iterations} iterations)",
                  fontsize=10)
     _save(fig, path)
     return ""
@@ -266,7 +267,7 @@ def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
                ("losses.png", "Per-sample test loss per arm"),
                ("optuna_history.png", "Optuna optimisation history"),
                ("optuna_importances.png", "Optuna parameter importances"),
-               ("attention.png", "Attention of the best attentional trial")]
+               ("attention.png", "Attention of the best attentional network")]
     parts = [
         f"# {study.name}", "", f"**Question.** {study.question or '(none given)'}", "",
         f"Compared factor `{analysis.factor}`; reference level `{analysis.selected[0].level}`. "
@@ -275,7 +276,7 @@ def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
         "paired by `sample_idx`.", "",
         "## Reading", "", reading(analysis) if analysis.split is None else
         f"Tables split by `{analysis.split}`; see the rows below.", "",
-        "## Arms", "", _table(analysis.arms.drop(columns="trial_ids")), "",
+        "## Arms", "", _table(analysis.arms.drop(columns="networks")), "",
         "## Comparisons", "",
         "Wilcoxon signed-rank on d = arm − reference (zero differences dropped); `p_arm_lower` is "
         "the one-sided test that the arm's losses are lower; `p_holm` adjusts `p_two_sided` over "

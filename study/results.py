@@ -1,8 +1,10 @@
 """Writing and reading a study's result files (the contract in README.md, "Result files").
 
-Each trial writes its own files: per-sample Parquet under ``samples/trial_id=<id>/``, its best
-weights, and a staged row (``.trials/<id>.json``) that ``consolidate`` gathers into
-``trials.parquet`` and ``epochs.parquet``. Every file appears whole or not at all: it is written
+A trial is one configuration trained for all its seeds; each seed's network is one row of
+``trials.parquet``. Each trial writes its own files: per-sample Parquet of every seed under
+``samples/trial_id=<id>/``, each seed's best weights (``weights/<id>/seed-<s>.pt``), and staged
+rows (``.trials/<id>.json``) that ``consolidate`` gathers into ``trials.parquet`` and
+``epochs.parquet``. Every file appears whole or not at all: it is written
 under a temporary name and renamed.
 
 Example:
@@ -33,7 +35,7 @@ TRIAL_COLUMNS_LAST = (
     "n_params", "flops", "best_epoch", "best_val_loss", "test_loss", "test_exact_acc",
     "wall_s", "device", "data_fingerprint",
 )
-EPOCH_COLUMNS = ("trial_id", "epoch", "train_loss", "val_loss", "seconds")
+EPOCH_COLUMNS = ("trial_id", "seed", "epoch", "train_loss", "val_loss", "seconds")
 _STAGED = ".trials"
 
 
@@ -53,77 +55,86 @@ def write_study(study_dir: Path, study: Study) -> None:
     atomic_write(Path(study_dir) / "study.yaml", lambda tmp: tmp.write_text(dump(study)))
 
 
-def samples_table(trial_id: str, seed: int, result: TrialResult) -> pa.Table:
-    """The per-sample rows of one trial, typed as the contract says."""
+def weights_path(study_dir: Path, trial_id: str, seed: int) -> Path:
+    """Where the best-validation state_dict of one network (trial × seed) is kept."""
+    return Path(study_dir) / "weights" / trial_id / f"seed-{seed}.pt"
+
+
+def samples_table(trial_id: str, result: TrialResult) -> pa.Table:
+    """The per-sample rows of every seed of one trial, typed as the contract says."""
     test = result.dataset["test"]
-    n = len(result.test_loss)
-    columns: dict[str, pa.Array] = {
-        # Dictionary-typed like the hive key ``trial_id=<id>``, so pyarrow can merge the two.
-        "trial_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), [trial_id]),
-        "seed": pa.array(np.full(n, seed, np.int32)),
-        "sample_idx": pa.array(np.arange(n, dtype=np.int32)),
-        "loss": pa.array(result.test_loss.astype(np.float32)),
-        "correct": pa.array(result.test_correct.astype(bool)),
-        "digits": pa.array(test.digit_strings(), pa.string()),
-        "withheld": pa.array(test.withheld.astype(bool)),
-        "colours": pa.array(test.colour_strings(), pa.string()),
-        "occlusion": pa.array(test.hidden.mean(1).astype(np.float32)),
-    }
-    for c in range(result.test_logits.shape[1]):
-        columns[f"logit_{c}"] = pa.array(result.test_logits[:, c].astype(np.float32))
-    columns["data_fingerprint"] = pa.array([result.dataset.fingerprint] * n, pa.string())
-    return pa.table(columns)
+    n = len(test.images)
+    tables = []
+    for network in result.networks:
+        columns: dict[str, pa.Array] = {
+            # Dictionary-typed like the hive key ``trial_id=<id>``, so pyarrow can merge the two.
+            "trial_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), [trial_id]),
+            "seed": pa.array(np.full(n, network.seed, np.int32)),
+            "sample_idx": pa.array(np.arange(n, dtype=np.int32)),
+            "loss": pa.array(network.test_loss.astype(np.float32)),
+            "correct": pa.array(network.test_correct.astype(bool)),
+            "digits": pa.array(test.digit_strings(), pa.string()),
+            "withheld": pa.array(test.withheld.astype(bool)),
+            "colours": pa.array(test.colour_strings(), pa.string()),
+            "occlusion": pa.array(test.hidden.mean(1).astype(np.float32)),
+        }
+        for c in range(network.test_logits.shape[1]):
+            columns[f"logit_{c}"] = pa.array(network.test_logits[:, c].astype(np.float32))
+        columns["data_fingerprint"] = pa.array([result.dataset.fingerprint] * n, pa.string())
+        tables.append(pa.table(columns))
+    return pa.concat_tables(tables)
 
 
-def trial_row(trial_id: str, seed: int, params: dict[str, Any], result: TrialResult) -> dict:
-    return {
+def trial_rows(trial_id: str, params: dict[str, Any], result: TrialResult) -> list[dict]:
+    """One row per network of the trial."""
+    return [{
         "trial_id": trial_id,
         "status": "COMPLETED",
-        "seed": seed,
+        "seed": network.seed,
         **params,
         "n_params": result.n_params,
         "flops": result.flops,
-        "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss,
-        "test_loss": float(result.test_loss.mean()),
-        "test_exact_acc": float(result.test_correct.mean()),
+        "best_epoch": network.best_epoch,
+        "best_val_loss": network.best_val_loss,
+        "test_loss": float(network.test_loss.mean()),
+        "test_exact_acc": float(network.test_correct.mean()),
         "wall_s": result.wall_s,
         "device": result.device,
         "data_fingerprint": result.dataset.fingerprint,
-    }
+    } for network in result.networks]
 
 
-def write_trial(
-    study_dir: Path, trial_id: str, seed: int, params: dict[str, Any], result: TrialResult
-) -> None:
+def write_trial(study_dir: Path, trial_id: str, params: dict[str, Any], result: TrialResult) -> None:
     """Everything one completed trial leaves behind (not yet in ``trials.parquet``)."""
     study_dir = Path(study_dir)
-    table = samples_table(trial_id, seed, result)
+    table = samples_table(trial_id, result)
     atomic_write(study_dir / "samples" / f"trial_id={trial_id}" / "part-0.parquet",
                  lambda tmp: pq.write_table(table, tmp))
-    atomic_write(study_dir / "weights" / f"{trial_id}.pt",
-                 lambda tmp: torch.save(result.best_state, tmp))
-    epochs = [{"trial_id": trial_id, **e} for e in result.epochs]
-    _stage(study_dir, trial_id, trial_row(trial_id, seed, params, result), epochs)
+    for network in result.networks:
+        atomic_write(weights_path(study_dir, trial_id, network.seed),
+                     lambda tmp, state=network.best_state: torch.save(state, tmp))
+    epochs = [{"trial_id": trial_id, "seed": network.seed, **e}
+              for network in result.networks for e in network.epochs]
+    _stage(study_dir, trial_id, trial_rows(trial_id, params, result), epochs)
 
 
-def write_failed(study_dir: Path, trial_id: str, seed: int, params: dict[str, Any]) -> None:
-    """A row for a trial that raised, so ``trials.parquet`` accounts for every trial."""
-    row = {"trial_id": trial_id, "status": "ERROR", "seed": seed, **params}
-    _stage(Path(study_dir), trial_id, row, [])
+def write_failed(study_dir: Path, trial_id: str, seeds: list[int], params: dict[str, Any]) -> None:
+    """Rows for a trial that raised, one per seed, so ``trials.parquet`` accounts for every network."""
+    rows = [{"trial_id": trial_id, "status": "ERROR", "seed": seed, **params} for seed in seeds]
+    _stage(Path(study_dir), trial_id, rows, [])
 
 
-def _stage(study_dir: Path, trial_id: str, row: dict, epochs: list[dict]) -> None:
-    text = json.dumps({"row": row, "epochs": epochs}, allow_nan=True)
+def _stage(study_dir: Path, trial_id: str, rows: list[dict], epochs: list[dict]) -> None:
+    text = json.dumps({"rows": rows, "epochs": epochs}, allow_nan=True)
     atomic_write(study_dir / _STAGED / f"{trial_id}.json", lambda tmp: tmp.write_text(text))
 
 
 def consolidate(study_dir: Path) -> int:
     """Rewrite ``trials.parquet`` and ``epochs.parquet`` from the staged rows; returns the
-    number of trials. Cheap enough to call after every trial."""
+    number of trials (configurations). Cheap enough to call after every trial."""
     study_dir = Path(study_dir)
     staged = [json.loads(p.read_text()) for p in sorted((study_dir / _STAGED).glob("*.json"))]
-    rows = [s["row"] for s in staged]
+    rows = [row for s in staged for row in s["rows"]]
     trials = pd.DataFrame(rows)
     for col in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST):
         if col not in trials:
@@ -133,14 +144,14 @@ def consolidate(study_dir: Path) -> int:
     trials = trials.astype({"seed": "int32", "n_params": "Int64", "flops": "Int64",
                             "best_epoch": "Int64"})
     epochs = pd.DataFrame([e for s in staged for e in s["epochs"]], columns=list(EPOCH_COLUMNS))
-    epochs = epochs.astype({"epoch": "int32"})
+    epochs = epochs.astype({"seed": "int32", "epoch": "int32"})
     atomic_write(study_dir / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
     atomic_write(study_dir / "epochs.parquet", lambda tmp: epochs.to_parquet(tmp, index=False))
-    return len(trials)
+    return len(staged)
 
 
 def status_counts(study_dir: Path) -> dict[str, int]:
-    """How many trials ended in each status (COMPLETED, ERROR) so far."""
+    """How many networks (trial × seed) ended in each status (COMPLETED, ERROR) so far."""
     path = Path(study_dir) / "trials.parquet"
     if not path.exists():
         return {}
@@ -149,8 +160,9 @@ def status_counts(study_dir: Path) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Results:
-    """One study's results as tidy DataFrames: ``trials`` (one row per trial), ``epochs`` (per
-    trial and epoch) and ``samples`` (per trial and test sample, with the trial's parameters)."""
+    """One study's results as tidy DataFrames: ``trials`` (one row per network: trial × seed),
+    ``epochs`` (per network and epoch) and ``samples`` (per network and test sample, with the
+    trial's parameters)."""
 
     trials: pd.DataFrame
     epochs: pd.DataFrame
@@ -174,5 +186,6 @@ def load(path: str | Path) -> Results:
     if "trial_id" in samples:
         # Read through the hive directory, the key comes back as a category; plain text is simpler.
         samples["trial_id"] = samples["trial_id"].astype(str)
-        samples = samples.merge(trials[["trial_id", *params]], on="trial_id", how="left")
+        configurations = trials[["trial_id", *params]].drop_duplicates("trial_id")
+        samples = samples.merge(configurations, on="trial_id", how="left")
     return Results(trials, pd.read_parquet(path / "epochs.parquet"), samples, params)

@@ -1,21 +1,27 @@
-"""One trial: fit a model, keep the epoch with the best validation loss, evaluate it per sample.
+"""One trial: a configuration trained for all its seeds at once, each seed keeping its
+best-validation epoch, then evaluated per test sample.
 
-The whole dataset lives on the training device as uint8 tensors and batches are taken by index,
-so there are no loader workers and no host-device copies inside the loop. ``fit`` knows nothing
-of Ray: it calls ``report`` once per epoch with plain numbers.
+The S networks of a trial are stacked (``study.models.Stacked``) and trained as one computation.
+Seed s gets the network a one-seed run with seed s gets: the same initialisation (drawn from
+``torch.manual_seed(s)``), the same batch order (its own generator), its own best epoch; the
+numbers agree to float rounding, because a grouped convolution sums in another order than S
+separate ones. The whole dataset lives on the training device as uint8 tensors and batches are
+taken by index, so nothing crosses from host to device inside the loop. On CUDA the training
+step is captured once as a CUDA graph and replayed (``train.cuda_graphs``; ``study.cuda_graph``).
+``fit`` knows nothing of Ray: it calls ``report`` once per epoch with plain numbers.
 
 Example:
     >>> from study.config import load
     >>> study = load("searchspaces/smoke.yaml", ["train.epochs=1", "data.n_images=300"])
-    >>> result = fit(study, seed=0)
-    >>> result.best_epoch, len(result.test_loss)
-    (0, 30)
+    >>> result = fit(study, seeds=[0, 1])
+    >>> [(n.seed, n.best_epoch, len(n.test_loss)) for n in result.networks]
+    [(0, 0, 30), (1, 0, 30)]
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,26 +29,40 @@ import torch
 import torch.nn.functional as F
 
 from study.config import Study
+from study.cuda_graph import Replayed
 from study.data import Dataset, build
-from study.models import build_network, forward_flops, n_params
+from study.models import Stacked, build_network, forward_flops, n_params
 
 EVAL_BATCH = 1024
 
 
 @dataclass
-class TrialResult:
+class Network:
+    """What one seed's network leaves behind."""
+
+    seed: int
     epochs: list[dict]  # one dict per epoch: epoch, train_loss, val_loss, seconds
     best_epoch: int
     best_val_loss: float
-    best_state: dict[str, torch.Tensor]  # on the CPU
+    best_state: dict[str, torch.Tensor]  # a single network's state_dict, on the CPU
     test_loss: np.ndarray  # (n,) float32: mean BCE over the 10 classes, per test image
     test_logits: np.ndarray  # (n, 10) float32
     test_correct: np.ndarray  # (n,) bool: predicted digit set (logit > 0) == true set
-    n_params: int
-    flops: int
+
+
+@dataclass
+class TrialResult:
+    networks: list[Network]  # one per seed, in the order the seeds were given
+    n_params: int  # of one network
+    flops: int  # forward FLOPs of one network for one image
     device: str
-    wall_s: float
+    wall_s: float  # the whole trial, every seed together
     dataset: Dataset
+
+    @property
+    def best_val_loss(self) -> float:
+        """The trial's value for the search: the mean over seeds of each seed's best."""
+        return float(np.mean([n.best_val_loss for n in self.networks]))
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -51,94 +71,105 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def _on(device: torch.device, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    return tensor if dtype is None else tensor.to(dtype)
+def as_images(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 N×H×W (grayscale) or N×3×H×W (colour) → uint8 N×C×H×W on ``device``."""
+    images = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    return images.unsqueeze(1) if images.dim() == 3 else images
 
 
 def as_inputs(images: torch.Tensor) -> torch.Tensor:
-    """uint8 B×H×W (grayscale) or B×3×H×W (colour) → float B×C×H×W in [0, 1]."""
-    return (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255)
+    """uint8 images → float in [0, 1], the networks' input."""
+    return images.to(torch.get_default_dtype()).div_(255)
 
 
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor):
-    """Per-sample losses (mean BCE over classes) and logits, in eval mode."""
-    model.eval()
-    losses, logits = [], []
-    for lo in range(0, len(images), EVAL_BATCH):
-        out = model(as_inputs(images[lo : lo + EVAL_BATCH]))
-        target = targets[lo : lo + EVAL_BATCH]
-        losses.append(F.binary_cross_entropy_with_logits(out, target, reduction="none").mean(1))
-        logits.append(out)
-    return torch.cat(losses), torch.cat(logits)
+def losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss: binary cross-entropy averaged over the 10 classes."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
 
 
-def fit(study: Study, seed: int, report: Callable[[dict], None] | None = None) -> TrialResult:
-    """Train ``study``'s model (its space already resolved) with ``seed``; see module doc."""
+@torch.no_grad()
+def evaluate(net: Stacked, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every seed's per-sample losses (S×n) and logits (S×n×10) on the same images, in eval mode."""
+    net.eval()
+    out = [net(as_inputs(images[lo : lo + EVAL_BATCH]), shared=True)
+           for lo in range(0, len(images), EVAL_BATCH)]
+    logits = torch.cat(out, 1)
+    return losses(logits, targets.expand(net.seeds, -1, -1)), logits
+
+
+def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | None = None) -> TrialResult:
+    """Train ``study``'s model (its space already resolved) once per seed; see the module doc."""
     start = time.perf_counter()
     cfg = study.train
     device = pick_device(cfg.device)
     data = build(study.data)
-    train_x, val_x, test_x = (_on(device, data[s].images) for s in ("train", "val", "test"))
-    train_y, val_y, test_y = (
-        _on(device, data[s].targets, torch.float32) for s in ("train", "val", "test")
-    )
+    train_x, val_x, test_x = (as_images(data[s].images, device) for s in ("train", "val", "test"))
+    train_y, val_y, test_y = (torch.from_numpy(data[s].targets).to(device, torch.get_default_dtype())
+                              for s in ("train", "val", "test"))
 
-    torch.manual_seed(seed)
     canvas, channels = study.data.canvas, study.data.channels()
-    model = build_network(study.model, canvas, channels).to(device)
-    flops = forward_flops(model, canvas, channels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    order = torch.Generator(device=device).manual_seed(seed)
+    networks = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        networks.append(build_network(study.model, canvas, channels).to(device))
+    size, flops = n_params(networks[0]), forward_flops(networks[0], canvas, channels)
+    net = Stacked(networks)
+    graphed = device.type == "cuda" and cfg.cuda_graphs
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, capturable=graphed)
+    orders = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
-    epochs: list[dict] = []
-    best_val, best_epoch, best_state = float("inf"), -1, {}
+    def step(idx: torch.Tensor) -> torch.Tensor:
+        """One optimiser step of every seed on its own batch; idx is S×B."""
+        loss = losses(net(as_inputs(train_x[idx])), train_y[idx]).mean(1)  # S
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # seeds share no parameter: each gets its own loss's gradient
+        optimizer.step()
+        return loss.detach()
+
+    train_step = Replayed(step) if graphed else step
+    S, n = len(seeds), len(train_x)
+    # A final batch of one sample would break batch norm's statistics: it is skipped.
+    n_used = n - (n % cfg.batch_size == 1)
+    history: list[list[dict]] = [[] for _ in seeds]
+    best_val, best_epoch = [float("inf")] * S, [-1] * S
+    best_state = {name: value.detach().clone() for name, value in net.state().items()}
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(len(train_x), device=device, generator=order)
-        # A final batch of one sample would break batch norm's statistics: it is skipped.
-        n_used = len(perm) - (len(perm) % cfg.batch_size == 1)
-        total = torch.zeros((), device=device)
+        net.train()
+        perms = torch.stack([torch.randperm(n, device=device, generator=g) for g in orders])
+        total = torch.zeros(S, device=device)
         for lo in range(0, n_used, cfg.batch_size):
-            idx = perm[lo : min(lo + cfg.batch_size, n_used)]
-            loss = F.binary_cross_entropy_with_logits(model(as_inputs(train_x[idx])), train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(idx)
-        val_loss = evaluate(model, val_x, val_y)[0].mean().item()
-        if val_loss < best_val:
-            best_val, best_epoch = val_loss, epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        row = {
-            "epoch": epoch,
-            "train_loss": total.item() / n_used,
-            "val_loss": val_loss,
-            "seconds": time.perf_counter() - t0,
-        }
-        epochs.append(row)
+            idx = perms[:, lo : min(lo + cfg.batch_size, n_used)]
+            total += train_step(idx) * idx.shape[1]
+        val_loss = evaluate(net, val_x, val_y)[0].mean(1)
+        improved = val_loss < torch.tensor(best_val, device=device)
+        for name, value in net.state().items():
+            best_state[name][improved] = value.detach()[improved]
+        train_loss, val_loss, seconds = (total / n_used).tolist(), val_loss.tolist(), time.perf_counter() - t0
+        for s, better in enumerate(improved.tolist()):
+            if better:
+                best_val[s], best_epoch[s] = val_loss[s], epoch
+            history[s].append({"epoch": epoch, "train_loss": train_loss[s], "val_loss": val_loss[s],
+                               "seconds": seconds})
         if report is not None:
-            report({**row, "best_val_loss": best_val, "best_epoch": best_epoch})
+            report({"epoch": epoch, "train_loss": float(np.mean(train_loss)),
+                    "val_loss": float(np.mean(val_loss)), "best_val_loss": float(np.mean(best_val)),
+                    "seconds": seconds})
 
-    if best_epoch < 0:
-        raise FloatingPointError(f"training diverged: validation loss was {val_loss} every epoch")
-    model.load_state_dict(best_state)
-    losses, logits = evaluate(model, test_x, test_y)
-    predicted = logits > 0
-    correct = (predicted == test_y.bool()).all(1)
+    diverged = [seed for seed, e in zip(seeds, best_epoch, strict=True) if e < 0]
+    if diverged:
+        raise FloatingPointError(f"training diverged: seed(s) {diverged} never had a finite validation loss")
+    net.load_state(best_state)
+    test_loss, test_logits = evaluate(net, test_x, test_y)
+    correct = ((test_logits > 0) == test_y.bool()).all(-1)
+    results = [
+        Network(seed=seed, epochs=history[s], best_epoch=best_epoch[s], best_val_loss=best_val[s],
+                best_state=net.state_dict(s), test_loss=test_loss[s].float().cpu().numpy(),
+                test_logits=test_logits[s].float().cpu().numpy(), test_correct=correct[s].cpu().numpy())
+        for s, seed in enumerate(seeds)
+    ]
     return TrialResult(
-        epochs=epochs,
-        best_epoch=best_epoch,
-        best_val_loss=best_val,
-        best_state=best_state,
-        test_loss=losses.float().cpu().numpy(),
-        test_logits=logits.float().cpu().numpy(),
-        test_correct=correct.cpu().numpy(),
-        n_params=n_params(model),
-        flops=flops,
+        networks=results, n_params=size, flops=flops,
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        wall_s=time.perf_counter() - start,
-        dataset=data,
+        wall_s=time.perf_counter() - start, dataset=data,
     )

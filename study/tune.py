@@ -1,11 +1,12 @@
 """Ray Tune schedules the trials, Optuna (through Ray Tune's OptunaSearch) chooses them.
 
-Optuna sees one trial per configuration, stored in ``optuna.db``; with ``search.seeds = S``
-Ray Tune's ``Repeater`` runs each configuration as S Ray trials (seeds 0..S−1) and gives Optuna
-their mean best validation loss. When the study is tuned per level of its compare factor, each
-level has its own Optuna study in that file (named ``<study>:<level>``) and ``PerLevel`` lets
-them take turns. Each Ray trial writes its own result files; a callback on the driver keeps
-``trials.parquet`` and ``epochs.parquet`` current and prints one line per trial.
+A trial is one configuration: one Optuna trial (stored in ``optuna.db``) and one Ray trial, which
+trains the configuration's ``search.seeds`` networks (seeds 0..S−1) at once and reports, per
+epoch, the means over its seeds; Optuna's value is the mean over seeds of each seed's best
+validation loss. When the study is tuned per level of its compare factor, each level has its own
+Optuna study in that file (named ``<study>:<level>``) and ``PerLevel`` lets them take turns.
+Each Ray trial writes its own result files; a callback on the driver keeps ``trials.parquet``
+and ``epochs.parquet`` current and prints one line per trial.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import optuna
 import ray
 import torch
 from ray import tune
-from ray.tune.search import Repeater, Searcher
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
-from ray.tune.search.repeater import TRIAL_INDEX
 
 from study import results
 from study.config import Study, resolve
@@ -36,7 +36,7 @@ from study.data import build
 from study.errors import UserError
 from study.train import fit
 
-GPU_SHARE_AUTO = 0.25  # LeNet-sized trials leave a GPU idle: four share one by default
+TRIALS_PER_GPU = 4  # LeNet-sized trials leave a GPU idle: up to four share one by default
 
 
 def optuna_space(study: Study, keys: list[str]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -107,18 +107,18 @@ class PerLevel(Searcher):
             self.__dict__.update(pickle.load(file))
 
 
-def _params_and_seed(study: Study, config: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    return {k: config[k] for k in study.space}, int(config.get(TRIAL_INDEX, 0))
+def _params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config[k] for k in study.space}
 
 
 def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int) -> None:
-    """One Ray trial: resolve the chosen parameters, fit, write the trial's result files."""
+    """One Ray trial: resolve the chosen parameters, fit every seed, write the result files."""
     torch.set_num_threads(threads)
     base = Study.model_validate(study)
-    params, seed = _params_and_seed(base, config)
+    params = _params(base, config)
     trial_id = tune.get_context().get_trial_id()
-    result = fit(resolve(base, params), seed, report=tune.report)
-    results.write_trial(Path(study_dir), trial_id, seed, params, result)
+    result = fit(resolve(base, params), base.seeds(), report=tune.report)
+    results.write_trial(Path(study_dir), trial_id, params, result)
 
 
 class _Recorder(tune.Callback):
@@ -132,19 +132,25 @@ class _Recorder(tune.Callback):
         self._record(trial, "done", trial.last_result)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        params, seed = _params_and_seed(self.study, trial.config)
-        results.write_failed(self.study_dir, trial.trial_id, seed, params)
+        params = _params(self.study, trial.config)
+        results.write_failed(self.study_dir, trial.trial_id, self.study.seeds(), params)
         self._record(trial, "FAILED", {})
 
     def _record(self, trial, what: str, last: dict) -> None:
         n = results.consolidate(self.study_dir)
-        params, seed = _params_and_seed(self.study, trial.config)
-        shown = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
-        score = f"best_val_loss={last['best_val_loss']:.4f} (epoch {last['best_epoch']})" \
+        shown = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in _params(self.study, trial.config).items())
+        score = f"best_val_loss={last['best_val_loss']:.4f} (mean of {self.study.search.seeds} seeds)" \
             if "best_val_loss" in last else "see the Ray log under ray/"
         elapsed = time.perf_counter() - self.start
-        print(f"[{n}/{self.total} {elapsed:6.0f}s] trial {trial.trial_id} {what}: {shown} "
-              f"seed={seed} {score}", flush=True)
+        print(f"[{n}/{self.total} {elapsed:6.0f}s] trial {trial.trial_id} {what}: {shown} {score}",
+              flush=True)
+
+
+def gpu_share(trials: int) -> float:
+    """``resources.gpu: auto``: the GPU share of one trial. A study of fewer trials than
+    ``TRIALS_PER_GPU`` splits the GPU between them, so a two-arm study runs both at once and
+    uses the whole GPU; larger studies run ``TRIALS_PER_GPU`` trials on each GPU at a time."""
+    return 1 / min(TRIALS_PER_GPU, max(1, trials))
 
 
 def run(study: Study, study_dir: Path, address: str | None = None) -> tune.ResultGrid:
@@ -156,9 +162,10 @@ def run(study: Study, study_dir: Path, address: str | None = None) -> tune.Resul
         lambda record: "Study.stop" not in record.getMessage())
     started_here = not ray.is_initialized()
     if started_here:
-        # Without an address Ray starts an embedded local instance; its token auth stays on.
+        # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
+        # left on this machine, running or stale. Its token auth stays on.
         try:
-            ray.init(address=address, include_dashboard=False, logging_level="warning")
+            ray.init(address=address or "local", include_dashboard=False, logging_level="warning")
         except (ConnectionError, RuntimeError, ValueError) as err:
             if address is None:
                 raise
@@ -177,7 +184,7 @@ def run(study: Study, study_dir: Path, address: str | None = None) -> tune.Resul
 
 
 def searcher(study: Study, study_dir: Path) -> Searcher:
-    """Optuna (one study, or one per compared level) behind Ray Tune, repeated over seeds."""
+    """Optuna (one study, or one per compared level) behind Ray Tune."""
     search = study.search
     storage = optuna.storages.RDBStorage(f"sqlite:///{Path(study_dir) / 'optuna.db'}")
 
@@ -192,8 +199,6 @@ def searcher(study: Study, study_dir: Path) -> Searcher:
                                               for level in study.space[key].levels()}, search.trials)
     else:
         search_alg = optuna_search(list(study.space), study.name)
-    if search.seeds > 1:
-        search_alg = Repeater(search_alg, repeat=search.seeds, set_index=True)
     return search_alg
 
 
@@ -203,7 +208,7 @@ def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:
 
     gpu = study.resources.gpu
     if gpu == "auto":
-        gpu = GPU_SHARE_AUTO if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        gpu = gpu_share(total) if ray.cluster_resources().get("GPU", 0) > 0 else 0
     threads = max(1, int(study.resources.cpu))
     fn = tune.with_parameters(trainable, study=study.model_dump(by_alias=True),
                               study_dir=str(study_dir), threads=threads)
@@ -217,6 +222,7 @@ def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:
             verbose=1,
         ),
     )
-    print(f"study {study.name}: {total} trials ({study.n_configurations()} configurations × "
-          f"{search.seeds} seeds), {study.resources.cpu:g} CPU and {gpu:g} GPU each", flush=True)
+    print(f"study {study.name}: {total} trials (configurations) × {search.seeds} seeds trained "
+          f"together = {study.n_networks()} networks; {study.resources.cpu:g} CPU and {gpu:g} GPU "
+          "per trial", flush=True)
     return tuner.fit()

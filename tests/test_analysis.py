@@ -31,7 +31,7 @@ def fake_study(tmp_path, arms, fingerprints=None):
         rows.append({"trial_id": trial_id, "status": "COMPLETED", "seed": seed,
                      "model.attention.layers": level, "best_val_loss": float(loss.mean()),
                      "test_loss": float(loss.mean()), "data_fingerprint": fp})
-        epochs += [{"trial_id": trial_id, "epoch": e, "train_loss": 1.0 / (e + 1) + shift,
+        epochs += [{"trial_id": trial_id, "seed": seed, "epoch": e, "train_loss": 1.0 / (e + 1) + shift,
                     "val_loss": 1.1 / (e + 1) + shift, "seconds": 1.0} for e in range(3)]
         table = pa.table({
             "trial_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(N, np.int32)), [trial_id]),
@@ -157,6 +157,6 @@ def test_report_json_and_csv_carry_the_same_numbers(tmp_path):
         assert (tmp_path / "report" / f"{figure}.png").exists()
     # No optuna.db and no weights here: those figures say why they are missing.
     assert "*Not drawn: optuna.db holds no completed Optuna trial.*" in text
-    assert "no completed trial with an AttConv layer and saved weights" in text
+    assert "no completed network with an AttConv layer and saved weights" in text
     report.write(analysis.analyze(tmp_path), tmp_path)  # rewriting replaces the report whole
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".report")) == []

@@ -42,15 +42,15 @@ def test_analyze_needs_a_results_directory(tmp_path):
 def test_trial_runs_in_process_and_writes_the_contract(tmp_path):
     result = runner.invoke(app, ["trial", str(SMOKE), "--results", str(tmp_path), "--set",
                                  "data.n_images=300", "--set", "train.epochs=1", "--set",
-                                 "model.attention.layers=[]"])
+                                 "model.attention.layers=[]", "--seed", "3", "--seed", "5"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "smoke-trial"
     import pandas as pd
 
     trials = pd.read_parquet(out / "trials.parquet")
-    assert trials["model.attention.layers"].tolist() == ["[]"]
-    assert len(pd.read_parquet(out / "samples")) == 30
-    assert "epoch   0" in result.output
+    assert trials["model.attention.layers"].tolist() == ["[]", "[]"] and trials["seed"].tolist() == [3, 5]
+    assert len(pd.read_parquet(out / "samples")) == 60
+    assert "epoch   0" in result.output and "seed 5: best epoch 0" in result.output
 
 
 def test_models_lists_every_model_with_baselines_matched():

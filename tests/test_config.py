@@ -142,4 +142,6 @@ def test_labelled_choices_store_labels_and_merge_sections():
 def test_tuning_per_level_multiplies_configurations_by_levels():
     study = config.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=3"])
     assert study.tuned_per_level() and study.n_configurations() == 3 * 4
-    assert study.n_trials() == 3 * 4 * study.search.seeds
+    # One Ray trial per configuration; each trains all its seeds.
+    assert study.n_trials() == 3 * 4 and study.n_networks() == 3 * 4 * study.search.seeds
+    assert study.seeds() == list(range(study.search.seeds))

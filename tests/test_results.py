@@ -1,5 +1,6 @@
-import pandas as pd
+import numpy as np
 import pytest
+import torch
 
 from study import config, results
 from study.train import fit
@@ -7,23 +8,37 @@ from study.train import fit
 from .conftest import SMOKE
 
 
-def test_completed_and_failed_trials_are_both_accounted_for(tmp_path):
+def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[]"])
     params = {"model.attention.layers": "[]"}
-    results.write_trial(tmp_path, "good", 0, params, fit(study, seed=0))
-    results.write_failed(tmp_path, "bad", 1, {"model.attention.layers": "[0]"})
-    assert results.consolidate(tmp_path) == 2
+    result = fit(study, seeds=[0, 1])
+    results.write_trial(tmp_path, "good", params, result)
+    results.write_failed(tmp_path, "bad", [0, 1], {"model.attention.layers": "[0]"})
+    assert results.consolidate(tmp_path) == 2  # trials
 
     r = results.load(tmp_path)
-    trials = r.trials.set_index("trial_id")
-    assert trials.loc["good", "status"] == "COMPLETED" and trials.loc["bad", "status"] == "ERROR"
-    assert trials.loc["good", "n_params"] == 169_270 and pd.isna(trials.loc["bad", "n_params"])
+    trials = r.trials.set_index(["trial_id", "seed"])
+    assert len(trials) == 4 and trials.index.is_unique
+    assert (trials.loc["good", "status"] == "COMPLETED").all()
+    assert (trials.loc["bad", "status"] == "ERROR").all()
+    assert (trials.loc["good", "n_params"] == 169_270).all() and trials.loc["bad", "n_params"].isna().all()
+    for network in result.networks:
+        row = trials.loc[("good", network.seed)]
+        assert row["best_epoch"] == network.best_epoch and row["best_val_loss"] == network.best_val_loss
+        assert row["test_loss"] == pytest.approx(network.test_loss.mean())
+        saved = torch.load(results.weights_path(tmp_path, "good", network.seed))
+        assert all(torch.equal(saved[k], v) for k, v in network.best_state.items())
     assert list(r.trials.columns[:4]) == ["trial_id", "status", "seed", "model.attention.layers"]
-    assert r.epochs["trial_id"].tolist() == ["good", "good"]
-    assert len(r.samples) == 30 and set(r.samples["trial_id"]) == {"good"}
+    assert r.epochs[["trial_id", "seed", "epoch"]].values.tolist() == [
+        ["good", 0, 0], ["good", 0, 1], ["good", 1, 0], ["good", 1, 1]]
+    # Every seed's rows in the trial's one partition, told apart by the seed column.
+    assert len(r.samples) == 60 and set(r.samples["trial_id"]) == {"good"}
+    for network in result.networks:
+        mine = r.samples[r.samples["seed"] == network.seed].sort_values("sample_idx")
+        np.testing.assert_array_equal(mine["loss"], network.test_loss)
     # The trial's parameters are joined to its samples, so arms group directly.
     assert r.params == ["model.attention.layers"] and set(r.samples["model.attention.layers"]) == {"[]"}
-    assert results.status_counts(tmp_path) == {"COMPLETED": 1, "ERROR": 1}
+    assert results.status_counts(tmp_path) == {"COMPLETED": 2, "ERROR": 2}
 
 
 def test_a_failed_write_leaves_no_file_behind(tmp_path):

@@ -30,7 +30,8 @@ def test_factor_studies_tune_every_arm_with_at_least_three_seeds(name):
 @pytest.fixture(scope="module")
 def cluster():
     # Worker output would reach the driver asynchronously and mix into the CLI output read below.
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning",
+             log_to_driver=False, _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
 

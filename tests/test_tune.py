@@ -2,9 +2,12 @@
 
 import json
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,39 +29,44 @@ def study(*args, **kwargs):
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
 
 
-def check_contract(study_dir: Path, n_trials: int) -> pd.DataFrame:
+def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFrame:
+    """The result files of a study of ``n_trials`` configurations × ``seeds`` networks."""
     trials = pd.read_parquet(study_dir / "trials.parquet")
-    assert len(trials) == n_trials and (trials["status"] == "COMPLETED").all()
+    assert len(trials) == n_trials * seeds and (trials["status"] == "COMPLETED").all()
+    assert trials["trial_id"].nunique() == n_trials
+    assert (trials.groupby("trial_id")["seed"].apply(sorted) == [list(range(seeds))] * n_trials).all()
     for column in ("trial_id", "status", "seed", "model.attention.layers", "n_params", "flops",
                    "best_epoch", "best_val_loss", "test_loss", "test_exact_acc", "wall_s", "device",
                    "data_fingerprint"):
         assert column in trials, column
     assert set(trials["model.attention.layers"]) == {"[]", "[0]"}
-    n_params = dict(zip(trials["model.attention.layers"], trials["n_params"], strict=True))
-    assert n_params == {"[]": 169_270, "[0]": 169_421}
+    n_params = trials.groupby("model.attention.layers")["n_params"].unique().map(list).to_dict()
+    assert n_params == {"[]": [169_270], "[0]": [169_421]}
     assert trials["data_fingerprint"].nunique() == 1
 
     epochs = pd.read_parquet(study_dir / "epochs.parquet")
-    assert len(epochs) == 2 * n_trials
+    assert len(epochs) == 2 * n_trials * seeds
     for _, t in trials.iterrows():
-        mine = epochs[epochs["trial_id"] == t["trial_id"]]
+        mine = epochs[(epochs["trial_id"] == t["trial_id"]) & (epochs["seed"] == t["seed"])]
         assert mine["val_loss"].min() == pytest.approx(t["best_val_loss"])
         assert mine["val_loss"].idxmin() == mine.index[t["best_epoch"]]
 
     samples = pd.read_parquet(study_dir / "samples")
-    assert len(samples) == N_TEST * n_trials  # exactly one row per test sample per trial
+    assert len(samples) == N_TEST * n_trials * seeds  # exactly one row per test sample per network
     assert samples["sample_idx"].dtype == np.int32 and samples["loss"].dtype == np.float32
     assert samples["correct"].dtype == bool and samples["withheld"].dtype == bool
     assert [f"logit_{c}" for c in range(10)] == [c for c in samples if c.startswith("logit_")]
-    for trial_id, rows in samples.groupby("trial_id", observed=True):
+    samples["trial_id"] = samples["trial_id"].astype(str)
+    by_network = trials.set_index(["trial_id", "seed"])
+    for network, rows in samples.groupby(["trial_id", "seed"]):
         assert sorted(rows["sample_idx"]) == list(range(N_TEST))
-        t = trials.set_index("trial_id").loc[trial_id]
+        t = by_network.loc[network]
         assert rows["loss"].mean() == pytest.approx(t["test_loss"], rel=1e-5)
         assert rows["correct"].mean() == pytest.approx(t["test_exact_acc"])
-    # Every trial saw the same test images: the digits agree sample by sample.
+    # Every network saw the same test images: the digits agree sample by sample.
     assert (samples.groupby("sample_idx")["digits"].nunique() == 1).all()
     assert (study_dir / "study.yaml").exists()
-    assert len(list((study_dir / "weights").glob("*.pt"))) == n_trials
+    assert len(list((study_dir / "weights").glob("*/seed-*.pt"))) == n_trials * seeds
     return trials
 
 
@@ -69,7 +77,7 @@ def check_analysis(study_dir: Path, trials: pd.DataFrame) -> None:
     (row,) = json.loads(out.stdout)["comparisons"]
     samples = pd.read_parquet(study_dir / "samples")
     samples["trial_id"] = samples["trial_id"].astype(str)
-    level = dict(zip(trials["trial_id"], trials["model.attention.layers"], strict=True))
+    level = trials.groupby("trial_id")["model.attention.layers"].first()
     samples["arm"] = samples["trial_id"].map(level)
     mean = samples.groupby(["arm", "sample_idx"])["loss"].mean().unstack("arm")
     d = mean["[0]"] - mean["[]"]
@@ -89,20 +97,23 @@ def check_analysis(study_dir: Path, trials: pd.DataFrame) -> None:
     assert "[0] vs []" in text.stdout and "report.md" in text.stdout
 
 
-def test_embedded_study_with_replicated_seeds(tmp_path):
-    out = study("run", str(SMOKE), *SMALL, "--set", "search.seeds=2", "--results", str(tmp_path))
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
+    run = study("run", str(SMOKE), *SMALL, "--set", "search.seeds=3", "--results", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     study_dir = tmp_path / "smoke"
-    trials = check_contract(study_dir, n_trials=4)
-    assert sorted(trials["seed"]) == [0, 0, 1, 1]
-    # Optuna holds one trial per configuration, valued at the mean over its seeds.
+    trials = check_contract(study_dir, n_trials=2, seeds=3)  # 2 Ray trials, 6 networks
+    assert len(list((study_dir / "ray" / "tune").glob("trainable_*"))) == 2
+    # Optuna holds one trial per configuration, valued at the mean over its seeds of each best.
     ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
     assert len(ot.trials) == 2
     means = trials.groupby("model.attention.layers")["best_val_loss"].mean()
     for t in ot.trials:
         assert t.value == pytest.approx(means[t.params["model.attention.layers"]])
     check_analysis(study_dir, trials)
-    assert "trial" in out.stdout and "done" in out.stdout  # progress lines
+    arms = json.loads(study("analyze", str(study_dir), "--json").stdout)["arms"]
+    assert [(a["level"], a["seeds"]) for a in arms] == [("[]", 3), ("[0]", 3)]
+    progress = [line for line in run.stdout.splitlines() if " done: " in line]
+    assert len(progress) == 2 and all("mean of 3 seeds" in line for line in progress)
 
 
 def free_port() -> int:
@@ -112,17 +123,30 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    port = free_port()
-    ray = str(BIN / "ray")
-    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2",
-                              "--include-dashboard=false", "--disable-usage-stats"],
-                             capture_output=True, text=True)
-    assert started.returncode == 0, started.stderr
+def ray_head(tmp_path, monkeypatch):
+    """A Ray head on 127.0.0.1 with token authentication, stopped through the process that
+    started it (``ray start --block`` drains and stops its daemons on SIGTERM)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    port, log = free_port(), tmp_path / "ray-head.log"
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True)
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # its own process group: only what it started
+            head.wait()
 
 
 def test_study_on_an_existing_ray_cluster(tmp_path, ray_head):

@@ -1,9 +1,11 @@
-"""AttConv, the LeNet family built from it, and matched feed-forward baselines."""
+"""AttConv, the LeNet family built from it, matched feed-forward baselines, and several seeds'
+networks stacked into one."""
 
 from study.config import ModelConfig
 from study.models.attconv import AttConv
 from study.models.baseline import Match, matched
 from study.models.lenet import LeNet, forward_flops, n_params
+from study.models.stacked import Stacked
 
 
 def build_network(config: ModelConfig, canvas: int, in_channels: int = 1) -> LeNet:
@@ -13,4 +15,4 @@ def build_network(config: ModelConfig, canvas: int, in_channels: int = 1) -> LeN
     return LeNet(config, canvas, in_channels)
 
 
-__all__ = ["AttConv", "LeNet", "Match", "build_network", "forward_flops", "matched", "n_params"]
+__all__ = ["AttConv", "LeNet", "Match", "Stacked", "build_network", "forward_flops", "matched", "n_params"]

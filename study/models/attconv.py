@@ -14,7 +14,9 @@ every share by the sum of the shares of all windows covering that pixel.
     output: the last y, as B×O×H'×W'
 
 Only the bottom-up product of the last iteration reaches the output, so the last top-down pass
-is skipped: T bottom-up and T−1 top-down matrix products, never a B×(C·k²)×L×O tensor.
+is skipped: T bottom-up and T−1 top-down matrix products, never a B×(C·k²)×L×O tensor. Windows
+and per-pixel sums come from ``study.models.windows``: a constant number of kernels whatever the
+batch, also when ``torch.func.vmap`` stacks several seeds' layers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from study.models.windows import pixel_sums, windows
 
 
 class AttConv(nn.Module):
@@ -78,11 +82,11 @@ class AttConv(nn.Module):
         B, C, H, W = x.shape
         k2 = self.kernel_size**2
         out_h, out_w = self._out_size(H), self._out_size(W)
-        X = F.unfold(x, self.kernel_size, stride=self.stride)
+        X = self._windows(x)  # B×C×k²×L
         L = X.shape[-1]
         a = self._normalise(x.new_ones(B, k2, L), H, W)
         for t in range(self.iterations):
-            attended = (X.view(B, C, k2, L) * a.unsqueeze(1)).view(B, C * k2, L)
+            attended = (X * a.unsqueeze(1)).view(B, C * k2, L)
             y = attended.transpose(1, 2) @ self.weight_bu + self.bias_bu  # B×L×O
             if self.relu_inside:
                 y = F.relu(y)
@@ -92,7 +96,7 @@ class AttConv(nn.Module):
                 return
             x_hat = (y @ self.weight_td.T).transpose(1, 2)  # B×(C·k²)×L
             x_hat = x_hat.view(B, C, k2, L) + self.bias_td.view(1, C, 1, 1)
-            e = (x_hat * X.view(B, C, k2, L)).sum(1) / math.sqrt(C)
+            e = (x_hat * X).sum(1) / math.sqrt(C)
             yield out, a, x_hat.view(B, C * k2, L)
             a = self._normalise(self._stable_exp(e, H, W), H, W)
 
@@ -104,8 +108,7 @@ class AttConv(nn.Module):
         an (H·W)×k² index into a B×(k²·L + 1) tensor whose last entry is a filler."""
         key = (H, W, device)
         if key not in self._cover:
-            ids = torch.arange(H * W, dtype=torch.float64).view(1, 1, H, W)
-            pixel = F.unfold(ids, self.kernel_size, stride=self.stride).long().flatten()
+            pixel = self._windows(torch.arange(H * W).view(H, W)).flatten()
             filler = len(pixel)
             order = torch.argsort(pixel, stable=True)
             counts = torch.bincount(pixel, minlength=H * W)
@@ -115,15 +118,15 @@ class AttConv(nn.Module):
             self._cover[key] = cover.to(device)
         return self._cover[key]
 
-    def _fold(self, a: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        return F.fold(a, (H, W), self.kernel_size, stride=self.stride)
+    def _pixel_sums(self, a: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        return pixel_sums(a, H, W, self.kernel_size, self.stride)
 
-    def _unfold(self, per_pixel: torch.Tensor) -> torch.Tensor:
-        return F.unfold(per_pixel, self.kernel_size, stride=self.stride)
+    def _windows(self, per_pixel: torch.Tensor) -> torch.Tensor:
+        return windows(per_pixel, self.kernel_size, self.stride)
 
     def _normalise(self, shares: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """``N``: fold sums each pixel's shares, unfold puts the sums back into window layout."""
-        return shares / self._unfold(self._fold(shares, H, W))
+        """``N``: sum each pixel's shares, then put the sums back into window layout."""
+        return shares / self._windows(self._pixel_sums(shares, H, W))
 
     def _stable_exp(self, e: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """exp(e) shifted by each pixel's max over the windows covering it: the same after
@@ -132,8 +135,8 @@ class AttConv(nn.Module):
         with torch.no_grad():  # a shift shared by a pixel's windows cancels in N
             B = e.shape[0]
             flat = torch.cat([e.reshape(B, -1), e.new_full((B, 1), float("-inf"))], 1)
-            per_pixel = flat[:, self._covering(H, W, e.device)].amax(-1).view(B, 1, H, W)
-            shift = self._unfold(per_pixel)
+            per_pixel = flat[:, self._covering(H, W, e.device)].amax(-1).view(B, H, W)
+            shift = self._windows(per_pixel)
         return torch.exp(e - shift)
 
     def prediction(self, a: torch.Tensor, x_hat: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -141,9 +144,9 @@ class AttConv(nn.Module):
         (B×(C·k²)×L) weighted by the shares ``a`` (B×k²×L) with which they claim the pixel."""
         B, L = a.shape[0], a.shape[-1]
         weighted = x_hat.view(B, self.in_channels, -1, L) * a.unsqueeze(1)
-        return self._fold(weighted.flatten(1, 2), height, width)
+        return self._pixel_sums(weighted, height, width)
 
     def attention_per_pixel(self, a: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Each input pixel's shares summed over the windows covering it (B×1×H×W): 1 wherever
         a window reaches after ``N``; for tests and figures."""
-        return self._fold(a, height, width)
+        return self._pixel_sums(a, height, width).unsqueeze(1)

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.models import AttConv
+from study.config import ModelConfig
+from study.models import AttConv, LeNet, Stacked
 
 
 def loop_reference(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
@@ -141,3 +142,38 @@ def test_prediction_of_a_perfect_top_down_pass_is_the_input():
     *_, (_, a, _) = layer.steps(x)
     X = F.unfold(x, 3)
     torch.testing.assert_close(layer.prediction(a, X, 9, 7), x)
+
+
+class Dispatched(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every aten call below autograd and vmap: what would reach the device as kernels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        self.calls.append((str(func.overloadpacket), tuple(first.shape) if first is not None else ()))
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched(seeds: int, batch: int) -> list[tuple[str, tuple]]:
+    torch.manual_seed(0)
+    stack = Stacked([LeNet(ModelConfig(attention={"layers": [0, 1], "iterations": 3}), 28)
+                     for _ in range(seeds)])
+    with Dispatched() as mode:
+        stack(torch.rand(seeds, batch, 1, 28, 28)).sum().backward()
+    return mode.calls
+
+
+def test_attconv_work_does_not_grow_with_the_batch_or_the_seeds():
+    """On CUDA, aten.im2col and aten.col2im (behind F.unfold and F.fold) launch one kernel per
+    batch element, and vmap folds the seeds into that batch; a CPU profile does not show it. So:
+    the same aten calls whatever the batch and seed count, and im2col/col2im only ever see a
+    batch of one."""
+    # Sizes above one on both sides: vmap and autograd treat a dimension of one specially.
+    small, large = dispatched(seeds=2, batch=2), dispatched(seeds=3, batch=16)
+    assert [name for name, _ in small] == [name for name, _ in large]
+    for name, shape in large:
+        if name in ("aten.im2col", "aten.col2im"):
+            assert shape[0] == 1, f"{name} got a batch of {shape[0]}"
