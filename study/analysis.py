@@ -1,43 +1,66 @@
-"""Statistics on per-sample test losses: each level of a factor against the reference level.
+"""Statistics of a study: every level of the compared factor against the reference level.
 
-An *arm* is one level of the compared factor. When other parameters were tuned too, the arm is
-the configuration at that level with the lowest mean best validation loss (selection never looks
-at the test split). Its per-sample test losses are averaged over its seeds and paired with the
-reference arm's by ``sample_idx`` (only within one ``data_fingerprint``). For each pair of arms:
+The unit of replication is the trained network. "Does the layer help?" asks whether retraining
+would give the same answer, so the variance that matters is between networks trained with
+different seeds, not between test images (which are shared by every network, and reuse the same
+handwritten digits many times).
 
-- the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``) on the differences d = arm − reference,
-  two-sided and both one-sided directions; zero differences are dropped before ranking (Wilcoxon's
-  original method, ``zero_method="wilcox"``), and ``n_nonzero`` says how many pairs remain;
-- the matched-pairs rank-biserial correlation r = (R⁺ − R⁻) / (R⁺ + R⁻) over the same ranks:
-  −1 when every nonzero difference favours the arm (lower loss), +1 when all favour the reference;
-- the median difference with a seeded percentile-bootstrap 95 % confidence interval;
-- Holm–Bonferroni adjusted two-sided p-values across every row of the table;
-- with at least 3 seeds in both arms, Welch's t-test on the per-seed test losses (each seed's
-  mean over the test images, close to normal by the central limit theorem), and a plain-language
-  warning where it and the per-sample test disagree at ``ALPHA``. The per-sample test treats
-  test images as the unit; only the per-seed test speaks for retraining the network.
+**Which networks.** When a study tunes anything besides the compared factor, each level's
+configuration was chosen by validation loss and then retrained on fresh seeds (``stage:
+confirm``); only those networks enter, so the luck that won the selection is not counted again.
+Otherwise every network of the level (``stage: tune``) enters.
+
+**Primary, seed level** (the verdict). Each network's mean test loss over the test images is one
+observation. Per level against the reference: the difference of the arms' means with Welch's
+t-test and its 95 % confidence interval (estimate, interval and test agree), a permutation test
+of the same difference (``scipy.stats.permutation_test``, exact when the arms are small) as a
+distribution-free check, a percentile bootstrap interval over seeds, the same for exact-set
+accuracy, each arm's seed-to-seed SD, the smallest difference the study could detect with 80 %
+power at α = 0.05 and, where the difference is not significant, the seeds per arm needed to
+detect the observed one (``statsmodels``' two-sample t-test power). Holm's adjustment runs over
+one fixed family: these primary tests, one per compared level.
+
+**Image level** (how the original study tested, reported beside it). Per-sample losses averaged
+over each arm's networks and paired by ``sample_idx``: the Wilcoxon signed-rank test (zero
+differences dropped), the matched-pairs rank-biserial correlation, and the Hodges–Lehmann shift
+(the pseudo-median the test is about) with its confidence interval by inverting the same test.
+It is conditional on these trained networks: it treats test images as replications, which is
+why it is not the verdict (in simulated studies of two identical arms it calls a difference
+significant far more often than α).
+
+**Subgroups** (``split``): descriptive seed-level differences within each subgroup, and for every
+subgroup against the first one an arm × subgroup interaction at the seed level (per network: its
+loss in the subgroup minus its loss in the first, compared between arms with Welch's t-test),
+unadjusted and outside Holm's family.
 
 Example:
     >>> result = analyze("results/smoke")  # doctest: +SKIP
-    >>> result.comparisons[["level", "p_two_sided", "rank_biserial"]]  # doctest: +SKIP
+    >>> result.comparisons[["level", "diff", "diff_ci_low", "diff_ci_high", "p_holm"]]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
+from statsmodels.stats.power import TTestIndPower
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from study import config, results
 from study.errors import UserError
 
 ALPHA = 0.05
-MIN_SEEDS = 3  # fewer seeds per arm give a test across seeds too little to stand on
+POWER = 0.8
+MIN_SEEDS = 2  # a seed-to-seed variance needs two networks per arm
 BOOTSTRAP_RESAMPLES = 2000
+PERMUTATIONS = 9999  # beyond this many distinct splits of the seeds, a Monte Carlo test
+IMAGE_LEVEL = "image level, conditional on these trained networks"
 
 
 def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
@@ -69,63 +92,123 @@ def rank_biserial(differences: np.ndarray) -> float:
     return float((ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum())
 
 
-def median_ci(differences: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap 95 % confidence interval of the median, reproducible for a seed."""
+def hodges_lehmann(differences: np.ndarray, alpha: float = ALPHA) -> tuple[float, float, float]:
+    """The Hodges–Lehmann shift of paired differences d (the median of the Walsh averages
+    (dᵢ + dⱼ)/2, i ≤ j: the pseudo-median the signed-rank test is about) and its 1 − alpha
+    confidence interval, both by inverting the signed-rank test: the shift δ at which d − δ
+    balances its signed ranks, and the shifts at which ``scipy.stats.wilcoxon``'s two-sided
+    p-value of d − δ falls to alpha. Bisection, so it scales to thousands of test images.
+
+    Example:
+        >>> round(hodges_lehmann(np.array([1.0, 2.0, 3.0, 10.0]))[0], 6)  # Walsh median (2.5 + 3) / 2
+        2.75
+    """
     d = np.asarray(differences, dtype=float)
-    if len(d) < 2 or np.all(d == d[0]):
-        return (float(np.median(d)) if len(d) else float("nan"),) * 2
-    ci = stats.bootstrap((d,), np.median, n_resamples=BOOTSTRAP_RESAMPLES, batch=200,
-                         method="percentile", rng=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
+    if len(d) == 0 or np.all(d == d[0]):
+        value = float(d[0]) if len(d) else float("nan")
+        return value, value, value
+    low, high = float(d.min()), float(d.max())
+    tol = 1e-10 * max(1e-12, high - low)
+
+    def first(condition, a: float, b: float) -> float:
+        """The δ in [a, b] where ``condition`` turns from true to false (true at a, false at b)."""
+        return optimize.bisect(lambda x: 1.0 if condition(x) else -1.0, a, b, xtol=tol)
+
+    # R+ − R− of d − δ is +1 at δ = min(d), −1 at δ = max(d) and never increases in between.
+    above = first(lambda x: rank_biserial(d - x) > 0, low, high)
+    below = first(lambda x: rank_biserial(d - x) >= 0, low, high)
+    estimate = (above + below) / 2
+
+    def accepted(x: float) -> bool:
+        return stats.wilcoxon(d - x).pvalue >= alpha
+
+    ci_low = first(lambda x: not accepted(x), low, estimate) if not accepted(low) else low
+    ci_high = first(accepted, estimate, high) if not accepted(high) else high
+    return float(estimate), float(ci_low), float(ci_high)
 
 
-def paired_test(arm: np.ndarray, reference: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Every per-sample statistic of one comparison (see the module docstring)."""
+def image_level(arm: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """The per-sample statistics of one comparison: Wilcoxon on d = arm − reference (paired by
+    image), rank-biserial r, and the Hodges–Lehmann shift with its test-inversion CI."""
     d = np.asarray(arm, dtype=float) - np.asarray(reference, dtype=float)
-    n_nonzero = int(np.count_nonzero(d))
-    row = {"n": len(d), "n_nonzero": n_nonzero, "median_diff": float(np.median(d)) if len(d) else np.nan}
-    row["median_diff_ci_low"], row["median_diff_ci_high"] = median_ci(d, seed)
-    if n_nonzero == 0:
-        return row | {"wilcoxon_w": np.nan, "p_two_sided": np.nan, "p_arm_lower": np.nan,
-                      "p_arm_higher": np.nan, "rank_biserial": np.nan}
-    two = stats.wilcoxon(d, zero_method="wilcox")
-    return row | {
-        "wilcoxon_w": float(two.statistic),
-        "p_two_sided": float(two.pvalue),
-        "p_arm_lower": float(stats.wilcoxon(d, zero_method="wilcox", alternative="less").pvalue),
-        "p_arm_higher": float(stats.wilcoxon(d, zero_method="wilcox", alternative="greater").pvalue),
-        "rank_biserial": rank_biserial(d),
-    }
+    row = {"image_n": len(d), "image_n_nonzero": int(np.count_nonzero(d))}
+    shift, low, high = hodges_lehmann(d)
+    row |= {"image_hl_shift": shift, "image_hl_ci_low": low, "image_hl_ci_high": high}
+    if row["image_n_nonzero"] == 0:
+        return row | {"image_wilcoxon_w": np.nan, "image_p": np.nan, "image_rank_biserial": np.nan}
+    test = stats.wilcoxon(d, zero_method="wilcox")
+    return row | {"image_wilcoxon_w": float(test.statistic), "image_p": float(test.pvalue),
+                  "image_rank_biserial": rank_biserial(d)}
 
 
-def seed_test(arm: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Welch's t-test on per-seed test losses; NaN unless both arms have ``MIN_SEEDS``."""
+def _mean_difference(arm: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(arm, axis=axis) - np.mean(reference, axis=axis)
+
+
+def seed_level(arm: np.ndarray, reference: np.ndarray, prefix: str = "", seed: int = 0) -> dict[str, float]:
+    """The primary statistics of one comparison: one value per network in each arm (its mean
+    test loss, say); see the module docstring. Keys are prefixed with ``prefix``."""
     arm, reference = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
-    row = {"seed_mean_diff": float(arm.mean() - reference.mean()), "p_seeds": np.nan}
-    if min(len(arm), len(reference)) >= MIN_SEEDS:
-        row["p_seeds"] = float(stats.ttest_ind(arm, reference, equal_var=False).pvalue)
+    diff = float(arm.mean() - reference.mean()) if len(arm) and len(reference) else np.nan
+    row = {"diff": diff, "diff_ci_low": np.nan, "diff_ci_high": np.nan, "p": np.nan, "p_perm": np.nan,
+           "boot_ci_low": np.nan, "boot_ci_high": np.nan}
+    if min(len(arm), len(reference)) >= MIN_SEEDS and (np.ptp(arm) > 0 or np.ptp(reference) > 0):
+        welch = stats.ttest_ind(arm, reference, equal_var=False)
+        ci = welch.confidence_interval(1 - ALPHA)
+        permutation = stats.permutation_test((arm, reference), _mean_difference, vectorized=True,
+                                             n_resamples=PERMUTATIONS, rng=np.random.default_rng(seed))
+        boot = stats.bootstrap((arm, reference), _mean_difference, n_resamples=BOOTSTRAP_RESAMPLES,
+                               method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+        row |= {"diff_ci_low": float(ci.low), "diff_ci_high": float(ci.high), "p": float(welch.pvalue),
+                "p_perm": float(permutation.pvalue), "boot_ci_low": float(boot.low),
+                "boot_ci_high": float(boot.high)}
+    return {f"{prefix}{k}": v for k, v in row.items()}
+
+
+def power(arm: np.ndarray, reference: np.ndarray, diff: float) -> dict[str, float]:
+    """Seed-to-seed SD of each arm, the smallest |difference| detectable with ``POWER`` at
+    ``ALPHA`` (two-sided two-sample t-test with the pooled SD), and the seeds per arm that the
+    observed difference would need."""
+    arm, reference = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
+    row = {"sd": np.nan, "sd_reference": np.nan, "detectable_diff": np.nan, "seeds_needed": np.nan}
+    if min(len(arm), len(reference)) < MIN_SEEDS:
+        return row
+    row["sd"], row["sd_reference"] = float(arm.std(ddof=1)), float(reference.std(ddof=1))
+    pooled = math.sqrt(((len(arm) - 1) * row["sd"] ** 2 + (len(reference) - 1) * row["sd_reference"] ** 2)
+                       / (len(arm) + len(reference) - 2))
+    if pooled == 0:
+        return row
+    solver, effect = TTestIndPower(), abs(diff) / pooled
+    with warnings.catch_warnings():
+        # Its root finder gives up (NaN) past its bounds; both cases are handled below.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        row["detectable_diff"] = pooled * float(solver.solve_power(
+            nobs1=len(arm), ratio=len(reference) / len(arm), alpha=ALPHA, power=POWER))
+        needed = float(solver.solve_power(effect_size=effect, ratio=1.0, alpha=ALPHA, power=POWER)) \
+            if effect > 0 else math.nan
+    if effect > 0:
+        if math.isnan(needed):  # thousands of seeds: the normal approximation is exact enough there
+            needed = 2 * ((stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER)) / effect) ** 2
+        row["seeds_needed"] = math.ceil(needed)
     return row
 
 
-def disagreement(p_samples: float, p_seeds: float, n_seeds: tuple[int, int]) -> str:
-    """A plain-language warning where the two tests disagree, else ''."""
-    if min(n_seeds) < MIN_SEEDS:
-        return (f"only {n_seeds[0]} vs {n_seeds[1]} seeds: no test across training runs; the "
-                "per-sample test treats test images, not retrained networks, as the unit")
-    if np.isnan(p_samples) or np.isnan(p_seeds) or (p_samples < ALPHA) == (p_seeds < ALPHA):
-        return ""
-    if p_samples < ALPHA:
-        return (f"significant per sample (p={p_samples:.2g}) but not across seeds (p={p_seeds:.2g}, "
-                f"{n_seeds[0]} vs {n_seeds[1]}): the difference may not survive retraining; add seeds")
-    return (f"significant across seeds (p={p_seeds:.2g}) but not per sample (p={p_samples:.2g}): "
-            "a consistent but small shift; look at the effect size before claiming it")
+def reading(row: Any) -> str:
+    """The verdict on one primary comparison, in words."""
+    if pd.isna(row.p_holm):
+        return (f"no seed-level test ({row.seeds} vs {row.seeds_reference} networks; it needs "
+                f"{MIN_SEEDS} per arm and some spread): no verdict")
+    if row.p_holm < ALPHA:
+        return f"{'lower' if row.diff < 0 else 'higher'} loss, a difference unlikely to be chance"
+    return "no difference distinguishable from chance"
 
 
 @dataclass(frozen=True)
 class Arm:
     level: Any
-    networks: list[tuple[str, int]]  # (trial_id, seed) of every network of its configuration
+    networks: list[tuple[str, int]]  # (trial_id, seed) of every network that enters
     params: dict[str, Any]  # the arm's configuration as stored in trials.parquet
+    stage: str  # confirm: retrained on fresh seeds after selection; tune: the selection's own
 
 
 def of_networks(frame: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.DataFrame:
@@ -133,26 +216,42 @@ def of_networks(frame: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.Data
     return frame[pd.MultiIndex.from_frame(frame[["trial_id", "seed"]]).isin(networks)]
 
 
-def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[Arm]:
-    """Per level of ``factor`` (in the space's order), the networks of its best configuration."""
+def best_configurations(study: config.Study, trials: pd.DataFrame, factor: str) -> dict[Any, dict[str, Any]]:
+    """Per level of ``factor`` (in the space's order), the configuration with the lowest mean
+    best validation loss over its seeds: what the tuning stage selected."""
     keys = list(study.space)
-    arms = []
+    chosen = {}
     for level in study.space[factor].levels():
         at_level = trials[trials[factor] == level]
-        if at_level.empty:
-            continue
-        by_config = at_level.groupby(keys, dropna=False)
-        best = by_config["best_val_loss"].mean().idxmin()
-        chosen = by_config.get_group(best if len(keys) > 1 else (best,))
-        networks = list(zip(chosen["trial_id"], chosen["seed"], strict=True))
-        arms.append(Arm(level, networks, dict(zip(keys, chosen[keys].iloc[0], strict=True))))
+        if not at_level.empty:
+            best = at_level.groupby(keys, dropna=False)["best_val_loss"].mean().idxmin()
+            values = best if len(keys) > 1 else (best,)
+            # Plain Python values: they travel to Ray trials and into the result files as JSON.
+            chosen[level] = {k: v.item() if isinstance(v, np.generic) else v
+                             for k, v in zip(keys, values, strict=True)}
+    return chosen
+
+
+def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[Arm]:
+    """Per level, the networks that enter: the confirmation networks where the study has them
+    for this factor, else the networks of the level's selected configuration."""
+    tuned = trials[trials["stage"] == "tune"]
+    confirmed = trials[trials["stage"] == "confirm"]
+    arms = []
+    for level, params in best_configurations(study, tuned, factor).items():
+        if factor == study.compare_key() and (confirmed[factor] == level).any():
+            mine, stage = confirmed[confirmed[factor] == level], "confirm"
+        else:
+            mine = tuned.loc[(tuned[list(params)] == pd.Series(params)).all(axis=1)]
+            stage = "tune"
+        arms.append(Arm(level, list(zip(mine["trial_id"], mine["seed"], strict=True)), params, stage))
     return arms
 
 
 def seed_average(samples: pd.DataFrame, networks: list[tuple[str, int]],
                  split: str | None = None) -> pd.DataFrame:
-    """Per-sample loss and correctness averaged over the given networks (seeds), by sample_idx;
-    with ``split``, that per-sample column is carried along."""
+    """Per-sample loss and correctness averaged over the given networks, by sample_idx; with
+    ``split``, that per-sample column is carried along."""
     chosen = of_networks(samples, networks)
     averaged = chosen.groupby("sample_idx")[["loss", "correct"]].mean()
     if split is not None:
@@ -162,7 +261,8 @@ def seed_average(samples: pd.DataFrame, networks: list[tuple[str, int]],
 
 @dataclass(frozen=True)
 class Analysis:
-    """What ``study analyze`` reports: the arms, and one row per comparison (and subgroup)."""
+    """What ``study analyze`` reports: the arms, one row per compared level (primary seed-level
+    statistics, then ``image_*`` columns), and with ``split`` the subgroup rows."""
 
     study: config.Study
     factor: str
@@ -170,8 +270,11 @@ class Analysis:
     data_fingerprint: str
     arms: pd.DataFrame
     comparisons: pd.DataFrame
+    subgroups: pd.DataFrame | None
     selected: list[Arm]  # the arms, reference first
+    networks: pd.DataFrame  # per network that entered: level, trial_id, seed, test_loss, test_exact_acc
     averaged: dict[Any, pd.DataFrame]  # level → seed-averaged per-sample loss and correct
+    notes: list[str]  # what a reader must know before the numbers (selection not confirmed, …)
 
     def differences(self, level: Any) -> pd.Series:
         """Per-sample loss differences (arm − reference), paired by sample_idx."""
@@ -179,20 +282,28 @@ class Analysis:
         return (self.averaged[level]["loss"] - reference).dropna()
 
     def to_dict(self) -> dict[str, Any]:
-        def records(frame: pd.DataFrame) -> list[dict]:
+        def records(frame: pd.DataFrame | None) -> list[dict] | None:
+            if frame is None:
+                return None
             return [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v)
                      for k, v in row.items()} for row in frame.to_dict("records")]
 
         return {"study": self.study.name, "question": self.study.question, "factor": self.factor,
-                "split": self.split, "data_fingerprint": self.data_fingerprint,
-                "arms": records(self.arms), "comparisons": records(self.comparisons)}
+                "split": self.split, "data_fingerprint": self.data_fingerprint, "alpha": ALPHA,
+                "holm_family": "the seed-level test of every compared level against the reference",
+                "image_level": IMAGE_LEVEL, "notes": self.notes, "arms": records(self.arms),
+                "comparisons": records(self.comparisons), "subgroups": records(self.subgroups)}
+
+
+def _compare(arm: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, float]:
+    return seed_level(arm, reference, seed=seed) | power(arm, reference, float(arm.mean() - reference.mean()))
 
 
 def analyze(study_dir: str | Path, by: str | None = None, split: str | None = None,
             seed: int = 0) -> Analysis:
     """Compare every level of ``by`` (default: the study's compare factor) with the reference
-    level (the first that has results), optionally per value of the per-sample column ``split``;
-    ``seed`` seeds the bootstrap."""
+    level (the first that has results), optionally within the values of the per-sample column
+    ``split``; ``seed`` seeds the permutation test and the bootstrap."""
     study_dir = Path(study_dir)
     if not (study_dir / "trials.parquet").exists():
         raise UserError(f"{study_dir}: no trials.parquet; is this a study's results directory?")
@@ -215,39 +326,70 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     if len(arms) < 2:
         raise UserError(f"{study_dir}: {factor} has completed trials at {len(arms)} level(s); "
                         "a comparison needs two")
+    notes = []
+    if study.confirms() and any(arm.stage == "tune" for arm in arms):
+        unconfirmed = [str(arm.level) for arm in arms if arm.stage == "tune"]
+        notes.append(f"not confirmed on fresh seeds: {', '.join(unconfirmed)}. Their networks are the "
+                     "ones that won the selection by validation loss, so their luck counts twice and "
+                     "the seed-level difference is biased in their favour")
 
-    # Each network's mean test loss (per subgroup): what a test across seeds compares.
-    per_network = r.samples.groupby(["trial_id", "seed", *([split] if split else [])])["loss"].mean()
+    per_network = r.samples.groupby(["trial_id", "seed"])[["loss", "correct"]].mean()
+    networks = pd.concat([per_network.loc[arm.networks].assign(level=arm.level) for arm in arms])
+    networks = networks.reset_index().rename(columns={"loss": "test_loss", "correct": "test_exact_acc"})
     averaged = {arm.level: seed_average(r.samples, arm.networks, split) for arm in arms}
-    arm_rows = [{"level": arm.level, "seeds": len(arm.networks),
-                 **{k: v for k, v in arm.params.items() if k != factor},
-                 "mean_loss": float(averaged[arm.level]["loss"].mean()),
-                 "exact_acc": float(averaged[arm.level]["correct"].mean()),
-                 "networks": ",".join(f"{t}/{seed}" for t, seed in arm.networks)} for arm in arms]
+    of_level = {arm.level: networks[networks["level"] == arm.level] for arm in arms}
+    arm_rows = []
+    for arm in arms:
+        mine = of_level[arm.level]
+        arm_rows.append({"level": arm.level, "stage": arm.stage, "seeds": len(arm.networks),
+                         **{k: v for k, v in arm.params.items() if k != factor},
+                         "mean_loss": float(mine["test_loss"].mean()),
+                         "sd_loss": float(mine["test_loss"].std(ddof=1)) if len(mine) > 1 else np.nan,
+                         "exact_acc": float(mine["test_exact_acc"].mean()),
+                         "networks": ",".join(f"{t}/{s}" for t, s in arm.networks)})
 
+    reference, *others = arms
+    theirs = of_level[reference.level]
+    rows = []
+    for arm in others:
+        mine = of_level[arm.level]
+        row = {"level": arm.level, "reference": reference.level, "seeds": len(arm.networks),
+               "seeds_reference": len(reference.networks), "mean_loss": float(mine["test_loss"].mean()),
+               "mean_loss_reference": float(theirs["test_loss"].mean())}
+        row |= _compare(mine["test_loss"].to_numpy(), theirs["test_loss"].to_numpy(), seed)
+        row |= seed_level(mine["test_exact_acc"].to_numpy(), theirs["test_exact_acc"].to_numpy(),
+                          prefix="acc_", seed=seed)
+        paired = averaged[arm.level].merge(averaged[reference.level], left_index=True, right_index=True,
+                                           suffixes=("", "_ref"))
+        row |= image_level(paired["loss"].to_numpy(), paired["loss_ref"].to_numpy())
+        rows.append(row)
+    comparisons = pd.DataFrame(rows)
+    comparisons.insert(comparisons.columns.get_loc("p") + 1, "p_holm", holm(comparisons["p"]))
+    comparisons.insert(comparisons.columns.get_loc("p_holm") + 1, "verdict",
+                       [reading(row) for row in comparisons.itertuples()])
+    subgroups = _subgroups(r.samples, arms, split, seed) if split else None
+    return Analysis(study, factor, split, str(fingerprints[0]), pd.DataFrame(arm_rows), comparisons,
+                    subgroups, arms, networks, averaged, notes)
+
+
+def _subgroups(samples: pd.DataFrame, arms: list[Arm], split: str, seed: int) -> pd.DataFrame:
+    """Seed-level differences within each value of ``split`` and the arm × subgroup interaction
+    of every value against the first (see the module docstring)."""
+    means = samples.groupby(["trial_id", "seed", split])["loss"].mean().unstack(split)
+    values = list(means.columns)
     reference, *others = arms
     rows = []
     for arm in others:
-        paired = averaged[arm.level].join(averaged[reference.level], how="inner", rsuffix="_ref")
-        groups = paired.groupby(split, sort=True) if split else [(None, paired)]
-        for subgroup, part in groups:
-            seeds_of = per_network.xs(subgroup, level=split) if split else per_network
-            row = {split: subgroup} if split else {}
-            row |= {"level": arm.level, "reference": reference.level}
-            row |= paired_test(part["loss"].to_numpy(), part["loss_ref"].to_numpy(), seed)
-            row |= {"mean_loss": float(part["loss"].mean()),
-                    "mean_loss_reference": float(part["loss_ref"].mean()),
-                    "exact_acc": float(part["correct"].mean()),
-                    "exact_acc_reference": float(part["correct_ref"].mean()),
-                    "seeds": len(arm.networks), "seeds_reference": len(reference.networks)}
-            row |= seed_test(seeds_of.reindex(arm.networks).dropna(),
-                             seeds_of.reindex(reference.networks).dropna())
+        mine, theirs = means.loc[arm.networks], means.loc[reference.networks]
+        for value in values:
+            row = {"level": arm.level, "reference": reference.level, split: value,
+                   "mean_loss": float(mine[value].mean()), "mean_loss_reference": float(theirs[value].mean())}
+            row |= seed_level(mine[value].dropna().to_numpy(), theirs[value].dropna().to_numpy(), seed=seed)
+            if value != values[0]:  # the interaction: does the arm's advantage change in this subgroup?
+                contrast = seed_level((mine[value] - mine[values[0]]).dropna().to_numpy(),
+                                      (theirs[value] - theirs[values[0]]).dropna().to_numpy(),
+                                      prefix="interaction_", seed=seed)
+                row |= {k: contrast[k] for k in ("interaction_diff", "interaction_diff_ci_low",
+                                                 "interaction_diff_ci_high", "interaction_p")}
             rows.append(row)
-    comparisons = pd.DataFrame(rows)
-    comparisons.insert(comparisons.columns.get_loc("p_two_sided") + 1, "p_holm",
-                       holm(comparisons["p_two_sided"]))
-    comparisons["warning"] = [
-        disagreement(row.p_two_sided, row.p_seeds, (row.seeds, row.seeds_reference))
-        for row in comparisons.itertuples()]
-    return Analysis(study, factor, split, str(fingerprints[0]), pd.DataFrame(arm_rows),
-                    comparisons, arms, averaged)
+    return pd.DataFrame(rows)

@@ -116,7 +116,7 @@ def trial(
 
     outcome = fit(study, seeds, report=progress)
     result_files.write_study(study_dir, study)
-    result_files.write_trial(study_dir, trial_id, params, outcome)
+    result_files.write_trial(study_dir, trial_id, "tune", params, outcome)
     result_files.consolidate(study_dir)
     for network in outcome.networks:
         typer.echo(f"seed {network.seed}: best epoch {network.best_epoch}, val {network.best_val_loss:.4f}, "
@@ -175,7 +175,7 @@ def analyze(
         help="per-sample column to split the tables by, e.g. withheld or digits")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the tables as one JSON object")] = False,
 ) -> None:
-    """Compare each level with the reference on per-sample test losses; write report/."""
+    """Compare each level with the reference, retrained networks as the unit; write report/."""
     from study import analysis, report
 
     try:
@@ -187,18 +187,12 @@ def analyze(
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     typer.echo(f"study {result.study.name}: {result.study.question}")
-    typer.echo(f"factor {result.factor}, data {result.data_fingerprint}")
-    for _, row in result.comparisons.iterrows():
-        subgroup = f"[{split}={row[split]}] " if split else ""
-        typer.echo(
-            f"  {subgroup}{row['level']} vs {row['reference']}: n={row['n']}  "
-            f"mean loss {row['mean_loss']:.4f} vs {row['mean_loss_reference']:.4f}  "
-            f"exact acc {row['exact_acc']:.3f} vs {row['exact_acc_reference']:.3f}  "
-            f"median diff {row['median_diff']:.3g} [{row['median_diff_ci_low']:.3g}, "
-            f"{row['median_diff_ci_high']:.3g}]  r={row['rank_biserial']:.2f}  "
-            f"W={row['wilcoxon_w']:.0f} p={row['p_two_sided']:.3g} (Holm {row['p_holm']:.3g})  "
-            f"seeds {row['seeds']} vs {row['seeds_reference']}, p_seeds={row['p_seeds']:.3g}"
-        )
-        if row["warning"]:
-            typer.echo(f"    caution: {row['warning']}")
+    typer.echo(f"factor {result.factor}, data {result.data_fingerprint}; seed level: Welch's t on each "
+               f"network's mean test loss, Holm over {len(result.comparisons)} level(s)")
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    for line in report.reading(result):
+        typer.echo(f"  {line}")
+    if result.subgroups is not None:
+        typer.echo(f"subgroups by {split}: {where / 'subgroups.csv'}")
     typer.echo(f"report: {where / 'report.md'}")

@@ -263,6 +263,8 @@ class SearchConfig(_Section):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     trials: int | None = Field(None, ge=1, description="configurations to try (per compared level)")
     seeds: int = Field(1, ge=1, description="networks per configuration (seeds 0..S−1), trained together")
+    confirm_seeds: int = Field(10, ge=2, description="fresh seeds (S..S+C−1) retraining each level's "
+                               "selected configuration after tuning")
     metric: Literal["best_val_loss"] = "best_val_loss"
     mode: Literal["min"] = "min"
     scheduler: Literal["fifo"] = "fifo"
@@ -341,17 +343,33 @@ class Study(_Section):
             return self.search.trials * len(self.space[self.compare].choice)
         return self.search.trials
 
+    def confirms(self) -> bool:
+        """Whether ``study run`` ends with a confirmation stage: the space varies more than the
+        compared factor, so each level's configuration is selected by validation loss, and the
+        networks that won the selection must not also be the ones that are tested."""
+        return len(self.space) > 1 and self.n_levels() > 0
+
+    def n_levels(self) -> int:
+        """Levels of the compared factor (none when it is a ranged key)."""
+        return len(self.space[self.compare_key()].levels())
+
     def n_trials(self) -> int:
-        """Ray trials the study runs: one per configuration, training all its seeds at once."""
-        return self.n_configurations()
+        """Ray trials the study runs: one per configuration, training all its seeds at once, and
+        one per compared level in the confirmation stage."""
+        return self.n_configurations() + (self.n_levels() if self.confirms() else 0)
 
     def n_networks(self) -> int:
-        """Networks the study trains: every configuration once per seed."""
-        return self.n_configurations() * self.search.seeds
+        """Networks the study trains: every configuration once per seed, and each level's
+        selected configuration once per confirmation seed."""
+        confirming = self.n_levels() * self.search.confirm_seeds if self.confirms() else 0
+        return self.n_configurations() * self.search.seeds + confirming
 
-    def seeds(self) -> list[int]:
-        """The training seeds of every configuration."""
-        return list(range(self.search.seeds))
+    def seeds(self, stage: str = "tune") -> list[int]:
+        """The training seeds of a stage: 0..S−1 for tuning, the next ``confirm_seeds`` after
+        them for confirmation (fresh: no network of the selection is retrained)."""
+        if stage == "tune":
+            return list(range(self.search.seeds))
+        return list(range(self.search.seeds, self.search.seeds + self.search.confirm_seeds))
 
     def compare_key(self) -> str:
         """The factor ``study analyze`` compares by default: ``compare``, else the first key."""

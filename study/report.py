@@ -1,10 +1,12 @@
 """Figures and the written report of an analysis: ``RESULTS_DIR/report/``.
 
-``write`` produces ``report.md`` (the question, the tables, the figures and a plain reading),
-the tables as CSV, and these PNGs:
+``write`` produces ``report.md`` (the question, a plain reading that leads with the seed-level
+verdict, the tables, the figures), the tables as CSV, and the PNGs of ``FIGURES``:
 
-- ``qq.png``: normal Q-Q plot of each comparison's paired differences, with D'Agostino's K²
-  normality test (why the comparison is a signed-rank test, not a paired t-test);
+- ``networks.png``: every network's mean test loss by arm, with the arm's mean and its 95 %
+  interval: the observations the primary (seed-level) test compares;
+- ``qq.png``: normal Q-Q plot of each comparison's paired per-sample differences, with
+  D'Agostino's K² normality test (why the image-level comparison is a signed-rank test);
 - ``loss_curves.png``: train and validation loss per epoch of each arm, mean and range over seeds;
 - ``losses.png``: the distribution of seed-averaged per-sample test losses per arm;
 - ``optuna_history.png`` and ``optuna_importances.png``: from ``optuna.db`` (importances over
@@ -36,7 +38,7 @@ import torch
 from scipy import stats
 
 from study import config
-from study.analysis import ALPHA, Analysis, of_networks
+from study.analysis import ALPHA, IMAGE_LEVEL, Analysis, of_networks
 from study.data import build
 from study.models import AttConv, build_network
 from study.results import weights_path
@@ -54,9 +56,15 @@ def write(analysis: Analysis, study_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        notes = _figures(analysis, study_dir, tmp)
+        notes = {}
+        for name, _, draw in FIGURES:
+            reason = draw(analysis, study_dir, tmp / name)
+            if reason:
+                notes[name] = reason
         analysis.arms.to_csv(tmp / "arms.csv", index=False)
         analysis.comparisons.to_csv(tmp / "comparisons.csv", index=False)
+        if analysis.subgroups is not None:
+            analysis.subgroups.to_csv(tmp / "subgroups.csv", index=False)
         (tmp / "report.md").write_text(markdown(analysis, notes))
         old = study_dir / f".report.{os.getpid()}.old"
         if final.exists():
@@ -66,21 +74,6 @@ def write(analysis: Analysis, study_dir: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _figures(analysis: Analysis, study_dir: Path, out: Path) -> dict[str, str]:
-    """Draw every figure; returns a note for each figure that could not be drawn, and why."""
-    notes = {}
-    qq(analysis, out / "qq.png")
-    loss_curves(analysis, pd.read_parquet(study_dir / "epochs.parquet"), out / "loss_curves.png")
-    loss_distributions(analysis, out / "losses.png")
-    for name, draw in (("optuna_history.png", optuna_history),
-                       ("optuna_importances.png", optuna_importances),
-                       ("attention.png", attention_maps)):
-        reason = draw(analysis, study_dir, out / name)
-        if reason:
-            notes[name] = reason
-    return notes
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -94,8 +87,26 @@ def _label(analysis: Analysis, level) -> str:
     return f"{analysis.factor}={level}"
 
 
-def qq(analysis: Analysis, path: Path) -> None:
-    """Normal Q-Q plot of every comparison's paired differences."""
+def network_losses(analysis: Analysis, study_dir: Path, path: Path) -> str:
+    """Every network's mean test loss by arm, with the arm's mean and its 95 % t-interval."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(analysis.selected), 4))
+    for x, arm in enumerate(analysis.selected):
+        losses = analysis.networks.loc[analysis.networks["level"] == arm.level, "test_loss"].to_numpy()
+        jitter = np.linspace(-0.12, 0.12, len(losses)) if len(losses) > 1 else np.zeros(1)
+        ax.plot(x + jitter, losses, "o", ms=5, alpha=0.7)
+        if len(losses) > 1:
+            half = stats.t.ppf(1 - ALPHA / 2, len(losses) - 1) * losses.std(ddof=1) / np.sqrt(len(losses))
+            ax.errorbar(x + 0.3, losses.mean(), yerr=half, fmt="s", color="black", capsize=4)
+    ax.set_xticks(range(len(analysis.selected)),
+                  [f"{arm.level}\n{len(arm.networks)} {arm.stage}" for arm in analysis.selected])
+    ax.set(xlabel=f"{analysis.factor} (networks, stage)", ylabel="network's mean test loss (BCE)",
+           title="one point per trained network; black: mean and 95 % CI")
+    _save(fig, path)
+    return ""
+
+
+def qq(analysis: Analysis, study_dir: Path, path: Path) -> str:
+    """Normal Q-Q plot of every comparison's paired per-sample differences."""
     levels = [arm.level for arm in analysis.selected[1:]]
     fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 4), squeeze=False)
     for ax, level in zip(axes[0], levels, strict=True):
@@ -105,10 +116,12 @@ def qq(analysis: Analysis, path: Path) -> None:
         ax.set_title(f"{level} − {analysis.selected[0].level}\n{test}", fontsize=10)
         ax.set_ylabel("paired loss difference")
     _save(fig, path)
+    return ""
 
 
-def loss_curves(analysis: Analysis, epochs: pd.DataFrame, path: Path) -> None:
+def loss_curves(analysis: Analysis, study_dir: Path, path: Path) -> str:
     """Train and validation loss per epoch for each arm: the mean over seeds and their range."""
+    epochs = pd.read_parquet(study_dir / "epochs.parquet")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for arm in analysis.selected:
         mine = of_networks(epochs, arm.networks).groupby("epoch")
@@ -121,9 +134,10 @@ def loss_curves(analysis: Analysis, epochs: pd.DataFrame, path: Path) -> None:
         ax.set(title=title, xlabel="epoch", ylabel="BCE")
     axes[1].legend(title=analysis.factor, fontsize=8)
     _save(fig, path)
+    return ""
 
 
-def loss_distributions(analysis: Analysis, path: Path) -> None:
+def loss_distributions(analysis: Analysis, study_dir: Path, path: Path) -> str:
     """Histograms (log-spaced bins) of the seed-averaged per-sample test loss of each arm."""
     losses = {arm.level: analysis.averaged[arm.level]["loss"].to_numpy() for arm in analysis.selected}
     low = max(min(v.min() for v in losses.values()), 1e-6)
@@ -135,6 +149,7 @@ def loss_distributions(analysis: Analysis, path: Path) -> None:
     ax.set(xscale="log", xlabel="per-sample test loss (mean BCE over 10 classes)", ylabel="test images")
     ax.legend(title=analysis.factor, fontsize=8)
     _save(fig, path)
+    return ""
 
 
 def _optuna_studies(study_dir: Path) -> list[optuna.Study]:
@@ -240,58 +255,103 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, floatfmt=".4g")
 
 
-def reading(analysis: Analysis) -> str:
-    """A short plain-language reading of the comparison table (no subgroups)."""
-    reference = analysis.selected[0].level
+PRIMARY_COLUMNS = ["level", "reference", "seeds", "seeds_reference", "mean_loss", "mean_loss_reference",
+                   "diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "p_perm", "boot_ci_low",
+                   "boot_ci_high", "sd", "sd_reference", "detectable_diff", "seeds_needed", "acc_diff",
+                   "acc_diff_ci_low", "acc_diff_ci_high", "acc_p"]
+IMAGE_COLUMNS = ["level", "reference", "image_n", "image_n_nonzero", "image_hl_shift", "image_hl_ci_low",
+                 "image_hl_ci_high", "image_wilcoxon_w", "image_p", "image_rank_biserial"]
+
+
+def reading(analysis: Analysis) -> list[str]:
+    """Per compared level, the verdict in words: the seed-level result first (what the verdict
+    rests on), its power, then the image-level test labelled for what it is."""
     lines = []
     for row in analysis.comparisons.itertuples():
-        if pd.isna(row.p_holm):
-            lines.append(f"- {row.level} vs {reference}: every paired difference is zero; no test.")
-            continue
-        better = "lower" if row.mean_loss < row.mean_loss_reference else "higher"
-        verdict = "a difference unlikely to be chance" if row.p_holm < ALPHA else \
-            "no difference distinguishable from chance"
-        lines.append(
-            f"- **{row.level}** vs {reference}: mean test loss {row.mean_loss:.4f} vs "
-            f"{row.mean_loss_reference:.4f} ({better}); median paired difference {row.median_diff:.3g} "
-            f"[95 % CI {row.median_diff_ci_low:.3g}, {row.median_diff_ci_high:.3g}], rank-biserial "
-            f"r = {row.rank_biserial:.2f}; Holm-adjusted p = {row.p_holm:.2g}: {verdict} at "
-            f"α = {ALPHA}." + (f" *Caution: {row.warning}.*" if row.warning else ""))
-    return "\n".join(lines)
+        head = (f"{row.level} vs {row.reference}: mean test loss {row.mean_loss:.4f} vs "
+                f"{row.mean_loss_reference:.4f} over {row.seeds} vs {row.seeds_reference} networks")
+        if pd.isna(row.p):
+            lines.append(f"{head}: {row.verdict}.")
+        else:
+            lines.append(
+                f"{head}; difference {row.diff:+.4f} "
+                f"[95 % CI {row.diff_ci_low:+.4f}, {row.diff_ci_high:+.4f}], Welch p = {row.p:.2g} "
+                f"(Holm {row.p_holm:.2g}; permutation p = {row.p_perm:.2g}): {row.verdict} at α = {ALPHA}.")
+            power = (f"  Seed-to-seed SD {row.sd:.4f} vs {row.sd_reference:.4f}; the smallest difference "
+                     f"this study detects with 80 % power is {row.detectable_diff:.4f}")
+            if row.p_holm >= ALPHA and not pd.isna(row.seeds_needed):
+                power += f"; the observed one would need about {row.seeds_needed:.0f} seeds per arm"
+            lines.append(power + ".")
+        if not pd.isna(row.image_p):
+            lines.append(
+                f"  Image level ({IMAGE_LEVEL}; the original study's test): Hodges–Lehmann shift "
+                f"{row.image_hl_shift:+.4g} [{row.image_hl_ci_low:+.4g}, {row.image_hl_ci_high:+.4g}], "
+                f"Wilcoxon W = {row.image_wilcoxon_w:.0f}, p = {row.image_p:.2g}, "
+                f"r = {row.image_rank_biserial:.2f}.")
+    return lines
+
+
+def _selection(analysis: Analysis) -> str:
+    stages = {arm.stage for arm in analysis.selected}
+    if stages == {"confirm"}:
+        return ("Each arm's configuration was selected by validation loss in the tuning stage and "
+                "retrained on fresh seeds; only those confirmation networks are compared.")
+    if analysis.study.confirms():
+        return ("Each arm is its level's best configuration by validation loss, **not confirmed** on "
+                "fresh seeds.")
+    return "Each arm is every network trained at its level."
 
 
 def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
     study = analysis.study
-    figures = [("qq.png", "Q-Q plots of the paired per-sample differences"),
-               ("loss_curves.png", "Loss curves per arm (mean and range over seeds)"),
-               ("losses.png", "Per-sample test loss per arm"),
-               ("optuna_history.png", "Optuna optimisation history"),
-               ("optuna_importances.png", "Optuna parameter importances"),
-               ("attention.png", "Attention of the best attentional network")]
     parts = [
         f"# {study.name}", "", f"**Question.** {study.question or '(none given)'}", "",
         f"Compared factor `{analysis.factor}`; reference level `{analysis.selected[0].level}`. "
-        f"Data fingerprint `{analysis.data_fingerprint}`. Each arm is the best configuration of its "
-        "level by mean best validation loss; per-sample test losses are averaged over its seeds and "
-        "paired by `sample_idx`.", "",
-        "## Reading", "", reading(analysis) if analysis.split is None else
-        f"Tables split by `{analysis.split}`; see the rows below.", "",
+        f"Data fingerprint `{analysis.data_fingerprint}`. {_selection(analysis)}", "",
+        *[f"> **Note.** {note}." for note in analysis.notes], "",
+        "## Reading", "",
+        "The unit is the trained network: each network's mean test loss is one observation, and the "
+        "verdict is Welch's t-test on those, Holm-adjusted over the compared levels (one family). "
+        f"The image-level Wilcoxon test is {IMAGE_LEVEL}: it treats test images as replications, "
+        "so it is reported for comparison with the original study, not as the verdict.", "",
+        *[f"- {line.strip()}" if not line.startswith("  ") else f"  {line.strip()}"
+          for line in reading(analysis)], "",
         "## Arms", "", _table(analysis.arms.drop(columns="networks")), "",
-        "## Comparisons", "",
-        "Wilcoxon signed-rank on d = arm − reference (zero differences dropped); `p_arm_lower` is "
-        "the one-sided test that the arm's losses are lower; `p_holm` adjusts `p_two_sided` over "
-        "every row; `rank_biserial` < 0 favours the arm; `p_seeds` is Welch's t-test on per-seed "
-        "test losses.", "",
-        _table(analysis.comparisons.drop(columns="warning")), "",
+        "## Seed level (primary)", "",
+        "`diff` = arm − reference in mean test loss over networks, with Welch's 95 % CI and p; `p_holm` "
+        "over the compared levels; `p_perm` a permutation test of the same difference; `boot_ci_*` a "
+        "percentile bootstrap over seeds; `sd*` seed-to-seed SDs; `detectable_diff` the smallest "
+        "|difference| detectable with 80 % power at α = 0.05; `seeds_needed` the seeds per arm the "
+        "observed difference needs; `acc_*` the same for exact-set accuracy.", "",
+        _table(analysis.comparisons[PRIMARY_COLUMNS]), "",
+        f"## Image level ({IMAGE_LEVEL})", "",
+        "Per-sample losses averaged over each arm's networks, paired by `sample_idx`; d = arm − "
+        "reference. Wilcoxon signed-rank (zero differences dropped), the Hodges–Lehmann shift "
+        "(the pseudo-median the test is about) with its CI by inverting the test, and the "
+        "rank-biserial r (< 0 favours the arm).", "",
+        _table(analysis.comparisons[IMAGE_COLUMNS]), "",
     ]
-    warnings_ = analysis.comparisons[analysis.comparisons["warning"] != ""]
-    if len(warnings_):
-        where = (lambda r: f" ({analysis.split}={r[analysis.split]})") if analysis.split else (lambda r: "")
-        parts += ["### Warnings", ""]
-        parts += [f"- {r['level']}{where(r)}: {r['warning']}" for _, r in warnings_.iterrows()] + [""]
+    if analysis.subgroups is not None:
+        parts += [f"## Subgroups by `{analysis.split}`", "",
+                  "Seed-level differences within each subgroup (descriptive), and the arm × subgroup "
+                  "interaction against the first subgroup (`interaction_*`: per network, loss in the "
+                  "subgroup minus loss in the first, compared between arms; unadjusted, outside "
+                  "Holm's family).", "", _table(analysis.subgroups), ""]
     parts += ["## Figures", ""]
-    for name, title in figures:
+    for name, title, _ in FIGURES:
         shown = f"*Not drawn: {notes[name]}.*" if name in notes else f"![{title}]({name})"
         parts += [f"### {title}", "", shown, ""]
-    parts += ["Tables as CSV: `arms.csv`, `comparisons.csv`."]
+    tables = ["arms.csv", "comparisons.csv", *(["subgroups.csv"] if analysis.subgroups is not None else [])]
+    parts += [f"Tables as CSV: {', '.join(f'`{t}`' for t in tables)}."]
     return "\n".join(parts) + "\n"
+
+
+FIGURES = [  # file, title, drawing function (returns why it could not draw, or "")
+    ("networks.png", "Test loss of every network by arm (the seed-level observations)", network_losses),
+    ("loss_curves.png", "Loss curves per arm (mean and range over seeds)", loss_curves),
+    ("qq.png", "Q-Q plots of the paired per-sample differences (image level)", qq),
+    ("losses.png", "Per-sample test loss per arm", loss_distributions),
+    ("optuna_history.png", "Optuna optimisation history", optuna_history),
+    ("optuna_importances.png", "Optuna parameter importances", optuna_importances),
+    ("attention.png", "Attention of the best attentional network", attention_maps),
+]

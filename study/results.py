@@ -30,7 +30,7 @@ import torch
 from study.config import Study, dump
 from study.train import TrialResult
 
-TRIAL_COLUMNS_FIRST = ("trial_id", "status", "seed")
+TRIAL_COLUMNS_FIRST = ("trial_id", "seed", "stage", "status")
 TRIAL_COLUMNS_LAST = (
     "n_params", "flops", "best_epoch", "best_val_loss", "test_loss", "test_exact_acc",
     "wall_s", "device", "data_fingerprint",
@@ -85,12 +85,13 @@ def samples_table(trial_id: str, result: TrialResult) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def trial_rows(trial_id: str, params: dict[str, Any], result: TrialResult) -> list[dict]:
+def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialResult) -> list[dict]:
     """One row per network of the trial."""
     return [{
         "trial_id": trial_id,
-        "status": "COMPLETED",
         "seed": network.seed,
+        "stage": stage,
+        "status": "COMPLETED",
         **params,
         "n_params": result.n_params,
         "flops": result.flops,
@@ -104,8 +105,10 @@ def trial_rows(trial_id: str, params: dict[str, Any], result: TrialResult) -> li
     } for network in result.networks]
 
 
-def write_trial(study_dir: Path, trial_id: str, params: dict[str, Any], result: TrialResult) -> None:
-    """Everything one completed trial leaves behind (not yet in ``trials.parquet``)."""
+def write_trial(study_dir: Path, trial_id: str, stage: str, params: dict[str, Any],
+                result: TrialResult) -> None:
+    """Everything one completed trial of ``stage`` (tune or confirm) leaves behind (not yet in
+    ``trials.parquet``)."""
     study_dir = Path(study_dir)
     table = samples_table(trial_id, result)
     atomic_write(study_dir / "samples" / f"trial_id={trial_id}" / "part-0.parquet",
@@ -115,12 +118,14 @@ def write_trial(study_dir: Path, trial_id: str, params: dict[str, Any], result: 
                      lambda tmp, state=network.best_state: torch.save(state, tmp))
     epochs = [{"trial_id": trial_id, "seed": network.seed, **e}
               for network in result.networks for e in network.epochs]
-    _stage(study_dir, trial_id, trial_rows(trial_id, params, result), epochs)
+    _stage(study_dir, trial_id, trial_rows(trial_id, stage, params, result), epochs)
 
 
-def write_failed(study_dir: Path, trial_id: str, seeds: list[int], params: dict[str, Any]) -> None:
+def write_failed(study_dir: Path, trial_id: str, stage: str, seeds: list[int],
+                 params: dict[str, Any]) -> None:
     """Rows for a trial that raised, one per seed, so ``trials.parquet`` accounts for every network."""
-    rows = [{"trial_id": trial_id, "status": "ERROR", "seed": seed, **params} for seed in seeds]
+    rows = [{"trial_id": trial_id, "seed": seed, "stage": stage, "status": "ERROR", **params}
+            for seed in seeds]
     _stage(Path(study_dir), trial_id, rows, [])
 
 

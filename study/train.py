@@ -97,6 +97,21 @@ def evaluate(net: Stacked, images: torch.Tensor, targets: torch.Tensor) -> tuple
     return losses(logits, targets.expand(net.seeds, -1, -1)), logits
 
 
+def training_step(net: Stacked, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                  targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``step(idx)``: one optimiser step of every seed on its own batch, ``idx`` (S×B) indexing
+    ``images`` and ``targets``; returns each seed's mean loss on its batch."""
+
+    def step(idx: torch.Tensor) -> torch.Tensor:
+        loss = losses(net(as_inputs(images[idx])), targets[idx]).mean(1)  # S
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # seeds share no parameter: each gets its own loss's gradient
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
 def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | None = None) -> TrialResult:
     """Train ``study``'s model (its space already resolved) once per seed; see the module doc."""
     start = time.perf_counter()
@@ -118,15 +133,9 @@ def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | Non
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, capturable=graphed)
     orders = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
-    def step(idx: torch.Tensor) -> torch.Tensor:
-        """One optimiser step of every seed on its own batch; idx is S×B."""
-        loss = losses(net(as_inputs(train_x[idx])), train_y[idx]).mean(1)  # S
-        optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()  # seeds share no parameter: each gets its own loss's gradient
-        optimizer.step()
-        return loss.detach()
-
-    train_step = Replayed(step) if graphed else step
+    step = training_step(net, optimizer, train_x, train_y)
+    if graphed:
+        step = Replayed(step)
     S, n = len(seeds), len(train_x)
     # A final batch of one sample would break batch norm's statistics: it is skipped.
     n_used = n - (n % cfg.batch_size == 1)
@@ -140,7 +149,7 @@ def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | Non
         total = torch.zeros(S, device=device)
         for lo in range(0, n_used, cfg.batch_size):
             idx = perms[:, lo : min(lo + cfg.batch_size, n_used)]
-            total += train_step(idx) * idx.shape[1]
+            total += step(idx) * idx.shape[1]
         val_loss = evaluate(net, val_x, val_y)[0].mean(1)
         improved = val_loss < torch.tensor(best_val, device=device)
         for name, value in net.state().items():

@@ -24,13 +24,15 @@ from typing import Any
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import optuna
+import pandas as pd
 import ray
 import torch
 from ray import tune
-from ray.tune.search import Searcher
+from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study import results
+from study.analysis import best_configurations
 from study.config import Study, resolve
 from study.data import build
 from study.errors import UserError
@@ -111,39 +113,40 @@ def _params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in study.space}
 
 
-def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int) -> None:
-    """One Ray trial: resolve the chosen parameters, fit every seed, write the result files."""
+def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int, stage: str) -> None:
+    """One Ray trial: resolve the chosen parameters, fit every seed of ``stage``, write the
+    result files."""
     torch.set_num_threads(threads)
     base = Study.model_validate(study)
     params = _params(base, config)
     trial_id = tune.get_context().get_trial_id()
-    result = fit(resolve(base, params), base.seeds(), report=tune.report)
-    results.write_trial(Path(study_dir), trial_id, params, result)
+    result = fit(resolve(base, params), base.seeds(stage), report=tune.report)
+    results.write_trial(Path(study_dir), trial_id, stage, params, result)
 
 
 class _Recorder(tune.Callback):
     """Driver side: consolidate the result tables and print progress after every trial."""
 
-    def __init__(self, study: Study, study_dir: Path, total: int) -> None:
-        self.study, self.study_dir, self.total = study, study_dir, total
-        self.start = time.perf_counter()
+    def __init__(self, study: Study, study_dir: Path, stage: str, start: float) -> None:
+        self.study, self.study_dir, self.stage, self.start = study, study_dir, stage, start
+        self.seeds = study.seeds(stage)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._record(trial, "done", trial.last_result)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        params = _params(self.study, trial.config)
-        results.write_failed(self.study_dir, trial.trial_id, self.study.seeds(), params)
+        results.write_failed(self.study_dir, trial.trial_id, self.stage, self.seeds,
+                             _params(self.study, trial.config))
         self._record(trial, "FAILED", {})
 
     def _record(self, trial, what: str, last: dict) -> None:
         n = results.consolidate(self.study_dir)
         shown = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in _params(self.study, trial.config).items())
-        score = f"best_val_loss={last['best_val_loss']:.4f} (mean of {self.study.search.seeds} seeds)" \
+        score = f"best_val_loss={last['best_val_loss']:.4f} (mean of {len(self.seeds)} seeds)" \
             if "best_val_loss" in last else "see the Ray log under ray/"
         elapsed = time.perf_counter() - self.start
-        print(f"[{n}/{self.total} {elapsed:6.0f}s] trial {trial.trial_id} {what}: {shown} {score}",
-              flush=True)
+        print(f"[{n}/{self.study.n_trials()} {elapsed:6.0f}s] {self.stage} trial {trial.trial_id} {what}: "
+              f"{shown} {score}", flush=True)
 
 
 def gpu_share(trials: int) -> float:
@@ -153,7 +156,7 @@ def gpu_share(trials: int) -> float:
     return 1 / min(TRIALS_PER_GPU, max(1, trials))
 
 
-def run(study: Study, study_dir: Path, address: str | None = None) -> tune.ResultGrid:
+def run(study: Study, study_dir: Path, address: str | None = None) -> None:
     """Run every trial of ``study`` and leave the result files in ``study_dir``."""
     study_dir = Path(study_dir).resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -177,7 +180,7 @@ def run(study: Study, study_dir: Path, address: str | None = None) -> tune.Resul
         data = build(study.data)  # warm the cache once, before trials race to generate it
         print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
               f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)", flush=True)
-        return _fit(study, study_dir)
+        _fit(study, study_dir)
     finally:
         if started_here:
             ray.shutdown()
@@ -195,34 +198,44 @@ def searcher(study: Study, study_dir: Path) -> Searcher:
     if study.tuned_per_level():
         key = study.compare
         others = [k for k in study.space if k != key]
-        search_alg: Searcher = PerLevel(key, {level: optuna_search(others, f"{study.name}:{level}")
-                                              for level in study.space[key].levels()}, search.trials)
-    else:
-        search_alg = optuna_search(list(study.space), study.name)
-    return search_alg
+        return PerLevel(key, {level: optuna_search(others, f"{study.name}:{level}")
+                              for level in study.space[key].levels()}, search.trials)
+    return optuna_search(list(study.space), study.name)
 
 
-def _fit(study: Study, study_dir: Path) -> tune.ResultGrid:
-    search = study.search
-    total = study.n_trials()
-
+def _fit(study: Study, study_dir: Path) -> None:
+    """The tuning stage and, where the study selects, the confirmation stage."""
+    search, start = study.search, time.perf_counter()
     gpu = study.resources.gpu
     if gpu == "auto":
-        gpu = gpu_share(total) if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    threads = max(1, int(study.resources.cpu))
-    fn = tune.with_parameters(trainable, study=study.model_dump(by_alias=True),
-                              study_dir=str(study_dir), threads=threads)
-    tuner = tune.Tuner(
+        gpu = gpu_share(study.n_configurations()) if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    print(f"study {study.name}: {study.n_configurations()} configurations × {search.seeds} seeds, "
+          f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
+          f"and {gpu:g} GPU per trial", flush=True)
+    _stage(study, study_dir, "tune", searcher(study, study_dir), study.n_configurations(), gpu, start, None)
+    if not study.confirms():
+        return
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    tuned = trials[trials["stage"] == "tune"]
+    if tuned["trial_id"].nunique() < study.n_configurations():
+        return  # interrupted: the CLI reports what is missing
+    chosen = best_configurations(study, tuned[tuned["status"] == "COMPLETED"], study.compare_key())
+    seeds = study.seeds("confirm")
+    print(f"confirmation: each level's selected configuration retrained on fresh seeds "
+          f"{seeds[0]}..{seeds[-1]}", flush=True)
+    # The points are the whole configurations; the param space only names the keys they fill.
+    _stage(study, study_dir, "confirm", BasicVariantGenerator(points_to_evaluate=list(chosen.values())),
+           len(chosen), gpu, start, dict.fromkeys(study.space))
+
+
+def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, trials: int, gpu: float,
+           start: float, param_space: dict | None) -> None:
+    fn = tune.with_parameters(trainable, study=study.model_dump(by_alias=True), study_dir=str(study_dir),
+                              threads=max(1, int(study.resources.cpu)), stage=stage)
+    tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
-        tune_config=tune.TuneConfig(search_alg=searcher(study, study_dir), num_samples=total),
-        run_config=tune.RunConfig(
-            name="tune",
-            storage_path=str(study_dir / "ray"),
-            callbacks=[_Recorder(study, study_dir, total)],
-            verbose=1,
-        ),
-    )
-    print(f"study {study.name}: {total} trials (configurations) × {search.seeds} seeds trained "
-          f"together = {study.n_networks()} networks; {study.resources.cpu:g} CPU and {gpu:g} GPU "
-          "per trial", flush=True)
-    return tuner.fit()
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=trials),
+        run_config=tune.RunConfig(name=stage, storage_path=str(study_dir / "ray"),
+                                  callbacks=[_Recorder(study, study_dir, stage, start)], verbose=1),
+    ).fit()

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from scipy import stats
+from statsmodels.stats.power import TTestIndPower
 from typer.testing import CliRunner
 
 from study import analysis, config, report
@@ -15,22 +16,25 @@ from study.errors import UserError
 from .conftest import SMOKE
 
 N = 200
+LAYERS = "model.attention.layers"
 
 
-def fake_study(tmp_path, arms, fingerprints=None):
-    """A results directory with per-sample losses drawn for each (level, shift, seed) trial."""
-    study = config.load(SMOKE)
+def fake_study(tmp_path, networks, fingerprints=None, study=None):
+    """A results directory with per-sample losses drawn for each network: (level, shift, seed)
+    or (level, shift, seed, stage, lr). Each network is its own trial."""
+    study = study or config.load(SMOKE)
     (tmp_path / "study.yaml").write_text(config.dump(study))
     rng = np.random.default_rng(0)
     rows, losses, epochs = [], {}, []
-    for i, (level, shift, seed) in enumerate(arms):
+    for i, (level, shift, seed, *rest) in enumerate(networks):
+        stage, lr = rest if rest else ("tune", None)
         trial_id = f"t{i}"
         loss = (rng.gamma(2.0, 0.05, N) + shift).astype(np.float32)
         losses[trial_id] = loss
-        fp = (fingerprints or {}).get(trial_id, "fp")
-        rows.append({"trial_id": trial_id, "status": "COMPLETED", "seed": seed,
-                     "model.attention.layers": level, "best_val_loss": float(loss.mean()),
-                     "test_loss": float(loss.mean()), "data_fingerprint": fp})
+        rows.append({"trial_id": trial_id, "seed": seed, "stage": stage, "status": "COMPLETED", LAYERS: level,
+                     **({"train.lr": lr} if lr is not None else {}), "best_val_loss": float(loss.mean()),
+                     "test_loss": float(loss.mean()),
+                     "data_fingerprint": (fingerprints or {}).get(trial_id, "fp")})
         epochs += [{"trial_id": trial_id, "seed": seed, "epoch": e, "train_loss": 1.0 / (e + 1) + shift,
                     "val_loss": 1.1 / (e + 1) + shift, "seconds": 1.0} for e in range(3)]
         table = pa.table({
@@ -51,85 +55,128 @@ def fake_study(tmp_path, arms, fingerprints=None):
 THREE_SEEDS = [("[]", 0.0, s) for s in range(3)] + [("[0]", -0.01, s) for s in range(3)]
 
 
-def test_every_statistic_on_seed_averaged_paired_losses_matches_scipy(tmp_path):
+def test_the_primary_result_is_a_test_across_networks_recomputed_with_scipy(tmp_path):
     losses = fake_study(tmp_path, THREE_SEEDS)
     (row,) = analysis.analyze(tmp_path).comparisons.to_dict("records")
-    ref = (losses["t0"] + losses["t1"] + losses["t2"]) / 3
-    arm = (losses["t3"] + losses["t4"] + losses["t5"]) / 3
-    d = arm - ref
+    ref = np.array([losses[f"t{i}"].mean() for i in (0, 1, 2)])
+    arm = np.array([losses[f"t{i}"].mean() for i in (3, 4, 5)])
     assert row["level"] == "[0]" and row["reference"] == "[]"
-    assert row["n"] == N and row["seeds"] == 3 and row["seeds_reference"] == 3
-    assert row["wilcoxon_w"] == pytest.approx(stats.wilcoxon(d).statistic)
-    assert row["p_two_sided"] == pytest.approx(stats.wilcoxon(d).pvalue)
-    assert row["p_arm_lower"] == pytest.approx(stats.wilcoxon(d, alternative="less").pvalue)
-    assert row["p_arm_higher"] == pytest.approx(stats.wilcoxon(d, alternative="greater").pvalue)
-    assert row["p_holm"] == pytest.approx(row["p_two_sided"])  # one comparison: nothing to adjust
-    assert row["median_diff"] == pytest.approx(np.median(d), rel=1e-5)
-    assert row["median_diff_ci_low"] <= row["median_diff"] <= row["median_diff_ci_high"]
-    assert row["mean_loss"] == pytest.approx(arm.mean(), rel=1e-6)
-    assert row["mean_loss_reference"] == pytest.approx(ref.mean(), rel=1e-6)
-    per_seed = stats.ttest_ind([losses[f"t{i}"].mean() for i in (3, 4, 5)],
-                               [losses[f"t{i}"].mean() for i in (0, 1, 2)], equal_var=False)
-    assert row["p_seeds"] == pytest.approx(per_seed.pvalue, rel=1e-4)
+    assert (row["seeds"], row["seeds_reference"]) == (3, 3)
+    assert row["diff"] == pytest.approx(arm.mean() - ref.mean(), rel=1e-6)
+    welch = stats.ttest_ind(arm, ref, equal_var=False)
+    assert row["p"] == pytest.approx(welch.pvalue, rel=1e-4)
+    ci = welch.confidence_interval(0.95)
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-4)
+    assert row["p_holm"] == pytest.approx(row["p"])  # one comparison: nothing to adjust
+    # 3 vs 3 networks have C(6, 3) = 20 splits: the exact permutation p is a multiple of 1/20.
+    assert row["p_perm"] * 20 == pytest.approx(round(row["p_perm"] * 20))
+    assert row["sd"] == pytest.approx(arm.std(ddof=1), rel=1e-5)
+    pooled = np.sqrt((arm.var(ddof=1) + ref.var(ddof=1)) / 2)
+    detectable = TTestIndPower().solve_power(nobs1=3, ratio=1.0, alpha=0.05, power=0.8) * pooled
+    assert row["detectable_diff"] == pytest.approx(detectable, rel=1e-4)
+    correct = {t: (v < 0.1).mean() for t, v in losses.items()}
+    acc = stats.ttest_ind([correct[f"t{i}"] for i in (3, 4, 5)], [correct[f"t{i}"] for i in (0, 1, 2)],
+                          equal_var=False)
+    assert row["acc_p"] == pytest.approx(acc.pvalue, rel=1e-4)
+
+
+def test_the_image_level_result_is_labelled_and_recomputed_by_hand(tmp_path):
+    losses = fake_study(tmp_path, THREE_SEEDS)
+    result = analysis.analyze(tmp_path)
+    (row,) = result.comparisons.to_dict("records")
+    d = (losses["t3"] + losses["t4"] + losses["t5"] - losses["t0"] - losses["t1"] - losses["t2"]) / 3
+    assert row["image_n"] == N
+    assert row["image_wilcoxon_w"] == pytest.approx(stats.wilcoxon(d).statistic)
+    assert row["image_p"] == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-4)
+    i, j = np.triu_indices(N)
+    assert row["image_hl_shift"] == pytest.approx(np.median((d[i] + d[j]) / 2), abs=1e-6)
+    # The CI inverts the same test: at its ends the two-sided p-value is α.
+    for end in (row["image_hl_ci_low"], row["image_hl_ci_high"]):
+        assert stats.wilcoxon(d - end).pvalue == pytest.approx(0.05, abs=0.002)
+    assert result.to_dict()["image_level"] == "image level, conditional on these trained networks"
+
+
+def test_hodges_lehmann_by_hand():
+    # Walsh averages of 1, 2, 3, 10: 1, 1.5, 2, 5.5, 2, 2.5, 6, 3, 6.5, 10 → median (2.5 + 3) / 2.
+    assert analysis.hodges_lehmann(np.array([1.0, 2.0, 3.0, 10.0]))[0] == pytest.approx(2.75)
+    assert analysis.hodges_lehmann(np.array([0.5, 0.5]))[0] == 0.5
 
 
 def test_rank_biserial_by_hand():
     # |d| ranks: 0.1→1, 0.2→2, 0.3→3, 0.4→4 (the zero is dropped); R+ = 1 + 4, R− = 2 + 3.
     assert analysis.rank_biserial(np.array([0.1, -0.2, -0.3, 0.4, 0.0])) == pytest.approx(0.0)
-    assert analysis.rank_biserial(np.array([-0.1, -0.2, 0.3])) == pytest.approx((3 - 3) / 6)
     assert analysis.rank_biserial(np.array([-0.1, -0.2, -0.3])) == -1.0
     # Ties share the average rank: |d| = 0.1, 0.1, 0.5 → ranks 1.5, 1.5, 3; R+ = 1.5, R− = 4.5.
     assert analysis.rank_biserial(np.array([0.1, -0.1, -0.5])) == pytest.approx((1.5 - 4.5) / 6)
 
 
 def test_holm_on_a_textbook_example():
-    # Holm (1979)-style step-down: sorted p 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03,
-    # 0.06, 0.04 → made monotone: 0.02, 0.03, 0.06, 0.06.
-    adjusted = analysis.holm([0.01, 0.04, 0.03, 0.005])
-    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    # Sorted p 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 → monotone:
+    # 0.02, 0.03, 0.06, 0.06.
+    np.testing.assert_allclose(analysis.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
     np.testing.assert_allclose(analysis.holm([0.5, np.nan, 0.9]), [1.0, np.nan, 1.0])  # NaN not counted
 
 
-def test_bootstrap_is_reproducible_for_a_seed():
-    d = np.random.default_rng(1).normal(0.1, 1.0, 500)
-    assert analysis.median_ci(d, seed=3) == analysis.median_ci(d, seed=3)
-    assert analysis.median_ci(d, seed=3) != analysis.median_ci(d, seed=4)
-    low, high = analysis.median_ci(d, seed=3)
-    assert low < np.median(d) < high and high - low < 0.5
-
-
-def test_holm_adjusts_across_every_comparison(tmp_path):
-    arms = [("[]", 0.0, 0), ("[0]", -0.01, 0), ("[1]", 0.0, 0), ("[0, 1]", 0.01, 0)]
-    fake_study(tmp_path, arms)
-    (tmp_path / "study.yaml").write_text(config.dump(config.load(
-        SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1], [0, 1]]}}"])))
+def test_holms_family_is_the_seed_level_test_of_every_compared_level(tmp_path):
+    levels = {"[]": 0.0, "[0]": -0.01, "[1]": 0.0, "[0, 1]": 0.01}
+    fake_study(tmp_path, [(level, shift, s) for level, shift in levels.items() for s in range(3)],
+               study=config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1], [0, 1]]}}"]))
     table = analysis.analyze(tmp_path).comparisons
     assert list(table["level"]) == ["[0]", "[1]", "[0, 1]"]
-    np.testing.assert_allclose(table["p_holm"], analysis.holm(table["p_two_sided"]))
+    p = table["p"].to_numpy()
+    order = np.argsort(p)  # by hand: step-down multipliers 3, 2, 1, then monotone
+    expected = np.maximum.accumulate(np.minimum(1, p[order] * np.array([3, 2, 1])))
+    np.testing.assert_allclose(table["p_holm"].to_numpy()[order], expected)
+    with_split = analysis.analyze(tmp_path, split="withheld")
+    np.testing.assert_allclose(with_split.comparisons["p_holm"], table["p_holm"])  # subgroups are not in it
 
 
-def test_a_disagreement_between_per_sample_and_per_seed_tests_is_spelled_out():
-    assert "may not survive retraining" in analysis.disagreement(1e-6, 0.4, (3, 3))
-    assert "look at the effect size" in analysis.disagreement(0.3, 0.01, (5, 5))
-    assert analysis.disagreement(1e-6, 0.01, (3, 3)) == ""
-    assert "no test across training runs" in analysis.disagreement(1e-6, np.nan, (2, 3))
+def test_only_confirmation_networks_enter_when_the_study_selected(tmp_path):
+    tuned = config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0]]}, "
+                                "train.lr: {choice: [0.001, 0.01]}}"])
+    # Tuning: lr 0.01 wins for both levels (lower validation loss); confirmation: fresh seeds 3, 4.
+    networks = [(level, shift, s, "tune", lr) for level in ("[]", "[0]")
+                for lr, shift in ((0.001, 0.05), (0.01, 0.0)) for s in range(3)]
+    networks += [(level, 0.0, s, "confirm", 0.01) for level in ("[]", "[0]") for s in (3, 4)]
+    fake_study(tmp_path, networks, study=tuned)
+    result = analysis.analyze(tmp_path)
+    assert [(arm.stage, sorted(seed for _, seed in arm.networks)) for arm in result.selected] == \
+        [("confirm", [3, 4]), ("confirm", [3, 4])]
+    assert result.comparisons.loc[0, "seeds"] == 2 and result.notes == []
+    # Without confirmation rows the selected networks enter, and the report says what that costs.
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    trials[trials["stage"] == "tune"].to_parquet(tmp_path / "trials.parquet")
+    result = analysis.analyze(tmp_path)
+    assert [arm.stage for arm in result.selected] == ["tune", "tune"]
+    assert result.comparisons.loc[0, "seeds"] == 3
+    assert "not confirmed on fresh seeds" in result.notes[0]
+    assert "**not confirmed**" in report.markdown(result, {})
 
 
-def test_split_gives_the_same_statistics_within_each_subgroup(tmp_path):
-    losses = fake_study(tmp_path, THREE_SEEDS)
-    table = analysis.analyze(tmp_path, split="withheld").comparisons
+def test_subgroups_are_an_interaction_at_the_seed_level(tmp_path):
+    fake_study(tmp_path, THREE_SEEDS)
+    result = analysis.analyze(tmp_path, split="withheld")
+    table = result.subgroups
     assert list(table["withheld"]) == [False, True]
-    d = (losses["t3"] + losses["t4"] + losses["t5"] - losses["t0"] - losses["t1"] - losses["t2"]) / 3
-    withheld = np.arange(N) % 4 == 0
-    for row in table.itertuples():
-        part = d[withheld == row.withheld]
-        assert row.n == len(part)
-        assert row.p_two_sided == pytest.approx(stats.wilcoxon(part).pvalue)
+    samples = pd.read_parquet(tmp_path / "samples")
+    samples["trial_id"] = samples["trial_id"].astype(str)
+    per_network = samples.groupby(["trial_id", "withheld"])["loss"].mean().unstack()
+    contrast = per_network[True] - per_network[False]
+    expected = stats.ttest_ind(contrast[["t3", "t4", "t5"]], contrast[["t0", "t1", "t2"]], equal_var=False)
+    assert table.loc[1, "interaction_p"] == pytest.approx(expected.pvalue, rel=1e-4)
+    assert pd.isna(table.loc[0, "interaction_p"])  # the first subgroup is the contrast's baseline
     with pytest.raises(UserError, match="--split colour: not a per-sample column"):
         analysis.analyze(tmp_path, split="colour")
 
 
-def test_refuses_to_pair_trials_that_saw_different_data(tmp_path):
+def test_one_network_per_arm_gives_no_verdict(tmp_path):
+    fake_study(tmp_path, [("[]", 0.0, 0), ("[0]", -0.01, 0)])
+    (row,) = analysis.analyze(tmp_path).comparisons.to_dict("records")
+    assert np.isnan(row["p"]) and np.isnan(row["p_holm"]) and "no verdict" in row["verdict"]
+    assert not np.isnan(row["image_p"])  # the image-level test still runs, labelled as such
+
+
+def test_refuses_to_pair_networks_that_saw_different_data(tmp_path):
     fake_study(tmp_path, [("[]", 0.0, 0), ("[0]", 0.0, 0)], fingerprints={"t1": "other"})
     with pytest.raises(UserError, match="different datasets"):
         analysis.analyze(tmp_path)
@@ -149,14 +196,38 @@ def test_report_json_and_csv_carry_the_same_numbers(tmp_path):
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     csv = pd.read_csv(tmp_path / "report" / "comparisons.csv")
-    assert shown["comparisons"][0]["p_two_sided"] == pytest.approx(csv.loc[0, "p_two_sided"])
-    assert shown["comparisons"][0]["rank_biserial"] == pytest.approx(csv.loc[0, "rank_biserial"])
+    for column in ("diff", "diff_ci_low", "p", "p_holm", "detectable_diff", "image_p", "image_hl_shift"):
+        assert shown["comparisons"][0][column] == pytest.approx(csv.loc[0, column]), column
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "Does an AttConv layer" in text and "## Comparisons" in text
-    for figure in ("qq", "loss_curves", "losses"):
+    assert "Does an AttConv layer" in text and "## Seed level (primary)" in text
+    assert text.index("## Seed level (primary)") < text.index("## Image level")
+    for figure in ("networks", "qq", "loss_curves", "losses"):
         assert (tmp_path / "report" / f"{figure}.png").exists()
     # No optuna.db and no weights here: those figures say why they are missing.
     assert "*Not drawn: optuna.db holds no completed Optuna trial.*" in text
     assert "no completed network with an AttConv layer and saved weights" in text
+    plain = CliRunner().invoke(app, ["analyze", str(tmp_path)])
+    lines = plain.output.splitlines()
+    verdict = next(i for i, line in enumerate(lines) if "[0] vs []" in line and "95 % CI" in line)
+    image = next(i for i, line in enumerate(lines) if "Image level" in line)
+    assert verdict < image and "detects with 80 % power" in plain.output
     report.write(analysis.analyze(tmp_path), tmp_path)  # rewriting replaces the report whole
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".report")) == []
+
+
+def test_in_simulated_null_studies_only_the_seed_level_test_keeps_its_error_rate():
+    """Two identical arms, 5 networks each: a network's loss on image i is the image's difficulty
+    plus a shift of its own (seed-to-seed SD 0.003) plus noise. Across 300 such studies the
+    seed-level test rejects at about α; the image-level test, which treats the 1,000 images as
+    replications and so mistakes the arms' seed luck for an effect, rejects far more often."""
+    rng = np.random.default_rng(42)
+    studies, seeds, images = 300, 5, 1000
+    primary, per_image = [], []
+    for _ in range(studies):
+        difficulty = rng.gamma(2.0, 0.05, images)
+        arms = [difficulty + rng.normal(0, 0.003, (seeds, 1)) + rng.normal(0, 0.02, (seeds, images))
+                for _ in range(2)]
+        primary.append(analysis.seed_level(arms[1].mean(1), arms[0].mean(1))["p"] < 0.05)
+        per_image.append(stats.wilcoxon(arms[1].mean(0) - arms[0].mean(0)).pvalue < 0.05)
+    assert np.mean(primary) <= 0.05 + 0.03
+    assert np.mean(per_image) > 0.5

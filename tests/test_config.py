@@ -25,7 +25,7 @@ def test_defaults_are_the_original_experiment():
     assert (study.data.n_images, study.data.canvas, study.data.digits) == (86_000, 48, 3)
     assert (study.train.epochs, study.train.batch_size, study.train.lr) == (30, 32, 3.0e-4)
     assert study.model.channels == [6, 16] and study.model.hidden == [120, 84]
-    assert study.search.seeds == 5 and study.n_configurations() == 2
+    assert study.search.seeds == 10 and study.n_configurations() == 2 and not study.confirms()
 
 
 def test_set_overrides_dotted_keys_with_yaml_values():
@@ -142,6 +142,7 @@ def test_labelled_choices_store_labels_and_merge_sections():
 def test_tuning_per_level_multiplies_configurations_by_levels():
     study = config.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=3"])
     assert study.tuned_per_level() and study.n_configurations() == 3 * 4
-    # One Ray trial per configuration; each trains all its seeds.
-    assert study.n_trials() == 3 * 4 and study.n_networks() == 3 * 4 * study.search.seeds
+    # One Ray trial per configuration, each training all its seeds; then one per level confirming it.
+    assert study.n_trials() == 3 * 4 + 4
+    assert study.n_networks() == 3 * 4 * study.search.seeds + 4 * study.search.confirm_seeds
     assert study.seeds() == list(range(study.search.seeds))

@@ -12,8 +12,8 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[]"])
     params = {"model.attention.layers": "[]"}
     result = fit(study, seeds=[0, 1])
-    results.write_trial(tmp_path, "good", params, result)
-    results.write_failed(tmp_path, "bad", [0, 1], {"model.attention.layers": "[0]"})
+    results.write_trial(tmp_path, "good", "tune", params, result)
+    results.write_failed(tmp_path, "bad", "confirm", [3, 4], {"model.attention.layers": "[0]"})
     assert results.consolidate(tmp_path) == 2  # trials
 
     r = results.load(tmp_path)
@@ -28,7 +28,9 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
         assert row["test_loss"] == pytest.approx(network.test_loss.mean())
         saved = torch.load(results.weights_path(tmp_path, "good", network.seed))
         assert all(torch.equal(saved[k], v) for k, v in network.best_state.items())
-    assert list(r.trials.columns[:4]) == ["trial_id", "status", "seed", "model.attention.layers"]
+    assert list(r.trials.columns[:5]) == ["trial_id", "seed", "stage", "status", "model.attention.layers"]
+    stages = r.trials.groupby("trial_id")["stage"].unique().map(list).to_dict()
+    assert stages == {"good": ["tune"], "bad": ["confirm"]}
     assert r.epochs[["trial_id", "seed", "epoch"]].values.tolist() == [
         ["good", 0, 0], ["good", 0, 1], ["good", 1, 0], ["good", 1, 1]]
     # Every seed's rows in the trial's one partition, told apart by the seed column.

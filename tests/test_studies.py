@@ -16,15 +16,24 @@ from .conftest import ROOT
 
 FACTOR_STUDIES = ["position", "iterations", "layers", "complexity"]
 DATA_STUDIES = ["data-size", "data-orientation", "data-withheld", "data-colour"]
-SMOKE_SETS = ["data.n_images=300", "train.epochs=1", "search.seeds=1"]
+# Half a CPU per trial: four tiny trials overlap their start-up on two cores.
+SMOKE_SETS = ["data.n_images=300", "train.epochs=1", "search.seeds=1", "search.confirm_seeds=2",
+              "resources.cpu=0.5"]
 runner = CliRunner()
 
 
 @pytest.mark.parametrize("name", FACTOR_STUDIES)
-def test_factor_studies_tune_every_arm_with_at_least_three_seeds(name):
+def test_factor_studies_tune_every_arm_and_confirm_it_on_ten_fresh_seeds(name):
     study = config.load(ROOT / "searchspaces" / f"{name}.yaml")
     assert study.question and study.compare and study.search.seeds >= 3
-    assert "train.lr" in study.space and study.tuned_per_level()
+    assert "train.lr" in study.space and study.tuned_per_level() and study.confirms()
+    assert study.search.confirm_seeds == 10 and not set(study.seeds("confirm")) & set(study.seeds())
+
+
+@pytest.mark.parametrize("name", ["thesis", *DATA_STUDIES])
+def test_studies_that_tune_nothing_train_ten_seeds_per_arm(name):
+    study = config.load(ROOT / "searchspaces" / f"{name}.yaml")
+    assert study.search.seeds == 10 and not study.confirms()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +57,11 @@ def test_each_study_runs_at_smoke_scale_and_analyses_every_level(cluster, tmp_pa
     study = config.load(path)
     levels = study.space[study.compare].levels()
     trials = pd.read_parquet(tmp_path / name / "trials.parquet")
-    assert sorted(trials[study.compare]) == sorted(levels)  # one configuration per level
+    tuned = trials[trials["stage"] == "tune"]
+    assert sorted(tuned[study.compare]) == sorted(levels)  # one configuration per level
+    if name in FACTOR_STUDIES:  # tuned: each level confirmed on fresh seeds
+        confirmed = trials[trials["stage"] == "confirm"]
+        assert sorted(confirmed[study.compare]) == sorted(levels * 2) and set(confirmed["seed"]) == {1, 2}
     names = optuna.get_all_study_names(f"sqlite:///{tmp_path / name / 'optuna.db'}")
     if name in FACTOR_STUDIES:
         assert sorted(names) == sorted(f"{name}:{level}" for level in levels)  # one Optuna study per level
@@ -71,6 +84,7 @@ def test_withheld_samples_are_marked_and_analysed_separately(cluster, tmp_path):
     assert (samples["withheld"] == expected).all() and samples["withheld"].any()
     report = runner.invoke(app, ["analyze", str(tmp_path / "data-withheld"), "--split", "withheld", "--json"])
     assert report.exit_code == 0, report.output
-    rows = json.loads(report.output)["comparisons"]
-    assert [r["withheld"] for r in rows] == [False, True]
-    assert sum(r["n"] for r in rows) == 60
+    shown = json.loads(report.output)
+    assert [r["withheld"] for r in shown["subgroups"]] == [False, True]
+    assert shown["subgroups"][0]["interaction_p"] is None and "interaction_diff" in shown["subgroups"][1]
+    assert shown["comparisons"][0]["image_n"] == 60

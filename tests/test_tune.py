@@ -33,6 +33,7 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFra
     """The result files of a study of ``n_trials`` configurations × ``seeds`` networks."""
     trials = pd.read_parquet(study_dir / "trials.parquet")
     assert len(trials) == n_trials * seeds and (trials["status"] == "COMPLETED").all()
+    assert (trials["stage"] == "tune").all()
     assert trials["trial_id"].nunique() == n_trials
     assert (trials.groupby("trial_id")["seed"].apply(sorted) == [list(range(seeds))] * n_trials).all()
     for column in ("trial_id", "status", "seed", "model.attention.layers", "n_params", "flops",
@@ -70,31 +71,36 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFra
     return trials
 
 
-def check_analysis(study_dir: Path, trials: pd.DataFrame) -> None:
+def check_analysis(study_dir: Path, trials: pd.DataFrame) -> dict:
     """The report's numbers, recomputed independently from the Parquet files with scipy."""
     out = study("analyze", str(study_dir), "--json")
     assert out.returncode == 0, out.stderr
-    (row,) = json.loads(out.stdout)["comparisons"]
+    shown = json.loads(out.stdout)
+    (row,) = shown["comparisons"]
     samples = pd.read_parquet(study_dir / "samples")
     samples["trial_id"] = samples["trial_id"].astype(str)
     level = trials.groupby("trial_id")["model.attention.layers"].first()
     samples["arm"] = samples["trial_id"].map(level)
+    networks = samples.groupby(["arm", "trial_id", "seed"])["loss"].mean()
+    if networks["[]"].size > 1:  # the seed level: each network's mean test loss is one observation
+        welch = stats.ttest_ind(networks["[0]"], networks["[]"], equal_var=False)
+        assert row["diff"] == pytest.approx(networks["[0]"].mean() - networks["[]"].mean(), rel=1e-5)
+        assert row["p"] == pytest.approx(welch.pvalue, rel=1e-4)
     mean = samples.groupby(["arm", "sample_idx"])["loss"].mean().unstack("arm")
     d = mean["[0]"] - mean["[]"]
-    assert row["n"] == N_TEST
-    assert row["wilcoxon_w"] == pytest.approx(stats.wilcoxon(d).statistic)
-    assert row["p_two_sided"] == pytest.approx(stats.wilcoxon(d).pvalue)
-    assert row["p_arm_lower"] == pytest.approx(stats.wilcoxon(d, alternative="less").pvalue)
-    assert row["median_diff"] == pytest.approx(d.median(), abs=1e-7)
+    assert row["image_n"] == N_TEST
+    assert row["image_wilcoxon_w"] == pytest.approx(stats.wilcoxon(d).statistic)
+    assert row["image_p"] == pytest.approx(stats.wilcoxon(d).pvalue)
     csv = pd.read_csv(study_dir / "report" / "comparisons.csv")
-    assert csv.loc[0, "p_two_sided"] == pytest.approx(row["p_two_sided"])
-    assert csv.loc[0, "rank_biserial"] == pytest.approx(row["rank_biserial"])
+    assert csv.loc[0, "image_p"] == pytest.approx(row["image_p"])
     report = (study_dir / "report" / "report.md").read_text()
-    for figure in ("qq", "loss_curves", "losses", "optuna_history", "optuna_importances", "attention"):
+    for figure in ("networks", "qq", "loss_curves", "losses", "optuna_history", "optuna_importances",
+                   "attention"):
         assert (study_dir / "report" / f"{figure}.png").stat().st_size > 1000
         assert f"]({figure}.png)" in report
     text = study("analyze", str(study_dir))
     assert "[0] vs []" in text.stdout and "report.md" in text.stdout
+    return shown
 
 
 def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
@@ -109,9 +115,9 @@ def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
     means = trials.groupby("model.attention.layers")["best_val_loss"].mean()
     for t in ot.trials:
         assert t.value == pytest.approx(means[t.params["model.attention.layers"]])
-    check_analysis(study_dir, trials)
-    arms = json.loads(study("analyze", str(study_dir), "--json").stdout)["arms"]
-    assert [(a["level"], a["seeds"]) for a in arms] == [("[]", 3), ("[0]", 3)]
+    shown = check_analysis(study_dir, trials)
+    assert [(a["level"], a["seeds"]) for a in shown["arms"]] == [("[]", 3), ("[0]", 3)]
+    assert shown["comparisons"][0]["diff_ci_low"] < shown["comparisons"][0]["diff_ci_high"]
     progress = [line for line in run.stdout.splitlines() if " done: " in line]
     assert len(progress) == 2 and all("mean of 3 seeds" in line for line in progress)
 
@@ -149,8 +155,31 @@ def ray_head(tmp_path, monkeypatch):
             head.wait()
 
 
+def test_a_study_that_selects_confirms_each_level_on_fresh_seeds(tmp_path):
+    space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.003, 0.03]}}"
+    run = study("run", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=1", "--set", space,
+                "--set", "search.seeds=1", "--set", "search.confirm_seeds=2", "--results", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    tuned, confirmed = trials[trials["stage"] == "tune"], trials[trials["stage"] == "confirm"]
+    assert len(tuned) == 4 and set(tuned["seed"]) == {0}  # the grid, one seed each
+    assert len(confirmed) == 4 and sorted(confirmed["seed"]) == [1, 1, 2, 2]  # fresh seeds
+    for level, rows in confirmed.groupby("model.attention.layers"):
+        mine = tuned[tuned["model.attention.layers"] == level]
+        assert rows["train.lr"].unique().tolist() == [mine.loc[mine["best_val_loss"].idxmin(), "train.lr"]]
+        assert rows["trial_id"].nunique() == 1  # one trial per level, training both seeds
+    # Optuna's history holds the search only; the confirmation is no search.
+    ot = optuna.load_study(storage=f"sqlite:///{tmp_path / 'smoke' / 'optuna.db'}", study_name="smoke")
+    assert len(ot.trials) == 4
+    assert "confirmation: each level's selected configuration retrained on fresh seeds 1..2" in run.stdout
+    shown = json.loads(study("analyze", str(tmp_path / "smoke"), "--json").stdout)
+    assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
+    assert shown["notes"] == []
+
+
 def test_study_on_an_existing_ray_cluster(tmp_path, ray_head):
-    out = study("run", str(SMOKE), *SMALL, "--results", str(tmp_path), "--address", ray_head)
+    out = study("run", str(SMOKE), *SMALL, "--set", "search.seeds=1", "--results", str(tmp_path),
+                "--address", ray_head)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study_dir = tmp_path / "smoke"
     trials = check_contract(study_dir, n_trials=2)
