@@ -83,10 +83,6 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def _label(analysis: Analysis, level) -> str:
-    return f"{analysis.factor}={level}"
-
-
 def network_losses(analysis: Analysis, study_dir: Path, path: Path) -> str:
     """Every network's mean test loss by arm, with the arm's mean and its 95 % t-interval."""
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(analysis.selected), 4))

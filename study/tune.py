@@ -6,7 +6,9 @@ epoch, the means over its seeds; Optuna's value is the mean over seeds of each s
 validation loss. When the study is tuned per level of its compare factor, each level has its own
 Optuna study in that file (named ``<study>:<level>``) and ``PerLevel`` lets them take turns.
 Each Ray trial writes its own result files; a callback on the driver keeps ``trials.parquet``
-and ``epochs.parquet`` current and prints one line per trial.
+and ``epochs.parquet`` current and prints one line per trial. When the study selects (its space
+varies more than the compared factor), a confirmation stage follows: each level's selected
+configuration is one more trial, trained on fresh seeds and marked ``stage: confirm``.
 """
 
 from __future__ import annotations
