@@ -96,7 +96,7 @@ def network_losses(analysis: Analysis, study_dir: Path, path: Path) -> str:
     ax.set_xticks(range(len(analysis.selected)),
                   [f"{arm.level}\n{len(arm.networks)} {arm.stage}" for arm in analysis.selected])
     ax.set(xlabel=f"{analysis.factor} (networks, stage)", ylabel="network's mean test loss (BCE)",
-           title="one point per trained network; black: mean and 95 % CI")
+           title="one point per trained network\nblack: the arm's mean and 95 % CI")
     _save(fig, path)
     return ""
 
@@ -280,7 +280,7 @@ def reading(analysis: Analysis) -> list[str]:
             lines.append(power + ".")
         if not pd.isna(row.image_p):
             lines.append(
-                f"  Image level ({IMAGE_LEVEL}; the original study's test): Hodges–Lehmann shift "
+                f"  {IMAGE_LEVEL.capitalize()} (the original study's test): Hodges–Lehmann shift "
                 f"{row.image_hl_shift:+.4g} [{row.image_hl_ci_low:+.4g}, {row.image_hl_ci_high:+.4g}], "
                 f"Wilcoxon W = {row.image_wilcoxon_w:.0f}, p = {row.image_p:.2g}, "
                 f"r = {row.image_rank_biserial:.2f}.")
