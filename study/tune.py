@@ -144,7 +144,8 @@ class _Recorder(tune.Callback):
     def _record(self, trial, what: str, last: dict) -> None:
         n = results.consolidate(self.study_dir)
         shown = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in _params(self.study, trial.config).items())
-        score = f"best_val_loss={last['best_val_loss']:.4f} (mean of {len(self.seeds)} seeds)" \
+        seeds = f"{len(self.seeds)} seeds" if len(self.seeds) > 1 else "1 seed"
+        score = f"best_val_loss={last['best_val_loss']:.4f} (mean of {seeds})" \
             if "best_val_loss" in last else "see the Ray log under ray/"
         elapsed = time.perf_counter() - self.start
         print(f"[{n}/{self.study.n_trials()} {elapsed:6.0f}s] {self.stage} trial {trial.trial_id} {what}: "
