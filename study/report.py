@@ -308,8 +308,9 @@ def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
         "## Reading", "",
         "The unit is the trained network: each network's mean test loss is one observation, and the "
         "verdict is Welch's t-test on those, Holm-adjusted over the compared levels (one family). "
-        f"The image-level Wilcoxon test is {IMAGE_LEVEL}: it treats test images as replications, "
-        "so it is reported for comparison with the original study, not as the verdict.", "",
+        "The image-level Wilcoxon test is conditional on these trained networks: it treats test "
+        "images as replications, so it is reported for comparison with the original study, not as "
+        "the verdict.", "",
         *[f"- {line.strip()}" if not line.startswith("  ") else f"  {line.strip()}"
           for line in reading(analysis)], "",
         "## Arms", "", _table(analysis.arms.drop(columns="networks")), "",
