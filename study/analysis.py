@@ -165,7 +165,7 @@ def seed_level(arm: np.ndarray, reference: np.ndarray, prefix: str = "", seed: i
     return {f"{prefix}{k}": v for k, v in row.items()}
 
 
-def power(arm: np.ndarray, reference: np.ndarray, diff: float) -> dict[str, float]:
+def power(arm: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Seed-to-seed SD of each arm, the smallest |difference| detectable with ``POWER`` at
     ``ALPHA`` (two-sided two-sample t-test with the pooled SD), and the seeds per arm that the
     observed difference would need."""
@@ -178,7 +178,7 @@ def power(arm: np.ndarray, reference: np.ndarray, diff: float) -> dict[str, floa
                        / (len(arm) + len(reference) - 2))
     if pooled == 0:
         return row
-    solver, effect = TTestIndPower(), abs(diff) / pooled
+    solver, effect = TTestIndPower(), abs(arm.mean() - reference.mean()) / pooled
     with warnings.catch_warnings():
         # Its root finder gives up (NaN) past its bounds; both cases are handled below.
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -295,10 +295,6 @@ class Analysis:
                 "comparisons": records(self.comparisons), "subgroups": records(self.subgroups)}
 
 
-def _compare(arm: np.ndarray, reference: np.ndarray, seed: int) -> dict[str, float]:
-    return seed_level(arm, reference, seed=seed) | power(arm, reference, float(arm.mean() - reference.mean()))
-
-
 def analyze(study_dir: str | Path, by: str | None = None, split: str | None = None,
             seed: int = 0) -> Analysis:
     """Compare every level of ``by`` (default: the study's compare factor) with the reference
@@ -356,7 +352,8 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         row = {"level": arm.level, "reference": reference.level, "seeds": len(arm.networks),
                "seeds_reference": len(reference.networks), "mean_loss": float(mine["test_loss"].mean()),
                "mean_loss_reference": float(theirs["test_loss"].mean())}
-        row |= _compare(mine["test_loss"].to_numpy(), theirs["test_loss"].to_numpy(), seed)
+        losses = mine["test_loss"].to_numpy(), theirs["test_loss"].to_numpy()
+        row |= seed_level(*losses, seed=seed) | power(*losses)
         row |= seed_level(mine["test_exact_acc"].to_numpy(), theirs["test_exact_acc"].to_numpy(),
                           prefix="acc_", seed=seed)
         paired = averaged[arm.level].merge(averaged[reference.level], left_index=True, right_index=True,

@@ -59,11 +59,6 @@ class TrialResult:
     wall_s: float  # the whole trial, every seed together
     dataset: Dataset
 
-    @property
-    def best_val_loss(self) -> float:
-        """The trial's value for the search: the mean over seeds of each seed's best."""
-        return float(np.mean([n.best_val_loss for n in self.networks]))
-
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
