@@ -33,9 +33,10 @@ subgroup against the first one an arm × subgroup interaction at the seed level 
 loss in the subgroup minus its loss in the first, compared between arms with Welch's t-test),
 unadjusted and outside Holm's family.
 
-Example:
-    >>> result = analyze("results/smoke")  # doctest: +SKIP
-    >>> result.comparisons[["level", "diff", "diff_ci_low", "diff_ci_high", "p_holm"]]  # doctest: +SKIP
+Used on a finished study (``study analyze`` does this, then writes the report)::
+
+    result = analyze("results/smoke")
+    result.comparisons[["level", "diff", "diff_ci_low", "diff_ci_high", "p_holm", "verdict"]]
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ def hodges_lehmann(differences: np.ndarray, alpha: float = ALPHA) -> tuple[float
     ci_low = first(lambda x: not accepted(x), low, estimate) if not accepted(low) else low
     ci_high = first(accepted, estimate, high) if not accepted(high) else high
     return float(estimate), float(ci_low), float(ci_high)
+
+
+IMAGE_KEYS = ("image_n", "image_n_nonzero", "image_hl_shift", "image_hl_ci_low", "image_hl_ci_high",
+              "image_wilcoxon_w", "image_p", "image_rank_biserial")
 
 
 def image_level(arm: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -268,6 +273,7 @@ class Analysis:
     factor: str
     split: str | None
     data_fingerprint: str
+    data_source: str  # the source digits and the distinct digits each split draws on, in words
     arms: pd.DataFrame
     comparisons: pd.DataFrame
     subgroups: pd.DataFrame | None
@@ -289,7 +295,8 @@ class Analysis:
                      for k, v in row.items()} for row in frame.to_dict("records")]
 
         return {"study": self.study.name, "question": self.study.question, "factor": self.factor,
-                "split": self.split, "data_fingerprint": self.data_fingerprint, "alpha": ALPHA,
+                "split": self.split, "data_fingerprint": self.data_fingerprint,
+                "data_source": self.data_source, "alpha": ALPHA,
                 "holm_family": "the seed-level test of every compared level against the reference",
                 "image_level": IMAGE_LEVEL, "notes": self.notes, "arms": records(self.arms),
                 "comparisons": records(self.comparisons), "subgroups": records(self.subgroups)}
@@ -310,10 +317,6 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         raise UserError(f"--by {factor}: compare by a 'choice' key of the space: {choices}")
     r = results.load(study_dir)
     done = r.trials[r.trials["status"] == "COMPLETED"]
-    fingerprints = done["data_fingerprint"].unique()
-    if len(fingerprints) > 1:
-        raise UserError(f"{study_dir}: trials saw different datasets ({list(fingerprints)}); "
-                        "per-sample losses can only be paired within one data_fingerprint")
     if split is not None and split not in r.samples:
         per_sample = [c for c in r.samples if c not in ("trial_id", "seed", "sample_idx", "loss")
                       and not c.startswith("logit_")]
@@ -322,7 +325,13 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     if len(arms) < 2:
         raise UserError(f"{study_dir}: {factor} has completed trials at {len(arms)} level(s); "
                         "a comparison needs two")
+    fingerprint = {arm.level: _fingerprint(done, arm, study_dir) for arm in arms}
     notes = []
+    unpaired = [str(arm.level) for arm in arms[1:] if fingerprint[arm.level] != fingerprint[arms[0].level]]
+    if unpaired:
+        notes.append(f"{', '.join(unpaired)} saw other images than the reference (another data "
+                     "setting), so only the seed-level comparison of mean test losses is made there; "
+                     "images cannot be paired")
     if study.confirms() and any(arm.stage == "tune" for arm in arms):
         unconfirmed = [str(arm.level) for arm in arms if arm.stage == "tune"]
         notes.append(f"not confirmed on fresh seeds: {', '.join(unconfirmed)}. Their networks are the "
@@ -356,17 +365,35 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         row |= seed_level(*losses, seed=seed) | power(*losses)
         row |= seed_level(mine["test_exact_acc"].to_numpy(), theirs["test_exact_acc"].to_numpy(),
                           prefix="acc_", seed=seed)
-        paired = averaged[arm.level].merge(averaged[reference.level], left_index=True, right_index=True,
-                                           suffixes=("", "_ref"))
-        row |= image_level(paired["loss"].to_numpy(), paired["loss_ref"].to_numpy())
+        if fingerprint[arm.level] == fingerprint[reference.level]:
+            paired = averaged[arm.level].merge(averaged[reference.level], left_index=True,
+                                               right_index=True, suffixes=("", "_ref"))
+            row |= image_level(paired["loss"].to_numpy(), paired["loss_ref"].to_numpy())
+        else:
+            row |= dict.fromkeys(IMAGE_KEYS, np.nan)
         rows.append(row)
     comparisons = pd.DataFrame(rows)
     comparisons.insert(comparisons.columns.get_loc("p") + 1, "p_holm", holm(comparisons["p"]))
     comparisons.insert(comparisons.columns.get_loc("p_holm") + 1, "verdict",
                        [reading(row) for row in comparisons.itertuples()])
     subgroups = _subgroups(r.samples, arms, split, seed) if split else None
-    return Analysis(study, factor, split, str(fingerprints[0]), pd.DataFrame(arm_rows), comparisons,
-                    subgroups, arms, networks, averaged, notes)
+    sources = done["data_source"].dropna().unique() if "data_source" in done else []
+    source = "; ".join(sources) if len(sources) else f"not recorded (data.source: {study.data.source})"
+    fingerprints = sorted(set(fingerprint.values()))
+    shown = fingerprints[0] if len(fingerprints) == 1 else ", ".join(
+        f"{level}: {f}" for level, f in fingerprint.items())
+    return Analysis(study, factor, split, shown, source, pd.DataFrame(arm_rows),
+                    comparisons, subgroups, arms, networks, averaged, notes)
+
+
+def _fingerprint(trials: pd.DataFrame, arm: Arm, study_dir: Path) -> str:
+    """The one dataset an arm's networks saw: its per-sample losses are averaged by image."""
+    seen = of_networks(trials, arm.networks)["data_fingerprint"].unique()
+    if len(seen) > 1:
+        raise UserError(f"{study_dir}: the networks of {arm.level} saw different datasets "
+                        f"({', '.join(seen)}); per-sample losses can only be averaged within one "
+                        "data_fingerprint")
+    return str(seen[0])
 
 
 def _subgroups(samples: pd.DataFrame, arms: list[Arm], split: str, seed: int) -> pd.DataFrame:

@@ -41,10 +41,14 @@ def _load(space: Path, sets: list[str] | None, download: bool) -> config.Study:
     return study
 
 
-def _claim(study: config.Study, results: Path) -> Path:
-    study_dir = results / study.name
+def _claim(study_dir: Path, rename: str) -> Path:
+    """``study_dir`` if it holds nothing yet: results are never overwritten."""
+    blocking = next((p for p in (study_dir, *study_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{blocking} is a file, but results go into the folder {study_dir}; "
+                        "pass --results naming a folder")
     if study_dir.exists() and any(study_dir.iterdir()):
-        raise UserError(f"{study_dir} already holds results; remove it or pass --name NEW_NAME")
+        raise UserError(f"{study_dir} already holds results; remove it or pass {rename}")
     return study_dir
 
 
@@ -61,7 +65,7 @@ def run(
     """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
     try:
         study = _load(space, [*(sets or []), *([f"name={name}"] if name else [])], download)
-        study_dir = _claim(study, results)
+        study_dir = _claim(results / study.name, "--name NEW_NAME")
         # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
         typer.echo(_model_table(study, space))
         from study import tune
@@ -98,13 +102,13 @@ def trial(
     --set); the space is not sampled. Writes results/<name>-trial/ like a one-trial study."""
     try:
         study = _load(space, sets, download)
+        study_dir = _claim(results / f"{study.name}-trial", "--set name=NEW_NAME")
     except UserError as err:
         _fail(err)
     from study import results as result_files
     from study.train import fit
 
     params = {key: config.current(study, key) for key in study.space}
-    study_dir = results / f"{study.name}-trial"
     trial_id = f"trial-{uuid.uuid4().hex[:8]}"
     seeds = seeds or study.seeds()
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
@@ -156,14 +160,21 @@ def preview(
         study = _load(space, sets, download)
     except UserError as err:
         _fail(err)
-    from study.data import build
     from study.data import preview as data_preview
 
-    dataset = build(study.data)
+    sources: set[str] = set()
+
+    def built(label: str, dataset) -> None:
+        if dataset.source not in sources:  # one line per distinct source, not per setting
+            sources.add(dataset.source)
+            typer.echo(f"source: {dataset.source}")
+        images = sum(len(split.images) for split in dataset.splits.values())
+        typer.echo(f"dataset {label + ' ' if label else ''}{dataset.fingerprint}: {images:,} images")
+
     out = out or Path("results") / f"{study.name}-data"
-    table = data_preview.write(dataset, study.name, out)
-    typer.echo(f"dataset {dataset.fingerprint}: {study.data.n_images:,} images")
-    typer.echo(table.set_index("split").T.to_string())
+    table = data_preview.write(study, out, built)
+    index = ["setting", "split"] if "setting" in table else ["split"]
+    typer.echo(table.set_index(index).T.to_string())
     typer.echo(f"grids and statistics.csv in {out}")
 
 
@@ -187,8 +198,9 @@ def analyze(
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     typer.echo(f"study {result.study.name}: {result.study.question}")
-    typer.echo(f"factor {result.factor}, data {result.data_fingerprint}; seed level: Welch's t on each "
-               f"network's mean test loss, Holm over {len(result.comparisons)} level(s)")
+    typer.echo(f"data: {result.data_source} (fingerprint {result.data_fingerprint})")
+    typer.echo(f"factor {result.factor}; seed level: Welch's t on each network's mean test loss, "
+               f"Holm over {len(result.comparisons)} level(s)")
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     for line in report.reading(result):

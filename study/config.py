@@ -73,6 +73,9 @@ class DataConfig(_Section):
     canvas: int = Field(48, ge=28, le=512, description="side of the square canvas in pixels")
     digits: int = Field(3, ge=1, le=10, description="distinct digits per image")
     outline: bool = Field(False, description="draw a thin dark outline around each digit")
+    occlusion_threshold: int = Field(
+        1, ge=1, le=255, description="a nearer digit hides what is behind it where its own value "
+        "reaches this (1: all its ink, as in the original); its fainter pixels show the brighter")
     train: Variant = Variant()
     test: Variant | None = Field(None, description="the test split's variant; default: data.train")
     withheld: list[list[int]] = Field(
@@ -166,7 +169,6 @@ class BaselineConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal["lenet5"] = "lenet5"
     channels: list[int] = Field(default_factory=lambda: [6, 16], min_length=1)
     kernel: int = Field(5, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [120, 84])
@@ -195,9 +197,11 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=2)
-    optimizer: Literal["adam"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        "adam", description="adam (the original's), adamw (decoupled weight decay), sgd (with momentum)")
     lr: float = Field(3.0e-4, gt=0, lt=1)
-    select: Literal["best_val"] = "best_val"
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (adam, sgd) or decoupled decay (adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd's momentum")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cuda_graphs: bool = Field(True, description="on CUDA, replay the training step as a CUDA graph")
 
@@ -265,9 +269,6 @@ class SearchConfig(_Section):
     seeds: int = Field(1, ge=1, description="networks per configuration (seeds 0..S−1), trained together")
     confirm_seeds: int = Field(10, ge=2, description="fresh seeds (S..S+C−1) retraining each level's "
                                "selected configuration after tuning")
-    metric: Literal["best_val_loss"] = "best_val_loss"
-    mode: Literal["min"] = "min"
-    scheduler: Literal["fifo"] = "fifo"
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
 
 
@@ -421,6 +422,11 @@ def encode(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, list | dict) else value
 
 
+def section_keys(study: Study, section: str) -> list[str]:
+    """The keys of the space that change ``section`` (``data``, ``model`` or ``train``)."""
+    return [key for key in study.space if key == section or key.startswith(f"{section}.")]
+
+
 def resolve(study: Study, params: dict[str, Any]) -> Study:
     """The study with ``params`` (dotted keys, values as the result files store them) filled in."""
     raw = study.model_dump(by_alias=True)
@@ -463,17 +469,31 @@ def _set_dotted(raw: dict, key: str, value: Any, merge: bool = False) -> None:
         node[leaf] = value
 
 
+# Settings that only ever had one value, since removed: files that still carry them at that value
+# (every results folder's study.yaml written before) load as before; any other value is an error.
+RETIRED = {("model", "family"): "lenet5", ("train", "select"): "best_val", ("search", "scheduler"): "fifo",
+           ("search", "metric"): "best_val_loss", ("search", "mode"): "min"}
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> Study:
     """Read, override and validate a study file; every mistake is one ``UserError``."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder; name a study file in it, e.g. searchspaces/smoke.yaml") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start} cannot be read); save the study "
+                        "file as UTF-8") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections (name, data, model, …)")
+    for (section, key), only in RETIRED.items():
+        if isinstance(raw.get(section), dict) and raw[section].get(key) == only:
+            del raw[section][key]
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:

@@ -14,16 +14,13 @@ verdict, the tables, the figures), the tables as CSV, and the PNGs of ``FIGURES`
 - ``attention.png``: for the best attentional network, a few test images, the share each window
   claims after every iteration and the top-down prediction, drawn from its saved weights.
 
-The directory is built under a temporary name and swapped in whole.
+The directory is built under a temporary name and swapped in whole. Used on a finished study::
 
-Example:
-    >>> write(analysis.analyze("results/smoke"), "results/smoke")  # doctest: +SKIP
+    write(analysis.analyze("results/smoke"), "results/smoke")
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -38,8 +35,9 @@ import torch
 from scipy import stats
 
 from study import config
-from study.analysis import ALPHA, IMAGE_LEVEL, Analysis, of_networks
+from study.analysis import ALPHA, IMAGE_KEYS, IMAGE_LEVEL, Analysis, of_networks
 from study.data import build
+from study.files import atomic_write
 from study.models import AttConv, build_network
 from study.results import weights_path
 from study.train import as_images, as_inputs
@@ -51,29 +49,22 @@ COMPLETE = optuna.trial.TrialState.COMPLETE
 def write(analysis: Analysis, study_dir: str | Path) -> Path:
     """Write the report of ``analysis`` into ``study_dir/report`` and return that directory."""
     study_dir = Path(study_dir)
-    final = study_dir / "report"
-    tmp = study_dir / f".report.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+
+    def fill(folder: Path) -> None:
+        folder.mkdir()
         notes = {}
         for name, _, draw in FIGURES:
-            reason = draw(analysis, study_dir, tmp / name)
+            reason = draw(analysis, study_dir, folder / name)
             if reason:
                 notes[name] = reason
-        analysis.arms.to_csv(tmp / "arms.csv", index=False)
-        analysis.comparisons.to_csv(tmp / "comparisons.csv", index=False)
+        analysis.arms.to_csv(folder / "arms.csv", index=False)
+        analysis.comparisons.to_csv(folder / "comparisons.csv", index=False)
         if analysis.subgroups is not None:
-            analysis.subgroups.to_csv(tmp / "subgroups.csv", index=False)
-        (tmp / "report.md").write_text(markdown(analysis, notes))
-        old = study_dir / f".report.{os.getpid()}.old"
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+            analysis.subgroups.to_csv(folder / "subgroups.csv", index=False)
+        (folder / "report.md").write_text(markdown(analysis, notes))
+
+    atomic_write(study_dir / "report", fill)
+    return study_dir / "report"
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -103,7 +94,10 @@ def network_losses(analysis: Analysis, study_dir: Path, path: Path) -> str:
 
 def qq(analysis: Analysis, study_dir: Path, path: Path) -> str:
     """Normal Q-Q plot of every comparison's paired per-sample differences."""
-    levels = [arm.level for arm in analysis.selected[1:]]
+    paired = analysis.comparisons["image_n"].notna()
+    levels = analysis.comparisons.loc[paired, "level"].tolist()
+    if not levels:
+        return "no level saw the reference's images, so there are no paired differences"
     fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 4), squeeze=False)
     for ax, level in zip(axes[0], levels, strict=True):
         d = analysis.differences(level).to_numpy()
@@ -255,8 +249,7 @@ PRIMARY_COLUMNS = ["level", "reference", "seeds", "seeds_reference", "mean_loss"
                    "diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "p_perm", "boot_ci_low",
                    "boot_ci_high", "sd", "sd_reference", "detectable_diff", "seeds_needed", "acc_diff",
                    "acc_diff_ci_low", "acc_diff_ci_high", "acc_p"]
-IMAGE_COLUMNS = ["level", "reference", "image_n", "image_n_nonzero", "image_hl_shift", "image_hl_ci_low",
-                 "image_hl_ci_high", "image_wilcoxon_w", "image_p", "image_rank_biserial"]
+IMAGE_COLUMNS = ["level", "reference", *IMAGE_KEYS]
 
 
 def reading(analysis: Analysis) -> list[str]:
@@ -303,7 +296,8 @@ def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
     parts = [
         f"# {study.name}", "", f"**Question.** {study.question or '(none given)'}", "",
         f"Compared factor `{analysis.factor}`; reference level `{analysis.selected[0].level}`. "
-        f"Data fingerprint `{analysis.data_fingerprint}`. {_selection(analysis)}", "",
+        f"{_selection(analysis)}", "",
+        f"**Data.** {analysis.data_source}; fingerprint `{analysis.data_fingerprint}`.", "",
         *[f"> **Note.** {note}." for note in analysis.notes], "",
         "## Reading", "",
         "The unit is the trained network: each network's mean test loss is one observation, and the "

@@ -4,19 +4,16 @@ A trial is one configuration trained for all its seeds; each seed's network is o
 ``trials.parquet``. Each trial writes its own files: per-sample Parquet of every seed under
 ``samples/trial_id=<id>/``, each seed's best weights (``weights/<id>/seed-<s>.pt``), and staged
 rows (``.trials/<id>.json``) that ``consolidate`` gathers into ``trials.parquet`` and
-``epochs.parquet``. Every file appears whole or not at all: it is written
-under a temporary name and renamed.
+``epochs.parquet``. Every file appears whole or not at all (``study.files.atomic_write``).
+``load`` reads a finished study's files back (README.md, "Result files", has more)::
 
-Example:
-    >>> r = load("results/smoke")  # doctest: +SKIP
-    >>> r.samples.groupby(["model.attention.layers", "sample_idx"]).loss.mean()  # doctest: +SKIP
+    r = load("results/smoke")
+    r.samples.groupby(["model.attention.layers", "sample_idx"]).loss.mean()
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,26 +25,17 @@ import pyarrow.parquet as pq
 import torch
 
 from study.config import Study, dump
+from study.errors import UserError
+from study.files import atomic_write
 from study.train import TrialResult
 
 TRIAL_COLUMNS_FIRST = ("trial_id", "seed", "stage", "status")
 TRIAL_COLUMNS_LAST = (
     "n_params", "flops", "best_epoch", "best_val_loss", "test_loss", "test_exact_acc",
-    "wall_s", "device", "data_fingerprint",
+    "wall_s", "device", "data_fingerprint", "data_source",
 )
 EPOCH_COLUMNS = ("trial_id", "seed", "epoch", "train_loss", "val_loss", "seconds")
 _STAGED = ".trials"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename ``tmp`` to ``path``, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_study(study_dir: Path, study: Study) -> None:
@@ -102,6 +90,7 @@ def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialR
         "wall_s": result.wall_s,
         "device": result.device,
         "data_fingerprint": result.dataset.fingerprint,
+        "data_source": result.dataset.source,
     } for network in result.networks]
 
 
@@ -177,20 +166,25 @@ class Results:
 
 def load(path: str | Path) -> Results:
     """The result files of one study as pandas DataFrames, the trial parameters joined to the
-    per-sample rows so that arms can be grouped directly.
-
-    Example:
-        >>> r = load("results/smoke")  # doctest: +SKIP
-        >>> r.samples.groupby("model.attention.layers").loss.mean()  # doctest: +SKIP
-    """
+    per-sample rows so that arms can be grouped directly."""
     path = Path(path)
-    trials = pd.read_parquet(path / "trials.parquet")
+    trials = _read(path / "trials.parquet")
     params = [c for c in trials if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
     samples_dir = path / "samples"
-    samples = pd.read_parquet(samples_dir) if samples_dir.exists() else pd.DataFrame()
+    samples = _read(samples_dir) if samples_dir.exists() else pd.DataFrame()
     if "trial_id" in samples:
         # Read through the hive directory, the key comes back as a category; plain text is simpler.
         samples["trial_id"] = samples["trial_id"].astype(str)
         configurations = trials[["trial_id", *params]].drop_duplicates("trial_id")
         samples = samples.merge(configurations, on="trial_id", how="left")
-    return Results(trials, pd.read_parquet(path / "epochs.parquet"), samples, params)
+    return Results(trials, _read(path / "epochs.parquet"), samples, params)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    """A Parquet file or folder; a damaged one is a message, not a traceback."""
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{path}: not readable as Parquet, damaged or cut short ({err}); the files "
+                        "every trial writes are whole or absent, so it was changed afterwards: "
+                        "restore it from a copy") from None

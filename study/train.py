@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.config import Study
+from study.config import Study, TrainConfig
 from study.cuda_graph import Replayed
 from study.data import Dataset, build
 from study.models import Stacked, build_network, forward_flops, n_params
@@ -92,6 +92,16 @@ def evaluate(net: Stacked, images: torch.Tensor, targets: torch.Tensor) -> tuple
     return losses(logits, targets.expand(net.seeds, -1, -1)), logits
 
 
+def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """The optimiser ``train.optimizer`` names. All three act element-wise, so stacked seeds stay
+    independent. ``capturable`` keeps Adam's step count on the device, for CUDA graphs."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay, capturable=capturable)
+
+
 def training_step(net: Stacked, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                   targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``step(idx)``: one optimiser step of every seed on its own batch, ``idx`` (S×B) indexing
@@ -125,7 +135,7 @@ def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | Non
     size, flops = n_params(networks[0]), forward_flops(networks[0], canvas, channels)
     net = Stacked(networks)
     graphed = device.type == "cuda" and cfg.cuda_graphs
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, capturable=graphed)
+    optimizer = make_optimizer(net.parameters(), study.train, capturable=graphed)
     orders = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
     step = training_step(net, optimizer, train_x, train_y)

@@ -40,6 +40,7 @@ from study.data import build
 from study.errors import UserError
 from study.train import fit
 
+METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss
 TRIALS_PER_GPU = 4  # LeNet-sized trials leave a GPU idle: up to four share one by default
 
 
@@ -182,7 +183,8 @@ def run(study: Study, study_dir: Path, address: str | None = None) -> None:
         results.write_study(study_dir, study)
         data = build(study.data)  # warm the cache once, before trials race to generate it
         print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
-              f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)", flush=True)
+              f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)\n"
+              f"source: {data.source}", flush=True)
         _fit(study, study_dir)
     finally:
         if started_here:
@@ -195,7 +197,7 @@ def searcher(study: Study, study_dir: Path) -> Searcher:
     storage = optuna.storages.RDBStorage(f"sqlite:///{Path(study_dir) / 'optuna.db'}")
 
     def optuna_search(keys: list[str], name: str) -> OptunaSearch:
-        return OptunaSearch(space=optuna_space(study, keys), metric=search.metric, mode=search.mode,
+        return OptunaSearch(space=optuna_space(study, keys), metric=METRIC, mode=MODE,
                             sampler=sampler(study, keys), study_name=name, storage=storage)
 
     if study.tuned_per_level():

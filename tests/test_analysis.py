@@ -176,10 +176,24 @@ def test_one_network_per_arm_gives_no_verdict(tmp_path):
     assert not np.isnan(row["image_p"])  # the image-level test still runs, labelled as such
 
 
-def test_refuses_to_pair_networks_that_saw_different_data(tmp_path):
-    fake_study(tmp_path, [("[]", 0.0, 0), ("[0]", 0.0, 0)], fingerprints={"t1": "other"})
-    with pytest.raises(UserError, match="different datasets"):
+def test_refuses_to_average_an_arm_over_networks_that_saw_different_data(tmp_path):
+    fake_study(tmp_path, THREE_SEEDS, fingerprints={"t1": "other"})
+    with pytest.raises(UserError, match=r"networks of \[\] saw different datasets"):
         analysis.analyze(tmp_path)
+
+
+def test_arms_on_different_data_are_compared_by_seed_only(tmp_path):
+    # The [0] arm saw other images (another data setting) than the [] arm.
+    losses = fake_study(tmp_path, THREE_SEEDS + [("[0]", -0.01, s) for s in range(3, 6)],
+                        fingerprints={f"t{i}": "other" for i in range(3, 9)})
+    result = analysis.analyze(tmp_path)
+    (row,) = result.comparisons.to_dict("records")
+    means = [losses[f"t{i}"].mean() for i in range(9)]
+    expected = stats.ttest_ind(means[3:], means[:3], equal_var=False)
+    assert row["p"] == pytest.approx(expected.pvalue, rel=1e-9)
+    assert all(np.isnan(row[k]) for k in analysis.IMAGE_KEYS)
+    assert any("images cannot be paired" in note for note in result.notes)
+    assert "[0]: other" in result.data_fingerprint
 
 
 def test_needs_two_levels_and_a_choice_factor(tmp_path):

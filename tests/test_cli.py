@@ -68,3 +68,55 @@ def test_a_baseline_that_cannot_match_stops_the_run_before_anything_is_written(t
                                  "space.model.choice.flops-matched.baseline.tolerance=1e-7"])
     assert result.exit_code == 2 and "raise model.baseline.tolerance" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_trial_never_writes_into_an_earlier_trial_folder(tmp_path):
+    (tmp_path / "smoke-trial").mkdir()
+    (tmp_path / "smoke-trial" / "study.yaml").write_text("earlier")
+    result = runner.invoke(app, ["trial", str(SMOKE), "--results", str(tmp_path)])
+    assert result.exit_code == 2 and "already holds results" in result.output
+    assert "--set name=NEW_NAME" in result.output
+    assert (tmp_path / "smoke-trial" / "study.yaml").read_text() == "earlier"
+
+
+@pytest.mark.parametrize("command", ["run", "trial"])
+def test_results_naming_a_file_is_a_message_before_anything_runs(tmp_path, command):
+    (tmp_path / "results").write_text("not a folder")
+    result = runner.invoke(app, [command, str(SMOKE), "--results", str(tmp_path / "results")])
+    assert result.exit_code == 2 and "is a file" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "results").read_text() == "not a folder"
+
+
+def test_preview_draws_every_data_setting_of_the_space(tmp_path):
+    result = runner.invoke(app, ["data", "preview", str(ROOT / "searchspaces" / "calibration.yaml"),
+                                 "--set", "data.n_images=300", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "reduced-source variant" in result.output
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "statistics.csv")
+    assert table["setting"].nunique() == 8 and len(table) == 24
+    for setting in table["setting"].unique():
+        assert {p.name for p in (tmp_path / setting).iterdir()} == {"train.png", "val.png", "test.png"}
+    hidden = table[table["split"] == "train"].set_index("setting")["hidden_depth0"]
+    assert hidden["3d-48px-t128"] < hidden["3d-48px-t1"]  # a higher threshold hides less
+
+
+def test_a_study_file_that_is_not_utf8_or_is_a_folder_is_one_message(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(SMOKE.read_bytes().replace(b"question: ", "question: Größe ".encode("latin-1")))
+    for path, expected in ((latin, "latin.yaml: not UTF-8 text"), (ROOT / "searchspaces", "a folder")):
+        out = tmp_path / "results"
+        result = runner.invoke(app, ["run", str(path), "--results", str(out)])
+        assert result.exit_code == 2 and expected in result.output, result.output
+        assert "Traceback" not in result.output and not out.exists()
+
+
+def test_analyze_of_a_damaged_parquet_file_is_one_message(tmp_path):
+    from study import config
+
+    (tmp_path / "study.yaml").write_text(config.dump(config.load(SMOKE)))
+    (tmp_path / "trials.parquet").write_bytes(b"PAR1 cut short")
+    result = runner.invoke(app, ["analyze", str(tmp_path)])
+    assert result.exit_code == 2 and "trials.parquet: not readable as Parquet" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "report").exists()

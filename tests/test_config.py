@@ -146,3 +146,11 @@ def test_tuning_per_level_multiplies_configurations_by_levels():
     assert study.n_trials() == 3 * 4 + 4
     assert study.n_networks() == 3 * 4 * study.search.seeds + 4 * study.search.confirm_seeds
     assert study.seeds() == list(range(study.search.seeds))
+
+
+def test_retired_single_value_settings_still_load_and_nothing_else_does(tmp_path):
+    old = SMOKE.read_text().replace("batchnorm: true,", "family: lenet5, batchnorm: true,").replace(
+        "seeds: 3}", "seeds: 3, metric: best_val_loss, mode: min, scheduler: fifo}")
+    assert config.load(write(tmp_path, old)) == config.load(SMOKE)
+    with pytest.raises(UserError, match="model.family: unknown key"):
+        config.load(write(tmp_path, old.replace("family: lenet5", "family: resnet")))

@@ -41,15 +41,3 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     # The trial's parameters are joined to its samples, so arms group directly.
     assert r.params == ["model.attention.layers"] and set(r.samples["model.attention.layers"]) == {"[]"}
     assert results.status_counts(tmp_path) == {"COMPLETED": 2, "ERROR": 2}
-
-
-def test_a_failed_write_leaves_no_file_behind(tmp_path):
-    target = tmp_path / "trials.parquet"
-
-    def broken(tmp):
-        tmp.write_text("half a file")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        results.atomic_write(target, broken)
-    assert list(tmp_path.iterdir()) == []

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from study import config
+from study.config import TrainConfig
 from study.models import LeNet
-from study.train import as_images, as_inputs, fit
+from study.train import as_images, as_inputs, fit, make_optimizer
 
 from .conftest import SMOKE
 
@@ -75,15 +76,18 @@ def test_seeds_are_different_networks_with_their_own_batch_norm_buffers(run):
                for n in result.networks)
 
 
-@pytest.mark.parametrize("layers", ["[]", "[0]"])
-def test_seed_s_of_a_stacked_trial_is_the_one_seed_network_of_seed_s(layers):
+@pytest.mark.parametrize(("layers", "optimizer"), [("[]", "adam"), ("[0]", "adam"), ("[]", "adamw"),
+                                                   ("[]", "sgd")])
+def test_seed_s_of_a_stacked_trial_is_the_one_seed_network_of_seed_s(layers, optimizer):
     """In float64 the stacked seeds and a one-seed run differ only by summation order (grouped
     vs single convolutions and matrix products, ~1e-16), which training amplifies little over
     two epochs: so 1e-8 catches any real difference (initialisation, batch order, statistics
     shared across seeds). In float32 the same rounding (~1e-7) is amplified by Adam on
-    parameters whose gradient is mostly rounding noise (conv biases before batch norm, AttConv's
-    b_td): those drift by a few learning-rate steps, which is why this test runs in float64."""
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", f"model.attention.layers={layers}"])
+    parameters whose gradient is mostly rounding noise (conv biases before batch norm): those
+    drift by a few learning-rate steps, which is why this test runs in float64. Every optimiser
+    acts element-wise, so the seeds stay independent under each."""
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", f"model.attention.layers={layers}",
+                                f"train.optimizer={optimizer}", "train.weight_decay=0.01"])
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -105,3 +109,17 @@ def test_same_seeds_same_training(run):
     again = fit(study, seeds=SEEDS)
     for mine, theirs in zip(again.networks, result.networks, strict=True):
         assert [e["train_loss"] for e in mine.epochs] == [e["train_loss"] for e in theirs.epochs]
+
+
+@pytest.mark.parametrize(("optimizer", "expected"), [
+    # First step by hand from p = 1, gradient g = 2 (of p² ), lr 0.1, weight decay 0.5:
+    ("sgd", 1 - 0.1 * (2 + 0.5 * 1)),  # momentum starts from the first gradient: a plain step
+    ("adam", 1 - 0.1),  # the L2 term joins the gradient; Adam's first step is lr × sign
+    ("adamw", 1 * (1 - 0.1 * 0.5) - 0.1),  # decay applied to the weight, apart from the gradient
+])
+def test_the_optimiser_named_is_the_one_that_steps(optimizer, expected):
+    p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    step = make_optimizer([p], TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=0.5))
+    p.square().sum().backward()
+    step.step()
+    assert p.item() == pytest.approx(expected, abs=1e-6)

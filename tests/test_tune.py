@@ -42,7 +42,7 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFra
         assert column in trials, column
     assert set(trials["model.attention.layers"]) == {"[]", "[0]"}
     n_params = trials.groupby("model.attention.layers")["n_params"].unique().map(list).to_dict()
-    assert n_params == {"[]": [169_270], "[0]": [169_421]}
+    assert n_params == {"[]": [169_270], "[0]": [169_420]}
     assert trials["data_fingerprint"].nunique() == 1
 
     epochs = pd.read_parquet(study_dir / "epochs.parquet")

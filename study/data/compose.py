@@ -69,6 +69,7 @@ def compose(
     k: int,
     rng: np.random.Generator,
     outline: bool = False,
+    threshold: int = 1,
     variant: Variant = UNCHANGED,
     channels: int = 1,
     withheld: list[list[int]] = (),
@@ -80,10 +81,12 @@ def compose(
     For each image: ``k`` distinct classes in random depth order, one random instance of each,
     scaled and rotated uniformly within ``variant``'s ranges inside a square box of side
     ceil(28 × largest scale), each box placed uniformly at random wholly inside the canvas. A
-    nearer digit replaces every pixel beneath its stroke (pixels > 0); with ``outline`` a
-    one-pixel dark ring around the stroke is cleared too. With ``avoid_withheld`` (training and
-    validation) no image holds all digits of a ``withheld`` set or a withheld digit–colour pair;
-    otherwise such images occur by chance and are marked ``withheld``.
+    nearer digit replaces every pixel where its own value reaches ``threshold`` (1: wherever it
+    has ink); its fainter pixels hide nothing, the brighter of the two values shows there. With
+    ``outline`` a one-pixel dark ring around the replacing pixels is cleared too. With
+    ``avoid_withheld`` (training and validation) no image holds all digits of a ``withheld`` set
+    or a withheld digit–colour pair; otherwise such images occur by chance and are marked
+    ``withheld``.
     """
     if canvas < SIDE:
         raise ValueError(f"canvas must be at least {SIDE} pixels, got {canvas}")
@@ -125,7 +128,7 @@ def compose(
     for lo in range(0, n, _CHUNK):
         part = slice(lo, min(lo + _CHUNK, n))
         patches = _warp(digits, sources[part], scales[part], angles[part], box)
-        hidden[part] = _paint(intensity[part], owner[part], patches, positions[part], outline)
+        hidden[part] = _paint(intensity[part], owner[part], patches, positions[part], outline, threshold)
 
     images = intensity if channels == 1 else _colourise(intensity, owner, colours)
     targets = np.zeros((n, N_CLASSES), dtype=np.uint8)
@@ -173,7 +176,7 @@ def _warp(digits, sources, scales, angles, box: int) -> np.ndarray:
     return warped.round().clamp_(0, 255).to(torch.uint8).numpy().reshape(m, k, box, box)
 
 
-def _paint(intensity, owner, patches, positions, outline: bool) -> np.ndarray:
+def _paint(intensity, owner, patches, positions, outline: bool, threshold: int) -> np.ndarray:
     """Paste each depth layer back to front, in place; return each digit's hidden fraction."""
     n, k, box, _ = patches.shape
     side = intensity.shape[-1]
@@ -181,18 +184,20 @@ def _paint(intensity, owner, patches, positions, outline: bool) -> np.ndarray:
     offsets = np.arange(box)
     image_start = (np.arange(n) * side * side)[:, None, None]
     strokes = patches > 0
-    masks = _dilate(strokes.reshape(n * k, box, box)).reshape(strokes.shape) if outline else strokes
+    opaque = patches >= threshold
+    masks = _dilate(opaque.reshape(n * k, box, box)).reshape(opaque.shape) if outline else opaque
     windows = []
     for layer in range(k):
         rows = (positions[:, layer, 0, None] + offsets)[:, :, None]
         cols = (positions[:, layer, 1, None] + offsets)[:, None, :]
         window = image_start + rows * side + cols  # flat indices of the digit's box
         windows.append(window)
-        mask = masks[:, layer]
-        # Pixels under the mask but off the stroke are the outline: cleared to background.
-        painted = np.where(strokes[:, layer], patches[:, layer], 0)
-        flat_intensity[window] = np.where(mask, painted, flat_intensity[window])
-        flat_owner[window] = np.where(mask, layer, flat_owner[window])
+        patch, below = patches[:, layer], flat_intensity[window]
+        # Under the mask the digit replaces what is behind (its outline ring clears to 0, since
+        # the patch is 0 there); elsewhere its faint ink shows only where it is the brighter.
+        shows = masks[:, layer] | (patch > below)
+        flat_intensity[window] = np.where(shows, patch, below)
+        flat_owner[window] = np.where(shows, layer, flat_owner[window])
     hidden = np.zeros((n, k), dtype=np.float32)
     for layer, window in enumerate(windows):
         stroke = strokes[:, layer]

@@ -7,7 +7,7 @@ trials whose fingerprints match saw the same images in the same order, so they c
 
 Example:
     >>> from study.config import DataConfig
-    >>> ds = build(DataConfig(n_images=1000))
+    >>> ds = build(DataConfig(n_images=1000), use_cache=False)
     >>> [len(s.images) for s in ds.splits.values()]
     [800, 100, 100]
 """
@@ -26,6 +26,7 @@ import numpy as np
 from study.config import DataConfig
 from study.data import source
 from study.data.compose import Composites, compose
+from study.files import atomic_write
 
 SPLITS = ("train", "val", "test")
 # Bump when the generator's output for a given config changes: old caches stop matching.
@@ -38,6 +39,7 @@ class Dataset:
     fingerprint: str
     seconds: float  # time to build or load
     cached: bool  # loaded from the cache rather than generated
+    source: str  # the source digits and how many each split draws on, in words (``describe``)
 
     def __getitem__(self, split: str) -> Composites:
         return self.splits[split]
@@ -60,6 +62,21 @@ def pools(labels: np.ndarray, fractions: tuple[float, float, float], rng: np.ran
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def describe(config: DataConfig, digits: source.Digits) -> str:
+    """The source digits in words, with the distinct handwritten digits each split draws on.
+
+    The original drew on all 70,000 MNIST digits; the embedded 5,000 make a reduced-source
+    variant, in which every handwritten instance recurs in dozens of composites.
+    """
+    per_class = np.bincount(digits.labels, minlength=10)
+    per_split = np.sum([split_sizes(int(n), config.split) for n in per_class], axis=0)
+    drawn = "/".join(f"{int(n):,}" for n in per_split)
+    name = (f"full MNIST ({len(digits.labels):,} digits from {config.root})" if config.source == "mnist"
+            else f"embedded MNIST subset ({len(digits.labels):,} digits; a reduced-source variant of "
+                 "the original, which drew on all 70,000)")
+    return f"{name}; train/val/test draw on {drawn} distinct handwritten digits"
+
+
 def fingerprint(config: DataConfig, digits: source.Digits) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
@@ -78,6 +95,7 @@ def generate(config: DataConfig, digits: source.Digits) -> dict[str, Composites]
     for name, pool, n, seed in zip(SPLITS, index, sizes, split_seeds, strict=True):
         made = compose(digits.images[pool], digits.labels[pool], n, config.canvas, config.digits,
                        np.random.default_rng(seed), outline=config.outline,
+                       threshold=config.occlusion_threshold,
                        variant=config.test_variant if name == "test" else config.train,
                        channels=config.channels(), withheld=config.withheld,
                        withheld_colours=config.withheld_colours, avoid_withheld=name != "test")
@@ -103,17 +121,14 @@ def build(config: DataConfig, use_cache: bool = True) -> Dataset:
                 name: Composites(**{f: stored[f"{name}/{f}"] for f in Composites.__dataclass_fields__})
                 for name in SPLITS
             }
-        return Dataset(splits, key, time.perf_counter() - start, cached=True)
+        return Dataset(splits, key, time.perf_counter() - start, True, describe(config, digits))
     splits = generate(config, digits)
     if use_cache:
         _save(path, splits)
-    return Dataset(splits, key, time.perf_counter() - start, cached=False)
+    return Dataset(splits, key, time.perf_counter() - start, False, describe(config, digits))
 
 
 def _save(path: Path, splits: dict[str, Composites]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"{name}/{f}": v for name, c in splits.items() for f, v in c.__dict__.items()}
     # Concurrent trials may build the same dataset: each writes its own file, the rename is atomic.
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))

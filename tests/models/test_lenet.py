@@ -12,10 +12,10 @@ def test_lenet5_parameter_count_by_hand():
     assert n_params(LeNet(ModelConfig(), canvas=48)) == expected == 169_270
 
 
-def test_attconv_at_conv1_adds_top_down_weights_and_bias():
-    # W_td (25·6) and b_td (one per input channel) on top of the plain network.
+def test_attconv_at_conv1_adds_top_down_weights_only():
+    # W_td (25·6) on top of the plain network; the original's b_td is left out (inert).
     model = LeNet(ModelConfig(attention={"layers": [0]}), canvas=48)
-    assert n_params(model) == 169_270 + 150 + 1
+    assert n_params(model) == 169_270 + 150
 
 
 def test_first_linear_layer_is_sized_from_the_canvas():
@@ -31,7 +31,7 @@ def test_every_position_runs_forward_and_backward(layers, iterations):
     assert out.shape == (3, 10)
     out.sum().backward()
     # With one iteration the top-down pass never reaches the output, so it gets no gradient.
-    unused = {"weight_td", "bias_td"} if iterations == 1 else set()
+    unused = {"weight_td"} if iterations == 1 else set()
     for name, p in model.named_parameters():
         assert (p.grad is None) == (name.rsplit(".", 1)[-1] in unused and bool(layers)), name
 
@@ -50,10 +50,9 @@ def test_deeper_stack_parameter_count_by_hand():
     plain = 156 + 2416 + 12_832 + 2 * (6 + 16 + 32) + 15_480 + 10_164 + 850
     config = ModelConfig(channels=[6, 16, 32])
     assert n_params(LeNet(config, canvas=48)) == plain == 42_006
-    # Each AttConv adds W_td (as large as W_bu) and b_td (one per input channel).
+    # Each AttConv adds W_td, as large as W_bu.
     attentional = ModelConfig(channels=[6, 16, 32], attention={"layers": [0, 1, 2]})
-    assert n_params(LeNet(attentional, canvas=48)) == \
-        plain + (150 + 1) + (2400 + 6) + (12_800 + 16)
+    assert n_params(LeNet(attentional, canvas=48)) == plain + 150 + 2400 + 12_800
 
 
 def test_iterations_and_relu_option_reach_each_layer():
