@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,7 @@ class Arm:
     networks: list[tuple[str, int]]  # (trial_id, seed) of every network that enters
     params: dict[str, Any]  # the arm's configuration as stored in trials.parquet
     stage: str  # confirm: retrained on fresh seeds after selection; tune: the selection's own
+    failed: list[str] = field(default_factory=list)  # reasons of the networks that would have entered
 
 
 def of_networks(frame: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.DataFrame:
@@ -223,13 +224,19 @@ def of_networks(frame: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.Data
 
 def best_configurations(study: config.Study, trials: pd.DataFrame, factor: str) -> dict[Any, dict[str, Any]]:
     """Per level of ``factor`` (in the space's order), the configuration with the lowest mean
-    best validation loss over its seeds: what the tuning stage selected."""
+    best validation loss over its seeds: what the tuning stage selected. A configuration that
+    lost a network (status ERROR; Optuna failed it) is chosen only where its level has no other;
+    a level none of whose networks trained has none."""
     keys = list(study.space)
+    failed = trials.loc[trials["status"] != "COMPLETED", "trial_id"]
     chosen = {}
     for level in study.space[factor].levels():
         at_level = trials[trials[factor] == level]
-        if not at_level.empty:
-            best = at_level.groupby(keys, dropna=False)["best_val_loss"].mean().idxmin()
+        if not at_level["trial_id"].isin(failed).all():
+            at_level = at_level[~at_level["trial_id"].isin(failed)]
+        means = at_level.groupby(keys, dropna=False)["best_val_loss"].mean().dropna()
+        if not means.empty:
+            best = means.idxmin()
             values = best if len(keys) > 1 else (best,)
             # Plain Python values: they travel to Ray trials and into the result files as JSON.
             chosen[level] = {k: v.item() if isinstance(v, np.generic) else v
@@ -239,7 +246,8 @@ def best_configurations(study: config.Study, trials: pd.DataFrame, factor: str) 
 
 def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[Arm]:
     """Per level, the networks that enter: the confirmation networks where the study has them
-    for this factor, else the networks of the level's selected configuration."""
+    for this factor, else the networks of the level's selected configuration; of those, the
+    ones that trained (status COMPLETED)."""
     tuned = trials[trials["stage"] == "tune"]
     confirmed = trials[trials["stage"] == "confirm"]
     arms = []
@@ -249,7 +257,11 @@ def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[
         else:
             mine = tuned.loc[(tuned[list(params)] == pd.Series(params)).all(axis=1)]
             stage = "tune"
-        arms.append(Arm(level, list(zip(mine["trial_id"], mine["seed"], strict=True)), params, stage))
+        failed = mine[mine["status"] != "COMPLETED"]
+        mine = mine[mine["status"] == "COMPLETED"]
+        if not mine.empty:
+            arms.append(Arm(level, list(zip(mine["trial_id"], mine["seed"], strict=True)), params, stage,
+                            failed["reason"].fillna("no reason recorded").tolist()))
     return arms
 
 
@@ -317,11 +329,13 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         raise UserError(f"--by {factor}: compare by a 'choice' key of the space: {choices}")
     r = results.load(study_dir)
     done = r.trials[r.trials["status"] == "COMPLETED"]
+    if "reason" not in r.trials:  # results written before failures had reasons
+        r.trials["reason"] = None
     if split is not None and split not in r.samples:
         per_sample = [c for c in r.samples if c not in ("trial_id", "seed", "sample_idx", "loss")
                       and not c.startswith("logit_")]
         raise UserError(f"--split {split}: not a per-sample column; choose one of {per_sample}")
-    arms = select_arms(study, done, factor)
+    arms = select_arms(study, r.trials, factor)
     if len(arms) < 2:
         raise UserError(f"{study_dir}: {factor} has completed trials at {len(arms)} level(s); "
                         "a comparison needs two")
@@ -332,6 +346,18 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         notes.append(f"{', '.join(unpaired)} saw other images than the reference (another data "
                      "setting), so only the seed-level comparison of mean test losses is made there; "
                      "images cannot be paired")
+    lost_levels = [str(level) for level in study.space[factor].levels()
+                   if level not in {arm.level for arm in arms} and (r.trials[factor] == level).any()]
+    if lost_levels:
+        notes.append(f"every network of {', '.join(lost_levels)} failed (status ERROR, reason in "
+                     "trials.parquet), so no arm stands for it")
+    if any(arm.failed for arm in arms):
+        lost = "; ".join(f"{arm.level}: {len(arm.failed)} of {len(arm.failed) + len(arm.networks)} "
+                         f"({arm.failed[0]})" for arm in arms if arm.failed)
+        counts = " vs ".join(str(len(arm.networks)) for arm in arms)
+        notes.append(f"networks that failed are left out (status ERROR, reason in trials.parquet): {lost}. "
+                     f"The arms compare {counts} networks; a failure that depends on the arm "
+                     "(divergence, say) is itself a result and biases the comparison of the rest")
     if study.confirms() and any(arm.stage == "tune" for arm in arms):
         unconfirmed = [str(arm.level) for arm in arms if arm.stage == "tune"]
         notes.append(f"not confirmed on fresh seeds: {', '.join(unconfirmed)}. Their networks are the "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -52,6 +54,20 @@ def _claim(study_dir: Path, rename: str) -> Path:
     return study_dir
 
 
+def _resumable(study: config.Study, space: Path, study_dir: Path) -> Path:
+    """``study_dir`` if it holds an interrupted run of this very study."""
+    stored = study_dir / "study.yaml"
+    if not stored.exists():
+        raise UserError(f"{study_dir}: nothing to resume (no study.yaml); run without --resume")
+    before = config.load(stored)
+    if before != study:
+        was, now = before.model_dump(), study.model_dump()
+        differ = [key for key in now if was.get(key) != now[key]]
+        raise UserError(f"{stored} differs from {space} as given (in {', '.join(differ)}); resume "
+                        "with the same file and --set values")
+    return study_dir
+
+
 @app.command()
 def run(
     space: Space,
@@ -60,32 +76,45 @@ def run(
     name: Annotated[str | None, typer.Option(help="study name (default: the file's)")] = None,
     address: Annotated[str | None, typer.Option(
         help="existing Ray cluster, e.g. 127.0.0.1:6379 (default: start an embedded one)")] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="also show Ray's status tables and the workers' output")] = False,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage: journal:PATH or a SQLAlchemy URL (default: sqlite in the results)")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="continue an interrupted study in its folder (same file and --set)")] = False,
     download: Download = False,
 ) -> None:
     """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
     try:
-        study = _load(space, [*(sets or []), *([f"name={name}"] if name else [])], download)
-        study_dir = _claim(results / study.name, "--name NEW_NAME")
+        extra = [*([f"name={name}"] if name else []), *([f"search.storage={storage}"] if storage else [])]
+        study = _load(space, [*(sets or []), *extra], download)
+        study_dir = (_resumable(study, space, results / study.name) if resume
+                     else _claim(results / study.name, "--name NEW_NAME or --resume"))
         # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
         typer.echo(_model_table(study, space))
         from study import tune
 
-        tune.run(study, study_dir, address=address)
+        if address:
+            tune.check_address(address)
+        tune.run(study, study_dir, address=address, verbose=verbose, resume=resume)
     except UserError as err:
         _fail(err)
-    from study.results import status_counts
+    from study.results import failures, status_counts
 
     expected = study.n_networks()
     counts = status_counts(study_dir)
     completed, failed = counts.get("COMPLETED", 0), counts.get("ERROR", 0)
     if completed + failed < expected:  # Ray Tune returns early when interrupted (Ctrl-C)
-        typer.echo(f"interrupted: {completed} of {expected} networks completed; their results "
-                   f"are in {study_dir}", err=True)
+        again = " ".join(shlex.quote(a) for a in ["study", *sys.argv[1:]] if a != "--resume")
+        typer.echo(f"interrupted: {completed + failed} of {expected} networks finished; their results "
+                   f"are in {study_dir}. Continue with: {again} --resume", err=True)
         raise typer.Exit(130)
     typer.echo(f"results in {study_dir}; next: study analyze {study_dir}")
     if failed:
-        typer.echo(f"{failed} of {expected} networks failed: status ERROR in trials.parquet, "
-                   f"logs under {study_dir / 'ray'}", err=True)
+        typer.echo(f"{failed} of {expected} networks failed (status ERROR, reason in trials.parquet); "
+                   "the study went on without them:", err=True)
+        for line in failures(study_dir):
+            typer.echo(f"  {line}", err=True)
         raise typer.Exit(1)
 
 
@@ -123,9 +152,12 @@ def trial(
     result_files.write_trial(study_dir, trial_id, "tune", params, outcome)
     result_files.consolidate(study_dir)
     for network in outcome.networks:
-        typer.echo(f"seed {network.seed}: best epoch {network.best_epoch}, val {network.best_val_loss:.4f}, "
+        typer.echo(f"seed {network.seed}: FAILED, {network.failure}" if network.failure else
+                   f"seed {network.seed}: best epoch {network.best_epoch}, val {network.best_val_loss:.4f}, "
                    f"test {network.test_loss.mean():.4f}, exact {network.test_correct.mean():.3f}")
     typer.echo(f"on {outcome.device} in {outcome.wall_s:.1f} s -> {study_dir}")
+    if any(network.failure for network in outcome.networks):
+        raise typer.Exit(1)
 
 
 def _model_table(study: config.Study, space: Path) -> str:

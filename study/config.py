@@ -270,11 +270,22 @@ class SearchConfig(_Section):
     confirm_seeds: int = Field(10, ge=2, description="fresh seeds (S..S+C−1) retraining each level's "
                                "selected configuration after tuning")
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
+    storage: str | None = Field(None, description="Optuna storage: a SQLAlchemy URL or journal:PATH; "
+                                "default sqlite:///<results>/optuna.db (see study.storage)")
+
+    @field_validator("storage")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not (url.startswith("journal:") and len(url) > 8 or "://" in url):
+            raise ValueError(f"expected journal:PATH or a SQLAlchemy URL such as "
+                             f"sqlite:///study.db or postgresql://host/db, got {url!r}")
+        return url
 
 
 class ResourcesConfig(_Section):
     cpu: float = Field(1, gt=0)
     gpu: float | Literal["auto"] = Field("auto", description="GPU share per trial; auto: 0.25 if any")
+    retries: int = Field(2, ge=0, description="times Ray restarts a trial whose worker or node died")
 
     @field_validator("gpu")
     @classmethod

@@ -40,6 +40,7 @@ from study.data import build
 from study.files import atomic_write
 from study.models import AttConv, build_network
 from study.results import weights_path
+from study.storage import may_hold_trials, optuna_storage, study_name, study_names
 from study.train import as_images, as_inputs
 
 N_ATTENTION_IMAGES = 4
@@ -142,14 +143,17 @@ def loss_distributions(analysis: Analysis, study_dir: Path, path: Path) -> str:
     return ""
 
 
-def _optuna_studies(study_dir: Path) -> list[optuna.Study]:
-    storage = f"sqlite:///{study_dir / 'optuna.db'}"
-    names = optuna.get_all_study_names(storage) if (study_dir / "optuna.db").exists() else []
+def _optuna_studies(study: config.Study, study_dir: Path) -> list[optuna.Study]:
+    """This study's Optuna studies (one, or one per compared level) in its storage."""
+    if not may_hold_trials(study, study_dir):
+        return []
+    storage = optuna_storage(study, study_dir)
+    names = set(optuna.get_all_study_names(storage)) & set(study_names(study))
     return [optuna.load_study(study_name=name, storage=storage) for name in sorted(names)]
 
 
 def optuna_history(analysis: Analysis, study_dir: Path, path: Path) -> str:
-    studies = [s for s in _optuna_studies(study_dir) if s.get_trials(states=[COMPLETE])]
+    studies = [s for s in _optuna_studies(analysis.study, study_dir) if s.get_trials(states=[COMPLETE])]
     if not studies:
         return "optuna.db holds no completed Optuna trial"
     with warnings.catch_warnings():
@@ -168,8 +172,8 @@ def optuna_importances(analysis: Analysis, study_dir: Path, path: Path) -> str:
     merged = optuna.create_study()
     key = analysis.study.compare_key()
     levels = analysis.study.space[key].levels()
-    level_of = {f"{analysis.study.name}:{level}": level for level in levels}
-    for stored in _optuna_studies(study_dir):
+    level_of = {study_name(analysis.study, level): level for level in levels}
+    for stored in _optuna_studies(analysis.study, study_dir):
         for trial in stored.get_trials(states=[COMPLETE]):
             params, dists = dict(trial.params), dict(trial.distributions)
             if stored.study_name in level_of:
@@ -199,7 +203,9 @@ def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
         return "no completed network with an AttConv layer and saved weights"
     network = f"{row['trial_id']} seed {row['seed']}"
     net = build_network(trial_study.model, trial_study.data.canvas, trial_study.data.channels())
-    net.load_state_dict(torch.load(weights, map_location="cpu"))
+    state = torch.load(weights, map_location="cpu")
+    # Weights saved before AttConv dropped its inert top-down bias still carry it: nothing reads it.
+    net.load_state_dict({name: value for name, value in state.items() if not name.endswith(".bias_td")})
     net.eval()
     layer = next(m for m in net.modules() if isinstance(m, AttConv))
     if layer.iterations < 2:

@@ -14,6 +14,7 @@ rows (``.trials/<id>.json``) that ``consolidate`` gathers into ``trials.parquet`
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ import torch
 from study.config import Study, dump
 from study.errors import UserError
 from study.files import atomic_write
-from study.train import TrialResult
+from study.train import Network, TrialResult
 
-TRIAL_COLUMNS_FIRST = ("trial_id", "seed", "stage", "status")
+TRIAL_COLUMNS_FIRST = ("trial_id", "seed", "stage", "status", "reason")
 TRIAL_COLUMNS_LAST = (
     "n_params", "flops", "best_epoch", "best_val_loss", "test_loss", "test_exact_acc",
     "wall_s", "device", "data_fingerprint", "data_source",
@@ -53,7 +54,7 @@ def samples_table(trial_id: str, result: TrialResult) -> pa.Table:
     test = result.dataset["test"]
     n = len(test.images)
     tables = []
-    for network in result.networks:
+    for network in trained(result):
         columns: dict[str, pa.Array] = {
             # Dictionary-typed like the hive key ``trial_id=<id>``, so pyarrow can merge the two.
             "trial_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), [trial_id]),
@@ -73,20 +74,26 @@ def samples_table(trial_id: str, result: TrialResult) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def trained(result: TrialResult) -> list[Network]:
+    """The networks of a trial that did not fail: the ones with test results and weights."""
+    return [network for network in result.networks if network.failure is None]
+
+
 def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialResult) -> list[dict]:
-    """One row per network of the trial."""
+    """One row per network of the trial; a failed one is ERROR with its reason and no test results."""
     return [{
         "trial_id": trial_id,
         "seed": network.seed,
         "stage": stage,
-        "status": "COMPLETED",
+        "status": "ERROR" if network.failure else "COMPLETED",
+        "reason": network.failure,
         **params,
         "n_params": result.n_params,
         "flops": result.flops,
-        "best_epoch": network.best_epoch,
-        "best_val_loss": network.best_val_loss,
-        "test_loss": float(network.test_loss.mean()),
-        "test_exact_acc": float(network.test_correct.mean()),
+        "best_epoch": None if network.failure else network.best_epoch,
+        "best_val_loss": None if network.failure else network.best_val_loss,
+        "test_loss": None if network.failure else float(network.test_loss.mean()),
+        "test_exact_acc": None if network.failure else float(network.test_correct.mean()),
         "wall_s": result.wall_s,
         "device": result.device,
         "data_fingerprint": result.dataset.fingerprint,
@@ -99,10 +106,11 @@ def write_trial(study_dir: Path, trial_id: str, stage: str, params: dict[str, An
     """Everything one completed trial of ``stage`` (tune or confirm) leaves behind (not yet in
     ``trials.parquet``)."""
     study_dir = Path(study_dir)
-    table = samples_table(trial_id, result)
-    atomic_write(study_dir / "samples" / f"trial_id={trial_id}" / "part-0.parquet",
-                 lambda tmp: pq.write_table(table, tmp))
-    for network in result.networks:
+    if trained(result):
+        table = samples_table(trial_id, result)
+        atomic_write(study_dir / "samples" / f"trial_id={trial_id}" / "part-0.parquet",
+                     lambda tmp: pq.write_table(table, tmp))
+    for network in trained(result):
         atomic_write(weights_path(study_dir, trial_id, network.seed),
                      lambda tmp, state=network.best_state: torch.save(state, tmp))
     epochs = [{"trial_id": trial_id, "seed": network.seed, **e}
@@ -111,11 +119,31 @@ def write_trial(study_dir: Path, trial_id: str, stage: str, params: dict[str, An
 
 
 def write_failed(study_dir: Path, trial_id: str, stage: str, seeds: list[int],
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, Any], reason: str) -> None:
     """Rows for a trial that raised, one per seed, so ``trials.parquet`` accounts for every network."""
-    rows = [{"trial_id": trial_id, "seed": seed, "stage": stage, "status": "ERROR", **params}
-            for seed in seeds]
+    rows = [{"trial_id": trial_id, "seed": seed, "stage": stage, "status": "ERROR", "reason": reason,
+             **params} for seed in seeds]
     _stage(Path(study_dir), trial_id, rows, [])
+
+
+def discard_unfinished(study_dir: Path) -> list[str]:
+    """Remove what trials that never finished (no staged rows: the run was killed) left in
+    ``samples/`` and ``weights/``; returns their ids."""
+    study_dir = Path(study_dir)
+    finished = {p.stem for p in (study_dir / _STAGED).glob("*.json")}
+    gone = set()
+    for folder in [*(study_dir / "samples").glob("trial_id=*"), *(study_dir / "weights").glob("*")]:
+        trial_id = folder.name.removeprefix("trial_id=")
+        if trial_id not in finished:
+            shutil.rmtree(folder)
+            gone.add(trial_id)
+    return sorted(gone)
+
+
+def failed_networks(study_dir: Path, trial_id: str) -> list[str]:
+    """The reasons of a staged trial's networks that failed (none when all trained)."""
+    staged = json.loads((Path(study_dir) / _STAGED / f"{trial_id}.json").read_text())
+    return [row["reason"] for row in staged["rows"] if row["status"] == "ERROR"]
 
 
 def _stage(study_dir: Path, trial_id: str, rows: list[dict], epochs: list[dict]) -> None:
@@ -128,6 +156,8 @@ def consolidate(study_dir: Path) -> int:
     number of trials (configurations). Cheap enough to call after every trial."""
     study_dir = Path(study_dir)
     staged = [json.loads(p.read_text()) for p in sorted((study_dir / _STAGED).glob("*.json"))]
+    if not staged:
+        return 0
     rows = [row for s in staged for row in s["rows"]]
     trials = pd.DataFrame(rows)
     for col in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST):
@@ -135,8 +165,9 @@ def consolidate(study_dir: Path) -> int:
             trials[col] = None
     params = [c for c in trials.columns if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
     trials = trials[[*TRIAL_COLUMNS_FIRST, *params, *TRIAL_COLUMNS_LAST]]
-    trials = trials.astype({"seed": "int32", "n_params": "Int64", "flops": "Int64",
-                            "best_epoch": "Int64"})
+    trials = trials.astype({"seed": "int32", "reason": "string", "n_params": "Int64", "flops": "Int64",
+                            "best_epoch": "Int64", "best_val_loss": "float64", "test_loss": "float64",
+                            "test_exact_acc": "float64"})
     epochs = pd.DataFrame([e for s in staged for e in s["epochs"]], columns=list(EPOCH_COLUMNS))
     epochs = epochs.astype({"seed": "int32", "epoch": "int32"})
     atomic_write(study_dir / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
@@ -150,6 +181,20 @@ def status_counts(study_dir: Path) -> dict[str, int]:
     if not path.exists():
         return {}
     return pd.read_parquet(path, columns=["status"])["status"].value_counts().to_dict()
+
+
+def failures(study_dir: Path) -> list[str]:
+    """One line per trial that lost networks: which, how many, and why."""
+    trials = pd.read_parquet(Path(study_dir) / "trials.parquet")
+    params = [c for c in trials if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
+    lines = []
+    for trial_id, rows in trials.groupby("trial_id", sort=False):
+        failed = rows[rows["status"] == "ERROR"]
+        if len(failed):
+            shown = " ".join(f"{k.rsplit('.', 1)[-1]}={rows[k].iloc[0]}" for k in params)
+            lines.append(f"{rows['stage'].iloc[0]} trial {trial_id} {shown}: {len(failed)} of {len(rows)} "
+                         f"networks failed: {failed['reason'].iloc[0]}")
+    return lines
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ numbers agree to float rounding, because a grouped convolution sums in another o
 separate ones. The whole dataset lives on the training device as uint8 tensors and batches are
 taken by index, so nothing crosses from host to device inside the loop. On CUDA the training
 step is captured once as a CUDA graph and replayed (``train.cuda_graphs``; ``study.cuda_graph``).
+A network whose loss stops being finite or diverges (``failure``) stops counting: its best
+epoch stays where it was, the others train on, and the trial stops early when none is left.
 ``fit`` knows nothing of Ray: it calls ``report`` once per epoch with plain numbers.
 
 Example:
@@ -20,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +37,9 @@ from study.data import Dataset, build
 from study.models import Stacked, build_network, forward_flops, n_params
 
 EVAL_BATCH = 1024
+# A network has diverged when its training or validation loss exceeds this multiple of the
+# untrained network's validation loss (BCE near 0.69; a diverged one is orders of magnitude above).
+DIVERGED = 10.0
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Network:
     """What one seed's network leaves behind."""
 
     seed: int
+    failure: str | None  # why it stopped counting (diverged, loss not finite); None if it trained
     epochs: list[dict]  # one dict per epoch: epoch, train_loss, val_loss, seconds
     best_epoch: int
     best_val_loss: float
@@ -90,6 +97,20 @@ def evaluate(net: Stacked, images: torch.Tensor, targets: torch.Tensor) -> tuple
            for lo in range(0, len(images), EVAL_BATCH)]
     logits = torch.cat(out, 1)
     return losses(logits, targets.expand(net.seeds, -1, -1)), logits
+
+
+def failure(train_loss: float, val_loss: float, untrained: float, epoch: int) -> str | None:
+    """Why a network stops counting after ``epoch``, or None: a loss that is not finite, or a
+    training or validation loss above ``DIVERGED`` times the untrained network's validation loss
+    (near 0.69). The training loss counts too: a network blown up by too large a step can fall
+    back to predicting the class frequencies, a validation loss that looks sane."""
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        return f"loss not finite at epoch {epoch} (train {train_loss:.3g}, val {val_loss:.3g})"
+    worst, which = max((train_loss, "training"), (val_loss, "validation"))
+    if worst > DIVERGED * untrained:
+        return (f"diverged at epoch {epoch}: {which} loss {worst:.3g} is over {DIVERGED:g} × the "
+                f"untrained network's validation loss {untrained:.3g}")
+    return None
 
 
 def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig,
@@ -147,6 +168,8 @@ def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | Non
     history: list[list[dict]] = [[] for _ in seeds]
     best_val, best_epoch = [float("inf")] * S, [-1] * S
     best_state = {name: value.detach().clone() for name, value in net.state().items()}
+    untrained = evaluate(net, val_x, val_y)[0].mean(1).tolist()
+    failures: list[str | None] = [None] * S
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         net.train()
@@ -156,28 +179,33 @@ def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | Non
             idx = perms[:, lo : min(lo + cfg.batch_size, n_used)]
             total += step(idx) * idx.shape[1]
         val_loss = evaluate(net, val_x, val_y)[0].mean(1)
-        improved = val_loss < torch.tensor(best_val, device=device)
+        train_loss, seconds = (total / n_used).tolist(), time.perf_counter() - t0
+        for s in range(S):
+            failures[s] = failures[s] or failure(train_loss[s], float(val_loss[s]), untrained[s], epoch)
+        healthy = torch.tensor([f is None for f in failures], device=device)
+        improved = (val_loss < torch.tensor(best_val, device=device)) & healthy
         for name, value in net.state().items():
             best_state[name][improved] = value.detach()[improved]
-        train_loss, val_loss, seconds = (total / n_used).tolist(), val_loss.tolist(), time.perf_counter() - t0
+        val_loss = val_loss.tolist()
         for s, better in enumerate(improved.tolist()):
             if better:
                 best_val[s], best_epoch[s] = val_loss[s], epoch
             history[s].append({"epoch": epoch, "train_loss": train_loss[s], "val_loss": val_loss[s],
                                "seconds": seconds})
-        if report is not None:
+        if report is not None:  # a configuration that lost a network has no value: Optuna fails it
             report({"epoch": epoch, "train_loss": float(np.mean(train_loss)),
-                    "val_loss": float(np.mean(val_loss)), "best_val_loss": float(np.mean(best_val)),
+                    "val_loss": float(np.mean(val_loss)),
+                    "best_val_loss": float(np.mean(best_val)) if all(healthy.tolist()) else float("nan"),
                     "seconds": seconds})
+        if not any(healthy.tolist()):
+            break
 
-    diverged = [seed for seed, e in zip(seeds, best_epoch, strict=True) if e < 0]
-    if diverged:
-        raise FloatingPointError(f"training diverged: seed(s) {diverged} never had a finite validation loss")
     net.load_state(best_state)
     test_loss, test_logits = evaluate(net, test_x, test_y)
     correct = ((test_logits > 0) == test_y.bool()).all(-1)
     results = [
-        Network(seed=seed, epochs=history[s], best_epoch=best_epoch[s], best_val_loss=best_val[s],
+        Network(seed=seed, failure=failures[s], epochs=history[s], best_epoch=best_epoch[s],
+                best_val_loss=best_val[s],
                 best_state=net.state_dict(s), test_loss=test_loss[s].float().cpu().numpy(),
                 test_logits=test_logits[s].float().cpu().numpy(), test_correct=correct[s].cpu().numpy())
         for s, seed in enumerate(seeds)

@@ -1,6 +1,6 @@
 """Ray Tune schedules the trials, Optuna (through Ray Tune's OptunaSearch) chooses them.
 
-A trial is one configuration: one Optuna trial (stored in ``optuna.db``) and one Ray trial, which
+A trial is one configuration: one Optuna trial (in ``search.storage``) and one Ray trial, which
 trains the configuration's ``search.seeds`` networks (seeds 0..S−1) at once and reports, per
 epoch, the means over its seeds; Optuna's value is the mean over seeds of each seed's best
 validation loss. When the study is tuned per level of its compare factor, each level has its own
@@ -9,13 +9,21 @@ Each Ray trial writes its own result files; a callback on the driver keeps ``tri
 and ``epochs.parquet`` current and prints one line per trial. When the study selects (its space
 varies more than the compared factor), a confirmation stage follows: each level's selected
 configuration is one more trial, trained on fresh seeds and marked ``stage: confirm``.
+
+A trial whose networks failed (``study.train.failure``) completes with their ERROR rows and is
+FAIL in Optuna; one whose worker died is restarted ``resources.retries`` times by Ray. An
+interrupted study resumes from its staged rows and its Optuna storage: the trials it lacks run,
+the ones killed mid-way are discarded and marked FAIL.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import pickle
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ from study.analysis import best_configurations
 from study.config import Study, resolve
 from study.data import build
 from study.errors import UserError
+from study.storage import optuna_storage, study_name, study_names
 from study.train import fit
 
 METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss
@@ -68,6 +77,16 @@ def sampler(study: Study, keys: list[str]) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+class FailingSearch(OptunaSearch):
+    """OptunaSearch, telling Optuna FAIL for a configuration that lost a network (its value is
+    NaN): OptunaSearch passes NaN on, Optuna refuses it, and the trial would stay RUNNING."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and math.isnan(result.get(METRIC, 0.0)):
+            result, error = None, True
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
 class PerLevel(Searcher):
     """One searcher per level of ``key``, taking turns, ``trials`` configurations each.
 
@@ -77,11 +96,12 @@ class PerLevel(Searcher):
     has the same seed, so the levels start from the same random configurations.
     """
 
-    def __init__(self, key: str, searchers: dict[Any, Searcher], trials: int) -> None:
+    def __init__(self, key: str, searchers: dict[Any, Searcher], trials: int,
+                 done: dict[Any, int] | None = None) -> None:
         first = next(iter(searchers.values()))
         super().__init__(metric=first.metric, mode=first.mode)
         self.key, self.searchers, self.trials = key, searchers, trials
-        self.suggested = dict.fromkeys(searchers, 0)
+        self.suggested = {level: (done or {}).get(level, 0) for level in searchers}
         self.level_of: dict[str, Any] = {}
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -127,30 +147,57 @@ def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int,
     results.write_trial(Path(study_dir), trial_id, stage, params, result)
 
 
-class _Recorder(tune.Callback):
-    """Driver side: consolidate the result tables and print progress after every trial."""
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``: elapsed and remaining time as a person reads it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    def __init__(self, study: Study, study_dir: Path, stage: str, start: float) -> None:
-        self.study, self.study_dir, self.stage, self.start = study, study_dir, stage, start
+
+class _Progress:
+    """The running count over both stages and an estimate of the time left, from the trials
+    finished in this run (a resumed study's earlier trials took no time here)."""
+
+    def __init__(self, total: int, done_before: int) -> None:
+        self.total, self.done_before, self.start = total, done_before, time.perf_counter()
+
+    def __call__(self, done: int) -> str:
+        elapsed, finished = time.perf_counter() - self.start, done - self.done_before
+        left = f", ~{duration(elapsed / finished * (self.total - done))} left" \
+            if finished > 0 and done < self.total else ""
+        return f"[{done}/{self.total} {duration(elapsed)}{left}]"
+
+
+class _Recorder(tune.Callback):
+    """Driver side: consolidate the result tables and print a line after every trial."""
+
+    def __init__(self, study: Study, study_dir: Path, stage: str, progress: _Progress) -> None:
+        self.study, self.study_dir, self.stage, self.progress = study, study_dir, stage, progress
         self.seeds = study.seeds(stage)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._record(trial, "done", trial.last_result)
+        last = trial.last_result
+        seeds = f"{len(self.seeds)} seeds" if len(self.seeds) > 1 else "1 seed"
+        failed = results.failed_networks(self.study_dir, trial.trial_id)
+        if failed:
+            self._line(trial, f"FAILED: {len(failed)} of {seeds} stopped counting ({failed[0]})")
+        else:
+            self._line(trial, f"done: best_val_loss={last[METRIC]:.4f} (mean of {seeds})")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        log = Path(trial.local_path or self.study_dir / "ray") / "error.txt"
+        reason = f"the trial's worker failed {self.study.resources.retries + 1} time(s); log: {log}"
         results.write_failed(self.study_dir, trial.trial_id, self.stage, self.seeds,
-                             _params(self.study, trial.config))
-        self._record(trial, "FAILED", {})
+                             _params(self.study, trial.config), reason)
+        self._line(trial, f"FAILED: {reason}")
 
-    def _record(self, trial, what: str, last: dict) -> None:
+    def _line(self, trial, what: str) -> None:
         n = results.consolidate(self.study_dir)
         shown = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in _params(self.study, trial.config).items())
-        seeds = f"{len(self.seeds)} seeds" if len(self.seeds) > 1 else "1 seed"
-        score = f"best_val_loss={last['best_val_loss']:.4f} (mean of {seeds})" \
-            if "best_val_loss" in last else "see the Ray log under ray/"
-        elapsed = time.perf_counter() - self.start
-        print(f"[{n}/{self.study.n_trials()} {elapsed:6.0f}s] {self.stage} trial {trial.trial_id} {what}: "
-              f"{shown} {score}", flush=True)
+        print(f"{self.progress(n)} {self.stage} trial {trial.trial_id} {shown}: {what}", flush=True)
 
 
 def gpu_share(trials: int) -> float:
@@ -160,8 +207,32 @@ def gpu_share(trials: int) -> float:
     return 1 / min(TRIALS_PER_GPU, max(1, trials))
 
 
-def run(study: Study, study_dir: Path, address: str | None = None) -> None:
-    """Run every trial of ``study`` and leave the result files in ``study_dir``."""
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail within seconds where ``ray.init`` would retry an address for minutes: nothing
+    listening (refused), no answer (a firewall, the wrong host) or an unknown host."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", a ray:// client address: Ray resolves those itself
+    hint = f"--address {address}: "
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except ConnectionRefusedError:
+        raise UserError(hint + f"connection refused: nothing listens on port {port} of {host}. Start "
+                        f"the head there with `ray start --head --port={port}`, or correct the "
+                        "address") from None
+    except TimeoutError:
+        raise UserError(hint + f"no answer from {host} within {timeout:g} s: the host is down, "
+                        "a firewall drops the port, or the address is wrong") from None
+    except OSError as err:
+        raise UserError(hint + f"cannot reach {host}: {err}") from None
+
+
+def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool = False,
+        resume: bool = False) -> None:
+    """Run every trial of ``study`` and leave the result files in ``study_dir``; with
+    ``verbose``, Ray's own status tables and worker output are shown too. With ``resume``,
+    continue an interrupted run there: the trials that finished stay, the ones that were
+    running are rerun from their start."""
     study_dir = Path(study_dir).resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # GridSampler stops its study after the last grid point; Ray logs that as a misleading warning.
@@ -172,75 +243,129 @@ def run(study: Study, study_dir: Path, address: str | None = None) -> None:
         # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
         # left on this machine, running or stale. Its token auth stays on.
         try:
-            ray.init(address=address or "local", include_dashboard=False, logging_level="warning")
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+                     logging_level="info" if verbose else "warning")
         except (ConnectionError, RuntimeError, ValueError) as err:
             if address is None:
                 raise
             raise UserError(f"--address {address}: cannot join that Ray cluster: {err}. Is "
                             "`ray start --head` running there, and is its auth token here "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
+    if resume:
+        gone = results.discard_unfinished(study_dir)
+        stale = fail_interrupted(study, study_dir)
+        print(f"resuming {study_dir}: {len(gone)} unfinished trial(s) discarded, {stale} Optuna "
+              "trial(s) left running marked failed", flush=True)
     try:
         results.write_study(study_dir, study)
         data = build(study.data)  # warm the cache once, before trials race to generate it
         print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
               f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)\n"
               f"source: {data.source}", flush=True)
-        _fit(study, study_dir)
+        _fit(study, study_dir, verbose)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def searcher(study: Study, study_dir: Path) -> Searcher:
-    """Optuna (one study, or one per compared level) behind Ray Tune."""
-    search = study.search
-    storage = optuna.storages.RDBStorage(f"sqlite:///{Path(study_dir) / 'optuna.db'}")
+def searcher(study: Study, study_dir: Path, done: list[dict[str, Any]] = ()) -> Searcher:
+    """Optuna (one study, or one per compared level) behind Ray Tune. ``done`` lists the
+    configurations an interrupted run already tried: a grid is given only the points it lacks,
+    and the samplers of ``tpe`` and ``random`` continue from the trials in the storage."""
+    search, stored = study.search, optuna_storage(study, study_dir)
 
-    def optuna_search(keys: list[str], name: str) -> OptunaSearch:
-        return OptunaSearch(space=optuna_space(study, keys), metric=METRIC, mode=MODE,
-                            sampler=sampler(study, keys), study_name=name, storage=storage)
+    def optuna_search(keys: list[str], name: str, points: list[dict] | None = None) -> OptunaSearch:
+        return FailingSearch(space=optuna_space(study, keys), metric=METRIC, mode=MODE,
+                            sampler=sampler(study, keys), study_name=name, storage=stored,
+                            points_to_evaluate=points)
 
     if study.tuned_per_level():
         key = study.compare
         others = [k for k in study.space if k != key]
-        return PerLevel(key, {level: optuna_search(others, f"{study.name}:{level}")
-                              for level in study.space[key].levels()}, search.trials)
-    return optuna_search(list(study.space), study.name)
+        counts = pd.Series([c[key] for c in done], dtype=object).value_counts().to_dict()
+        return PerLevel(key, {level: optuna_search(others, study_name(study, level))
+                              for level in study.space[key].levels()}, search.trials, counts)
+    if search.sampler == "grid" and done:
+        keys = list(study.space)
+        grid = [dict(zip(keys, values, strict=True))
+                for values in itertools.product(*(study.space[k].levels() for k in keys))]
+        return optuna_search(keys, study_name(study), [point for point in grid if point not in done])
+    return optuna_search(list(study.space), study_name(study))
 
 
-def _fit(study: Study, study_dir: Path) -> None:
-    """The tuning stage and, where the study selects, the confirmation stage."""
-    search, start = study.search, time.perf_counter()
+def fail_interrupted(study: Study, study_dir: Path) -> int:
+    """Mark the Optuna trials an interrupted run left RUNNING as FAIL (their Ray trials died with
+    it and are rerun); returns how many."""
+    stored, stale = optuna_storage(study, study_dir), 0
+    for frozen in stored.get_all_studies():
+        if frozen.study_name not in study_names(study):
+            continue  # a shared storage holds other studies too
+        for trial in stored.get_all_trials(frozen._study_id, states=(optuna.trial.TrialState.RUNNING,)):
+            stored.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            stale += 1
+    return stale
+
+
+def _finished(study_dir: Path, stage: str) -> pd.DataFrame:
+    """One row per trial of ``stage`` that finished (its rows are staged), with its parameters."""
+    if not results.consolidate(study_dir):
+        return pd.DataFrame(columns=["trial_id", "stage"])
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    return trials[trials["stage"] == stage].drop_duplicates("trial_id")
+
+
+def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
+    """The tuning stage and, where the study selects, the confirmation stage; of an interrupted
+    study, the trials it lacks."""
+    search = study.search
+    tuned = _finished(study_dir, "tune")
+    done = [{k: row[k] for k in study.space} for _, row in tuned.iterrows()]
+    progress = _Progress(study.n_trials(), len(tuned) + len(_finished(study_dir, "confirm")))
     gpu = study.resources.gpu
     if gpu == "auto":
         gpu = gpu_share(study.n_configurations()) if ray.cluster_resources().get("GPU", 0) > 0 else 0
     print(f"study {study.name}: {study.n_configurations()} configurations × {search.seeds} seeds, "
           f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
           f"and {gpu:g} GPU per trial", flush=True)
-    _stage(study, study_dir, "tune", searcher(study, study_dir), study.n_configurations(), gpu, start, None)
+    missing = study.n_configurations() - len(done)
+    if missing > 0:
+        _stage(study, study_dir, "tune", searcher(study, study_dir, done), missing, gpu, progress, None,
+               verbose)
     if not study.confirms():
         return
     trials = pd.read_parquet(study_dir / "trials.parquet")
     tuned = trials[trials["stage"] == "tune"]
     if tuned["trial_id"].nunique() < study.n_configurations():
         return  # interrupted: the CLI reports what is missing
-    chosen = best_configurations(study, tuned[tuned["status"] == "COMPLETED"], study.compare_key())
+    confirmed = set(_finished(study_dir, "confirm").get(study.compare_key(), []))
+    chosen = {level: params for level, params in
+              best_configurations(study, tuned, study.compare_key()).items() if level not in confirmed}
+    if not chosen:
+        return
     seeds = study.seeds("confirm")
     print(f"confirmation: each level's selected configuration retrained on fresh seeds "
           f"{seeds[0]}..{seeds[-1]}", flush=True)
     # The points are the whole configurations; the param space only names the keys they fill.
     _stage(study, study_dir, "confirm", BasicVariantGenerator(points_to_evaluate=list(chosen.values())),
-           len(chosen), gpu, start, dict.fromkeys(study.space))
+           len(chosen), gpu, progress, dict.fromkeys(study.space), verbose)
 
 
 def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, trials: int, gpu: float,
-           start: float, param_space: dict | None) -> None:
+           progress: _Progress, param_space: dict | None, verbose: bool) -> None:
+    # Ray's newer console output prints an experiment table and a TensorBoard hint at every
+    # verbosity; its legacy reporter at verbosity 0 prints nothing, which quiet mode wants.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    runs = study_dir / "ray"
+    # A resumed study's Ray runs go beside the interrupted ones (tune, tune-2, ...).
+    name = next(n for n in (stage, *(f"{stage}-{k}" for k in range(2, 1000))) if not (runs / n).exists())
     fn = tune.with_parameters(trainable, study=study.model_dump(by_alias=True), study_dir=str(study_dir),
                               threads=max(1, int(study.resources.cpu)), stage=stage)
     tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
         param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=trials),
-        run_config=tune.RunConfig(name=stage, storage_path=str(study_dir / "ray"),
-                                  callbacks=[_Recorder(study, study_dir, stage, start)], verbose=1),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(runs), verbose=2 if verbose else 0,
+            callbacks=[_Recorder(study, study_dir, stage, progress)],
+            failure_config=tune.FailureConfig(max_failures=study.resources.retries)),
     ).fit()

@@ -245,3 +245,16 @@ def test_in_simulated_null_studies_only_the_seed_level_test_keeps_its_error_rate
         per_image.append(stats.wilcoxon(arms[1].mean(0) - arms[0].mean(0)).pvalue < 0.05)
     assert np.mean(primary) <= 0.05 + 0.03
     assert np.mean(per_image) > 0.5
+
+
+def test_failed_networks_are_left_out_and_named(tmp_path):
+    fake_study(tmp_path, THREE_SEEDS + [("[0]", -0.01, 3)])
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    trials["reason"] = None
+    trials.loc[6, ["status", "reason"]] = ["ERROR", "diverged at epoch 2: training loss 40 is over ..."]
+    trials.to_parquet(tmp_path / "trials.parquet")
+    result = analysis.analyze(tmp_path)
+    assert [arm.networks for arm in result.selected][1] == [("t3", 0), ("t4", 1), ("t5", 2)]
+    (note,) = result.notes
+    assert "[0]: 1 of 4 (diverged at epoch 2" in note and "compare 3 vs 3 networks" in note
+    assert "diverged at epoch 2" in report.markdown(result, {})

@@ -120,3 +120,18 @@ def test_analyze_of_a_damaged_parquet_file_is_one_message(tmp_path):
     result = runner.invoke(app, ["analyze", str(tmp_path)])
     assert result.exit_code == 2 and "trials.parquet: not readable as Parquet" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "report").exists()
+
+
+def test_an_address_where_nothing_listens_is_a_message_within_seconds(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    result = runner.invoke(app, ["run", str(SMOKE), "--results", str(tmp_path),
+                                 "--address", f"127.0.0.1:{port}"])
+    assert time.monotonic() - start < 30 and result.exit_code == 2
+    assert "connection refused" in result.output and "ray start --head" in result.output
+    assert not any(tmp_path.iterdir())

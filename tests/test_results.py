@@ -1,4 +1,7 @@
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,7 +16,8 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     params = {"model.attention.layers": "[]"}
     result = fit(study, seeds=[0, 1])
     results.write_trial(tmp_path, "good", "tune", params, result)
-    results.write_failed(tmp_path, "bad", "confirm", [3, 4], {"model.attention.layers": "[0]"})
+    results.write_failed(tmp_path, "bad", "confirm", [3, 4], {"model.attention.layers": "[0]"},
+                         "the trial's worker failed 3 time(s)")
     assert results.consolidate(tmp_path) == 2  # trials
 
     r = results.load(tmp_path)
@@ -21,6 +25,8 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     assert len(trials) == 4 and trials.index.is_unique
     assert (trials.loc["good", "status"] == "COMPLETED").all()
     assert (trials.loc["bad", "status"] == "ERROR").all()
+    assert trials.loc["good", "reason"].isna().all()
+    assert (trials.loc["bad", "reason"] == "the trial's worker failed 3 time(s)").all()
     assert (trials.loc["good", "n_params"] == 169_270).all() and trials.loc["bad", "n_params"].isna().all()
     for network in result.networks:
         row = trials.loc[("good", network.seed)]
@@ -28,7 +34,8 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
         assert row["test_loss"] == pytest.approx(network.test_loss.mean())
         saved = torch.load(results.weights_path(tmp_path, "good", network.seed))
         assert all(torch.equal(saved[k], v) for k, v in network.best_state.items())
-    assert list(r.trials.columns[:5]) == ["trial_id", "seed", "stage", "status", "model.attention.layers"]
+    assert list(r.trials.columns[:6]) == ["trial_id", "seed", "stage", "status", "reason",
+                                          "model.attention.layers"]
     stages = r.trials.groupby("trial_id")["stage"].unique().map(list).to_dict()
     assert stages == {"good": ["tune"], "bad": ["confirm"]}
     assert r.epochs[["trial_id", "seed", "epoch"]].values.tolist() == [
@@ -41,3 +48,18 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     # The trial's parameters are joined to its samples, so arms group directly.
     assert r.params == ["model.attention.layers"] and set(r.samples["model.attention.layers"]) == {"[]"}
     assert results.status_counts(tmp_path) == {"COMPLETED": 2, "ERROR": 2}
+
+
+def test_a_network_that_failed_is_an_error_row_with_its_reason_and_leaves_no_samples(tmp_path):
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
+    result = fit(study, seeds=[0, 1])
+    result.networks[1] = dataclasses.replace(result.networks[1], failure="diverged at epoch 0: ...")
+    results.write_trial(tmp_path, "half", "tune", {"model.attention.layers": "[]"}, result)
+    results.consolidate(tmp_path)
+    r = results.load(tmp_path)
+    assert r.trials["status"].tolist() == ["COMPLETED", "ERROR"]
+    assert r.trials["reason"].iloc[1] == "diverged at epoch 0: ..." and pd.isna(r.trials["test_loss"].iloc[1])
+    assert set(r.samples["seed"]) == {0}
+    assert [p.name for p in (tmp_path / "weights" / "half").iterdir()] == ["seed-0.pt"]
+    assert results.failures(tmp_path) == [
+        "tune trial half layers=[]: 1 of 2 networks failed: diverged at epoch 0: ..."]

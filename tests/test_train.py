@@ -5,7 +5,7 @@ import torch
 from study import config
 from study.config import TrainConfig
 from study.models import LeNet
-from study.train import as_images, as_inputs, fit, make_optimizer
+from study.train import as_images, as_inputs, failure, fit, make_optimizer
 
 from .conftest import SMOKE
 
@@ -123,3 +123,23 @@ def test_the_optimiser_named_is_the_one_that_steps(optimizer, expected):
     p.square().sum().backward()
     step.step()
     assert p.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_diverging_network_is_stopped_with_its_reason_and_reports_no_value():
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=3", "model.batchnorm=false",
+                                "train.lr=0.99"])
+    reports = []
+    result = fit(study, seeds=[0, 1], report=reports.append)
+    for network in result.networks:
+        assert network.failure.startswith("diverged at epoch 0: training loss")
+    assert len(reports) == 1 and np.isnan(reports[0]["best_val_loss"])  # stopped: none left
+
+
+@pytest.mark.parametrize(("train", "val", "expected"), [
+    (0.5, 0.6, None), (float("nan"), 0.6, "loss not finite"), (0.5, float("inf"), "loss not finite"),
+    (7.0, 0.6, "training loss 7 is over 10 × the untrained network's validation loss 0.69"),
+    (0.5, 6.95, "validation loss 6.95 is over 10"), (0.5, 6.8, None),
+])
+def test_the_divergence_rule(train, val, expected):
+    reason = failure(train, val, untrained=0.69, epoch=4)
+    assert reason is None if expected is None else expected in reason and "epoch 4" in reason

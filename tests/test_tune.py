@@ -1,5 +1,6 @@
 """Real studies through Ray Tune and OptunaSearch, checked against the result-file contract."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -120,6 +121,9 @@ def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
     assert shown["comparisons"][0]["diff_ci_low"] < shown["comparisons"][0]["diff_ci_high"]
     progress = [line for line in run.stdout.splitlines() if " done: " in line]
     assert len(progress) == 2 and all("mean of 3 seeds" in line for line in progress)
+    assert "left] tune trial" in progress[0]  # a running count and an estimate of the time left
+    # Quiet by default: the model table, the dataset, one line per trial, the summary.
+    assert len(run.stdout.splitlines()) <= 10 and "╭" not in run.stdout and "TensorBoard" not in run.stdout
 
 
 def free_port() -> int:
@@ -128,58 +132,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ray_start(log: Path, *args: str) -> subprocess.Popen:
+    """``ray start --block`` bound to 127.0.0.1, once it says it runs; it drains and stops its
+    daemons when terminated."""
+    with log.open("w") as out:
+        node = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1", "--disable-usage-stats", *args],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while "Ray runtime started" not in log.read_text():
+        if node.poll() is not None or time.monotonic() > deadline:
+            stop(node)
+            pytest.fail(log.read_text()[-3000:])
+        time.sleep(0.5)
+    return node
+
+
+def stop(node: subprocess.Popen) -> None:
+    node.terminate()
+    try:
+        node.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)  # its own process group: only what it started
+        node.wait()
+
+
 @pytest.fixture
-def ray_head(tmp_path, monkeypatch):
-    """A Ray head on 127.0.0.1 with token authentication, stopped through the process that
-    started it (``ray start --block`` drains and stops its daemons on SIGTERM)."""
+def ray_cluster(tmp_path, monkeypatch):
+    """A head and a second node on 127.0.0.1, one CPU each, token authentication on for both
+    (the same RAY_AUTH_MODE and RAY_AUTH_TOKEN on every machine, as the README says), each
+    stopped through the process that started it."""
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    port, log = free_port(), tmp_path / "ray-head.log"
-    with log.open("w") as out:
-        head = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-             f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    port = free_port()
+    head = ray_start(tmp_path / "ray-head.log", "--head", f"--port={port}", "--include-dashboard=false")
     try:
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in log.read_text():
-            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        head.terminate()
+        node = ray_start(tmp_path / "ray-node.log", f"--address=127.0.0.1:{port}")
         try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)  # its own process group: only what it started
-            head.wait()
+            yield f"127.0.0.1:{port}"
+        finally:
+            stop(node)
+    finally:
+        stop(head)
 
 
-def test_a_study_that_selects_confirms_each_level_on_fresh_seeds(tmp_path):
-    space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.003, 0.03]}}"
-    run = study("run", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=1", "--set", space,
-                "--set", "search.seeds=1", "--set", "search.confirm_seeds=2", "--results", str(tmp_path))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
-    tuned, confirmed = trials[trials["stage"] == "tune"], trials[trials["stage"] == "confirm"]
-    assert len(tuned) == 4 and set(tuned["seed"]) == {0}  # the grid, one seed each
-    assert len(confirmed) == 4 and sorted(confirmed["seed"]) == [1, 1, 2, 2]  # fresh seeds
-    for level, rows in confirmed.groupby("model.attention.layers"):
-        mine = tuned[tuned["model.attention.layers"] == level]
-        assert rows["train.lr"].unique().tolist() == [mine.loc[mine["best_val_loss"].idxmin(), "train.lr"]]
-        assert rows["trial_id"].nunique() == 1  # one trial per level, training both seeds
-    # Optuna's history holds the search only; the confirmation is no search.
-    ot = optuna.load_study(storage=f"sqlite:///{tmp_path / 'smoke' / 'optuna.db'}", study_name="smoke")
-    assert len(ot.trials) == 4
-    assert "confirmation: each level's selected configuration retrained on fresh seeds 1..2" in run.stdout
-    shown = json.loads(study("analyze", str(tmp_path / "smoke"), "--json").stdout)
-    assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
-    assert shown["notes"] == []
-
-
-def test_study_on_an_existing_ray_cluster(tmp_path, ray_head):
+def test_study_on_an_existing_two_node_ray_cluster(tmp_path, ray_cluster):
     out = study("run", str(SMOKE), *SMALL, "--set", "search.seeds=1", "--results", str(tmp_path),
-                "--address", ray_head)
+                "--address", ray_cluster)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study_dir = tmp_path / "smoke"
     trials = check_contract(study_dir, n_trials=2)
@@ -188,3 +187,101 @@ def test_study_on_an_existing_ray_cluster(tmp_path, ray_head):
     values = dict(zip(trials["model.attention.layers"], trials["best_val_loss"], strict=True))
     assert {t.params["model.attention.layers"]: t.value for t in ot.trials} == pytest.approx(values)
     check_analysis(study_dir, trials)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc: what a driver started (Ray's daemons, workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_study_killed_with_sigkill_resumes_with_every_trial_exactly_once(tmp_path):
+    space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"
+    args = ["run", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=1", "--set", space,
+            "--set", "search.seeds=1", "--set", "search.confirm_seeds=2", "--results", str(tmp_path)]
+    log = (tmp_path / "killed.log").open("w")
+    driver = subprocess.Popen([str(BIN / "study"), *args], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    staged, deadline = tmp_path / "smoke" / ".trials", time.monotonic() + 300
+    started: list[int] = []
+    try:
+        while not (staged.exists() and any(staged.glob("*.json"))):  # the first trial has finished
+            assert driver.poll() is None and time.monotonic() < deadline, log.name
+            time.sleep(0.2)
+        started = descendants(driver.pid)
+        driver.kill()  # kill -9 of the driver, mid-study
+        driver.wait()
+    finally:
+        # What that driver started (Ray's daemons and workers), by process id and by its group.
+        for pid in [*started, *descendants(driver.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        log.close()
+    finished_before = {p.stem for p in staged.glob("*.json")}
+    assert 1 <= len(finished_before) < 6  # killed halfway: 4 tuning + 2 confirmation trials planned
+
+    again = study(*args)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never overwritten
+    resumed = study(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    tuned, confirmed = trials[trials["stage"] == "tune"], trials[trials["stage"] == "confirm"]
+    # Exactly the trials a run without the crash has: the grid once, each level confirmed once.
+    configurations = tuned.drop_duplicates("trial_id")[["model.attention.layers", "train.lr"]]
+    assert len(configurations) == 4 and not configurations.duplicated().any()
+    assert len(tuned) == 4 and len(confirmed) == 4 and sorted(confirmed["seed"]) == [1, 1, 2, 2]
+    for level, rows in confirmed.groupby("model.attention.layers"):  # each level's best, retrained
+        mine = tuned[tuned["model.attention.layers"] == level]
+        assert rows["train.lr"].unique().tolist() == [mine.loc[mine["best_val_loss"].idxmin(), "train.lr"]]
+        assert rows["trial_id"].nunique() == 1  # one trial per level, training both fresh seeds
+    assert finished_before <= set(trials["trial_id"])  # what finished before the crash is kept
+    samples = pd.read_parquet(tmp_path / "smoke" / "samples")
+    assert set(samples["trial_id"].astype(str)) == set(trials["trial_id"])
+    assert len(samples) == len(trials) * 30
+    weights = {p.parent.name for p in (tmp_path / "smoke" / "weights").glob("*/seed-*.pt")}
+    assert weights == set(trials["trial_id"])
+    ot = optuna.load_study(storage=f"sqlite:///{tmp_path / 'smoke' / 'optuna.db'}", study_name="smoke")
+    states = [t.state for t in ot.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4  # the confirmation is no search
+    assert "confirmation: each level's selected configuration retrained on fresh seeds 1..2" in \
+        resumed.stdout + (tmp_path / "killed.log").read_text()
+    shown = json.loads(study("analyze", str(tmp_path / "smoke"), "--json").stdout)
+    assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
+    assert shown["notes"] == []
+
+
+def test_a_diverging_configuration_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
+    """Also: the Optuna trials in a journal file, the storage for a shared file system."""
+    space = "space={train.lr: {choice: [0.0003, 0.99]}}"
+    journal = tmp_path / "shared" / "optuna.log"
+    run = study("run", str(SMOKE), *SMALL, "--set", "model.batchnorm=false", "--set", space,
+                "--set", "compare=train.lr", "--set", "search.seeds=2", "--results", str(tmp_path),
+                "--storage", f"journal:{journal}")
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    bad, good = trials[trials["train.lr"] == 0.99], trials[trials["train.lr"] == 0.0003]
+    assert (bad["status"] == "ERROR").all() and (good["status"] == "COMPLETED").all()
+    assert bad["reason"].str.contains("diverged|not finite").all() and good["reason"].isna().all()
+    assert bad["test_loss"].isna().all()
+    assert "lr=0.99: 2 of 2 networks failed: " in run.stderr
+    assert not (tmp_path / "smoke" / "optuna.db").exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    ot = optuna.load_study(storage=storage, study_name="smoke")
+    assert sorted(t.state.name for t in ot.trials) == ["COMPLETE", "FAIL"]
+    analyzed = study("analyze", str(tmp_path / "smoke"))  # one level left: no comparison, a message
+    assert analyzed.returncode == 2 and "a comparison needs two" in analyzed.stderr
