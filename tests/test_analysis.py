@@ -258,3 +258,24 @@ def test_failed_networks_are_left_out_and_named(tmp_path):
     (note,) = result.notes
     assert "[0]: 1 of 4 (diverged at epoch 2" in note and "compare 3 vs 3 networks" in note
     assert "diverged at epoch 2" in report.markdown(result, {})
+
+
+def test_the_attention_figure_draws_from_weights_saved_with_the_retired_top_down_bias(tmp_path):
+    """Weights saved before AttConv dropped its inert b_td carry that key; the report still loads them."""
+    import torch
+
+    from study import results
+    from study.train import fit
+
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1"])
+    results.write_study(tmp_path, study)
+    for trial_id, layers in (("plain", "[]"), ("attentional", "[0]")):
+        trained = fit(config.resolve(study, {"model.attention.layers": layers}), seeds=[0, 1])
+        results.write_trial(tmp_path, trial_id, "tune", {"model.attention.layers": layers}, trained)
+    results.consolidate(tmp_path)
+    for seed in (0, 1):
+        path = results.weights_path(tmp_path, "attentional", seed)
+        torch.save({**torch.load(path), "features.0.0.bias_td": torch.zeros(1)}, path)
+    path = tmp_path / "attention.png"
+    assert report.attention_maps(analysis.analyze(tmp_path), tmp_path, path) == ""
+    assert path.stat().st_size > 1000
