@@ -25,6 +25,7 @@ import os
 import pickle
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -276,15 +277,15 @@ def searcher(study: Study, study_dir: Path, done: list[dict[str, Any]] = ()) -> 
 
     def optuna_search(keys: list[str], name: str, points: list[dict] | None = None) -> OptunaSearch:
         return FailingSearch(space=optuna_space(study, keys), metric=METRIC, mode=MODE,
-                            sampler=sampler(study, keys), study_name=name, storage=stored,
-                            points_to_evaluate=points)
+                             sampler=sampler(study, keys), study_name=name, storage=stored,
+                             points_to_evaluate=points)
 
     if study.tuned_per_level():
         key = study.compare
         others = [k for k in study.space if k != key]
-        counts = pd.Series([c[key] for c in done], dtype=object).value_counts().to_dict()
         return PerLevel(key, {level: optuna_search(others, study_name(study, level))
-                              for level in study.space[key].levels()}, search.trials, counts)
+                              for level in study.space[key].levels()}, search.trials,
+                        Counter(configuration[key] for configuration in done))
     if search.sampler == "grid" and done:
         keys = list(study.space)
         grid = [dict(zip(keys, values, strict=True))

@@ -54,3 +54,23 @@ def test_each_level_is_tuned_by_its_own_study_taking_turns(tmp_path):
         trials = optuna.load_study(study_name=f"position:{level}", storage=storage).trials
         assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
         assert set(trials[0].params) == {"train.lr"}  # the compared key is fixed per study
+
+
+def test_a_resumed_search_suggests_only_what_the_interrupted_run_lacks(tmp_path):
+    # Tuned per level: each level's count starts from the configurations it already has.
+    study = config.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=2", "search.seeds=1"])
+    done = [{"model.attention.layers": "none", "train.lr": 0.001}] * 2 + \
+        [{"model.attention.layers": "conv1", "train.lr": 0.001}]
+    search = searcher(study, tmp_path, done)
+    levels = [search.suggest(f"t{i}")["model.attention.layers"] for i in range(5)]
+    assert sorted(levels) == ["both", "both", "conv1", "conv2", "conv2"]
+    assert search.suggest("t5") == Searcher.FINISHED
+    # A grid: only the missing points, each once.
+    grid = config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0]]}, "
+                               "train.lr: {choice: [0.001, 0.003]}}"])
+    tried = [{"model.attention.layers": "[]", "train.lr": 0.003}]
+    (tmp_path / "grid").mkdir()
+    search = searcher(grid, tmp_path / "grid", tried)
+    suggested = [search.suggest(f"g{i}") for i in range(3)]
+    assert sorted((s["model.attention.layers"], s["train.lr"]) for s in suggested) == [
+        ("[0]", 0.001), ("[0]", 0.003), ("[]", 0.001)]
