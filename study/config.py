@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -438,6 +439,13 @@ def section_keys(study: Study, section: str) -> list[str]:
     return [key for key in study.space if key == section or key.startswith(f"{section}.")]
 
 
+def combinations(study: Study, keys: list[str]) -> Iterator[dict[str, Any]]:
+    """Every combination of the given space keys' candidates (their levels, or both ends of a
+    range), as ``{key: stored value}`` in the keys' order."""
+    for values in itertools.product(*(study.space[k].candidates() for k in keys)):
+        yield dict(zip(keys, values, strict=True))
+
+
 def resolve(study: Study, params: dict[str, Any]) -> Study:
     """The study with ``params`` (dotted keys, values as the result files store them) filled in."""
     raw = study.model_dump(by_alias=True)
@@ -527,10 +535,7 @@ def _validate(raw: dict, path: Path) -> Study:
 
 def _check_candidates(study: Study, path: Path) -> None:
     """Every value the space can choose must make a valid study, checked before any trial runs."""
-    keys = list(study.space)
-    values = [study.space[k].candidates() for k in keys]
-    for combination in itertools.islice(itertools.product(*values), 10_000):
-        params = dict(zip(keys, combination, strict=True))
+    for params in itertools.islice(combinations(study, list(study.space)), 10_000):
         try:
             resolve(study, params)
         except ValidationError as err:

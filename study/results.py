@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,16 @@ TRIAL_COLUMNS_LAST = (
 )
 EPOCH_COLUMNS = ("trial_id", "seed", "epoch", "train_loss", "val_loss", "seconds")
 _STAGED = ".trials"
+
+
+def param_columns(columns: Iterable[str]) -> list[str]:
+    """The space keys among a trials table's columns: every column the contract does not fix."""
+    return [c for c in columns if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
+
+
+def shown(params: dict[str, Any]) -> str:
+    """A configuration as a progress line shows it: ``layers=[0] lr=0.001``."""
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items())
 
 
 def write_study(study_dir: Path, study: Study) -> None:
@@ -163,8 +174,7 @@ def consolidate(study_dir: Path) -> int:
     for col in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST):
         if col not in trials:
             trials[col] = None
-    params = [c for c in trials.columns if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
-    trials = trials[[*TRIAL_COLUMNS_FIRST, *params, *TRIAL_COLUMNS_LAST]]
+    trials = trials[[*TRIAL_COLUMNS_FIRST, *param_columns(trials), *TRIAL_COLUMNS_LAST]]
     trials = trials.astype({"seed": "int32", "reason": "string", "n_params": "Int64", "flops": "Int64",
                             "best_epoch": "Int64", "best_val_loss": "float64", "test_loss": "float64",
                             "test_exact_acc": "float64"})
@@ -186,14 +196,14 @@ def status_counts(study_dir: Path) -> dict[str, int]:
 def failures(study_dir: Path) -> list[str]:
     """One line per trial that lost networks: which, how many, and why."""
     trials = pd.read_parquet(Path(study_dir) / "trials.parquet")
-    params = [c for c in trials if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
+    params = param_columns(trials)
     lines = []
     for trial_id, rows in trials.groupby("trial_id", sort=False):
         failed = rows[rows["status"] == "ERROR"]
         if len(failed):
-            shown = " ".join(f"{k.rsplit('.', 1)[-1]}={rows[k].iloc[0]}" for k in params)
-            lines.append(f"{rows['stage'].iloc[0]} trial {trial_id} {shown}: {len(failed)} of {len(rows)} "
-                         f"networks failed: {failed['reason'].iloc[0]}")
+            configuration = shown({k: rows[k].iloc[0] for k in params})
+            lines.append(f"{rows['stage'].iloc[0]} trial {trial_id} {configuration}: {len(failed)} of "
+                         f"{len(rows)} networks failed: {failed['reason'].iloc[0]}")
     return lines
 
 
@@ -214,7 +224,7 @@ def load(path: str | Path) -> Results:
     per-sample rows so that arms can be grouped directly."""
     path = Path(path)
     trials = _read(path / "trials.parquet")
-    params = [c for c in trials if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
+    params = param_columns(trials)
     samples_dir = path / "samples"
     samples = _read(samples_dir) if samples_dir.exists() else pd.DataFrame()
     if "trial_id" in samples:

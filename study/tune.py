@@ -18,7 +18,6 @@ the ones killed mid-way are discarded and marked FAIL.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -44,7 +43,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study import results
 from study.analysis import best_configurations
-from study.config import Study, resolve
+from study.config import Study, combinations, resolve
 from study.data import build
 from study.errors import UserError
 from study.storage import optuna_storage, study_name, study_names
@@ -197,8 +196,8 @@ class _Recorder(tune.Callback):
 
     def _line(self, trial, what: str) -> None:
         n = results.consolidate(self.study_dir)
-        shown = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in _params(self.study, trial.config).items())
-        print(f"{self.progress(n)} {self.stage} trial {trial.trial_id} {shown}: {what}", flush=True)
+        configuration = results.shown(_params(self.study, trial.config))
+        print(f"{self.progress(n)} {self.stage} trial {trial.trial_id} {configuration}: {what}", flush=True)
 
 
 def gpu_share(trials: int) -> float:
@@ -286,11 +285,10 @@ def searcher(study: Study, study_dir: Path, done: list[dict[str, Any]] = ()) -> 
         return PerLevel(key, {level: optuna_search(others, study_name(study, level))
                               for level in study.space[key].levels()}, search.trials,
                         Counter(configuration[key] for configuration in done))
-    if search.sampler == "grid" and done:
+    if search.sampler == "grid" and done:  # a grid's keys are all choices: candidates are levels
         keys = list(study.space)
-        grid = [dict(zip(keys, values, strict=True))
-                for values in itertools.product(*(study.space[k].levels() for k in keys))]
-        return optuna_search(keys, study_name(study), [point for point in grid if point not in done])
+        missing = [point for point in combinations(study, keys) if point not in done]
+        return optuna_search(keys, study_name(study), missing)
     return optuna_search(list(study.space), study_name(study))
 
 
@@ -307,21 +305,21 @@ def fail_interrupted(study: Study, study_dir: Path) -> int:
     return stale
 
 
-def _finished(study_dir: Path, stage: str) -> pd.DataFrame:
-    """One row per trial of ``stage`` that finished (its rows are staged), with its parameters."""
+def _finished(study_dir: Path) -> pd.DataFrame:
+    """One row per trial that finished before this run (its rows are staged), with its stage and
+    parameters; ``trials.parquet`` is brought up to date on the way."""
     if not results.consolidate(study_dir):
         return pd.DataFrame(columns=["trial_id", "stage"])
-    trials = pd.read_parquet(study_dir / "trials.parquet")
-    return trials[trials["stage"] == stage].drop_duplicates("trial_id")
+    return pd.read_parquet(study_dir / "trials.parquet").drop_duplicates("trial_id")
 
 
 def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
     """The tuning stage and, where the study selects, the confirmation stage; of an interrupted
     study, the trials it lacks."""
     search = study.search
-    tuned = _finished(study_dir, "tune")
-    done = [{k: row[k] for k in study.space} for _, row in tuned.iterrows()]
-    progress = _Progress(study.n_trials(), len(tuned) + len(_finished(study_dir, "confirm")))
+    finished = _finished(study_dir)
+    done = [{k: row[k] for k in study.space} for _, row in finished[finished["stage"] == "tune"].iterrows()]
+    progress = _Progress(study.n_trials(), len(finished))
     gpu = study.resources.gpu
     if gpu == "auto":
         gpu = gpu_share(study.n_configurations()) if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -338,7 +336,7 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
     tuned = trials[trials["stage"] == "tune"]
     if tuned["trial_id"].nunique() < study.n_configurations():
         return  # interrupted: the CLI reports what is missing
-    confirmed = set(_finished(study_dir, "confirm").get(study.compare_key(), []))
+    confirmed = set(trials.loc[trials["stage"] == "confirm", study.compare_key()])
     chosen = {level: params for level, params in
               best_configurations(study, tuned, study.compare_key()).items() if level not in confirmed}
     if not chosen:

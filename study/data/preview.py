@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from study.config import DataConfig, Study, resolve, section_keys
+from study.config import DataConfig, Study, combinations, resolve, section_keys
 from study.data.compose import N_CLASSES, Composites
 from study.data.dataset import SPLITS, Dataset, build
 
@@ -72,8 +71,7 @@ def settings(study: Study) -> dict[str, DataConfig]:
     no data key; otherwise ``key=value`` pairs, or the value alone for a single key)."""
     keys = section_keys(study, "data")
     found = {}
-    for combination in itertools.product(*(study.space[k].candidates() for k in keys)):
-        params = dict(zip(keys, combination, strict=True))
+    for params in combinations(study, keys):
         label = ",".join(str(v) if len(keys) == 1 else f"{k}={v}" for k, v in params.items())
         found[label] = resolve(study, params).data
     return found

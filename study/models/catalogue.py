@@ -9,11 +9,9 @@ Example:
 
 from __future__ import annotations
 
-import itertools
-
 import pandas as pd
 
-from study.config import Study, resolve, section_keys
+from study.config import Study, combinations, resolve, section_keys
 from study.models.baseline import matched
 from study.models.lenet import LeNet, forward_flops, n_params
 
@@ -28,8 +26,7 @@ def catalogue(study: Study) -> pd.DataFrame:
     """
     keys = section_keys(study, "model") + section_keys(study, "data")
     rows = []
-    for combination in itertools.product(*(study.space[k].candidates() for k in keys)):
-        params = dict(zip(keys, combination, strict=True))
+    for params in combinations(study, keys):
         resolved = resolve(study, params)
         config, canvas, channels = resolved.model, resolved.data.canvas, resolved.data.channels()
         match = None
