@@ -228,7 +228,7 @@ def best_configurations(study: config.Study, trials: pd.DataFrame, factor: str) 
     lost a network (status ERROR; Optuna failed it) is chosen only where its level has no other;
     a level none of whose networks trained has none."""
     keys = list(study.space)
-    failed = trials.loc[trials["status"] != "COMPLETED", "trial_id"]
+    failed = trials.loc[trials["status"] == "ERROR", "trial_id"]
     chosen = {}
     for level in study.space[factor].levels():
         at_level = trials[trials[factor] == level]
@@ -247,7 +247,7 @@ def best_configurations(study: config.Study, trials: pd.DataFrame, factor: str) 
 def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[Arm]:
     """Per level, the networks that enter: the confirmation networks where the study has them
     for this factor, else the networks of the level's selected configuration; of those, the
-    ones that trained (status COMPLETED)."""
+    ones that trained (status COMPLETED, or STOPPED early by ASHA in a tuning stage)."""
     tuned = trials[trials["stage"] == "tune"]
     confirmed = trials[trials["stage"] == "confirm"]
     arms = []
@@ -257,8 +257,8 @@ def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[
         else:
             mine = tuned.loc[(tuned[list(params)] == pd.Series(params)).all(axis=1)]
             stage = "tune"
-        failed = mine[mine["status"] != "COMPLETED"]
-        mine = mine[mine["status"] == "COMPLETED"]
+        failed = mine[mine["status"] == "ERROR"]
+        mine = mine[mine["status"].isin(results.TRAINED)]
         if not mine.empty:
             arms.append(Arm(level, list(zip(mine["trial_id"], mine["seed"], strict=True)), params, stage,
                             failed["reason"].fillna("no reason recorded").tolist()))
@@ -328,7 +328,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         choices = [k for k, d in study.space.items() if d.choice is not None]
         raise UserError(f"--by {factor}: compare by a 'choice' key of the space: {choices}")
     r = results.load(study_dir)
-    done = r.trials[r.trials["status"] == "COMPLETED"]
+    done = r.trials[r.trials["status"].isin(results.TRAINED)]
     if "reason" not in r.trials:  # results written before failures had reasons
         r.trials["reason"] = None
     if split is not None and split not in r.samples:
@@ -358,6 +358,11 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         notes.append(f"networks that failed are left out (status ERROR, reason in trials.parquet): {lost}. "
                      f"The arms compare {counts} networks; a failure that depends on the arm "
                      "(divergence, say) is itself a result and biases the comparison of the rest")
+    stopped = [str(arm.level) for arm in arms
+               if (of_networks(done, arm.networks)["status"] == "STOPPED").any()]
+    if stopped:
+        notes.append(f"{', '.join(stopped)}: networks of tuning trials that ASHA stopped early (status "
+                     "STOPPED), trained for fewer epochs than train.epochs")
     if study.confirms() and any(arm.stage == "tune" for arm in arms):
         unconfirmed = [str(arm.level) for arm in arms if arm.stage == "tune"]
         notes.append(f"not confirmed on fresh seeds: {', '.join(unconfirmed)}. Their networks are the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import uuid
@@ -54,6 +55,15 @@ def _claim(study_dir: Path, rename: str) -> Path:
     return study_dir
 
 
+def _shared(results: Path) -> None:
+    """Inside a Ray job the working directory is Ray's temporary copy of the uploaded one, which
+    the other nodes do not see and Ray deletes: results need a path every node shares."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and not results.is_absolute():
+        raise UserError(f"--results {results}: a relative path inside a Ray job lands in Ray's temporary "
+                        "copy of the job's working directory; give a folder every node of the cluster "
+                        "sees, e.g. --results /shared/results")
+
+
 def _resumable(study: config.Study, space: Path, study_dir: Path) -> Path:
     """``study_dir`` if it holds an interrupted run of this very study."""
     stored = study_dir / "study.yaml"
@@ -74,8 +84,9 @@ def run(
     sets: Sets = None,
     results: ResultsDir = Path("results"),
     name: Annotated[str | None, typer.Option(help="study name (default: the file's)")] = None,
-    address: Annotated[str | None, typer.Option(
-        help="existing Ray cluster, e.g. 127.0.0.1:6379 (default: start an embedded one)")] = None,
+    address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", show_envvar=False, help=(
+        "existing Ray cluster, e.g. 127.0.0.1:6379, or auto (default: $RAY_ADDRESS, which a Ray job "
+        "sets; else an embedded Ray)"))] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", help="also show Ray's status tables and the workers' output")] = False,
     storage: Annotated[str | None, typer.Option(
@@ -88,6 +99,7 @@ def run(
     try:
         extra = [*([f"name={name}"] if name else []), *([f"search.storage={storage}"] if storage else [])]
         study = _load(space, [*(sets or []), *extra], download)
+        _shared(results)
         study_dir = (_resumable(study, space, results / study.name) if resume
                      else _claim(results / study.name, "--name NEW_NAME or --resume"))
         # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
@@ -103,7 +115,8 @@ def run(
 
     expected = study.n_networks()
     counts = status_counts(study_dir)
-    completed, failed = counts.get("COMPLETED", 0), counts.get("ERROR", 0)
+    completed = counts.get("COMPLETED", 0) + counts.get("STOPPED", 0)
+    failed = counts.get("ERROR", 0)
     if completed + failed < expected:  # Ray Tune returns early when interrupted (Ctrl-C)
         again = " ".join(shlex.quote(a) for a in ["study", *sys.argv[1:]] if a != "--resume")
         typer.echo(f"interrupted: {completed + failed} of {expected} networks finished; their results "
@@ -143,7 +156,7 @@ def trial(
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
     typer.echo(f"trial {trial_id}: {shown}, seeds {seeds}")
 
-    def progress(row: dict) -> None:
+    def progress(row: dict, _snapshot: object) -> None:
         typer.echo(f"  epoch {row['epoch']:3d}  train {row['train_loss']:.4f}  "
                    f"val {row['val_loss']:.4f}  (mean of {len(seeds)} seeds; {row['seconds']:.1f} s)")
 

@@ -273,6 +273,11 @@ class SearchConfig(_Section):
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
     storage: str | None = Field(None, description="Optuna storage: a SQLAlchemy URL or journal:PATH; "
                                 "default sqlite:///<results>/optuna.db (see study.storage)")
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="asha: Ray Tune's ASHA stops tuning "
+                                               "trials whose validation loss trails their level's")
+    grace_period: int = Field(1, ge=1, description="asha: epochs before a trial can be stopped")
+    reduction_factor: float = Field(4, gt=1, description="asha: about 1 in this many trials goes on "
+                                    "past each rung (grace_period × reduction_factor^k epochs)")
 
     @field_validator("storage")
     @classmethod
@@ -339,8 +344,27 @@ class Study(_Section):
                 "for each of its levels, and there are none; add one (e.g. train.lr) or use "
                 "sampler grid"
             )
+        self._check_scheduler()
         feature_side(self.data.canvas, self.model)
         return self
+
+    def _check_scheduler(self) -> None:
+        search = self.search
+        if search.scheduler == "fifo":
+            # study.yaml holds every default, so only a changed value betrays a mistake.
+            changed = [key for key in ("grace_period", "reduction_factor")
+                       if getattr(search, key) != SearchConfig.model_fields[key].default]
+            if changed:
+                raise ValueError(f"search.{changed[0]} is read only with search.scheduler: asha")
+            return
+        if not self.confirms():
+            raise ValueError(
+                "search.scheduler: asha stops trials early, which only a tuning stage may do; this "
+                "study's trials are its compared networks (its space varies only the compared "
+                f"factor {self.compare_key()!r}), so they must all train to the end: use fifo")
+        if search.grace_period >= self.train.epochs:
+            raise ValueError(f"search.grace_period ({search.grace_period}) must be below train.epochs "
+                             f"({self.train.epochs}), or no trial can be stopped early")
 
     def grid_size(self) -> int:
         return math.prod(len(d.choice or ()) for d in self.space.values())
@@ -490,7 +514,7 @@ def _set_dotted(raw: dict, key: str, value: Any, merge: bool = False) -> None:
 
 # Settings that only ever had one value, since removed: files that still carry them at that value
 # (every results folder's study.yaml written before) load as before; any other value is an error.
-RETIRED = {("model", "family"): "lenet5", ("train", "select"): "best_val", ("search", "scheduler"): "fifo",
+RETIRED = {("model", "family"): "lenet5", ("train", "select"): "best_val",
            ("search", "metric"): "best_val_loss", ("search", "mode"): "min"}
 
 

@@ -39,7 +39,7 @@ from study.analysis import ALPHA, IMAGE_KEYS, IMAGE_LEVEL, Analysis, of_networks
 from study.data import build
 from study.files import atomic_write
 from study.models import AttConv, build_network
-from study.results import weights_path
+from study.results import TRAINED, weights_path
 from study.storage import may_hold_trials, optuna_storage, study_name, study_names
 from study.train import as_images, as_inputs
 
@@ -193,7 +193,7 @@ def optuna_importances(analysis: Analysis, study_dir: Path, path: Path) -> str:
 def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
     """The best attentional network's first AttConv on a few test images."""
     study, trials = analysis.study, pd.read_parquet(study_dir / "trials.parquet")
-    trials = trials[trials["status"] == "COMPLETED"].sort_values("best_val_loss")
+    trials = trials[trials["status"].isin(TRAINED)].sort_values("best_val_loss")
     for _, row in trials.iterrows():
         trial_study = config.resolve(study, {key: row[key] for key in study.space})
         weights = weights_path(study_dir, row["trial_id"], row["seed"])

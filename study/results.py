@@ -36,6 +36,8 @@ TRIAL_COLUMNS_LAST = (
     "n_params", "flops", "best_epoch", "best_val_loss", "test_loss", "test_exact_acc",
     "wall_s", "device", "data_fingerprint", "data_source",
 )
+# A network with test results and weights: trained to the end, or stopped early by ASHA (tuning only).
+TRAINED = ("COMPLETED", "STOPPED")
 EPOCH_COLUMNS = ("trial_id", "seed", "epoch", "train_loss", "val_loss", "seconds")
 _STAGED = ".trials"
 
@@ -91,13 +93,14 @@ def trained(result: TrialResult) -> list[Network]:
 
 
 def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialResult) -> list[dict]:
-    """One row per network of the trial; a failed one is ERROR with its reason and no test results."""
+    """One row per network of the trial; a failed one is ERROR with its reason and no test results;
+    those of a trial a scheduler stopped are STOPPED, with the reason."""
     return [{
         "trial_id": trial_id,
         "seed": network.seed,
         "stage": stage,
-        "status": "ERROR" if network.failure else "COMPLETED",
-        "reason": network.failure,
+        "status": "ERROR" if network.failure else "STOPPED" if result.stopped else "COMPLETED",
+        "reason": network.failure or result.stopped,
         **params,
         "n_params": result.n_params,
         "flops": result.flops,
@@ -186,7 +189,7 @@ def consolidate(study_dir: Path) -> int:
 
 
 def status_counts(study_dir: Path) -> dict[str, int]:
-    """How many networks (trial × seed) ended in each status (COMPLETED, ERROR) so far."""
+    """How many networks (trial × seed) ended in each status (COMPLETED, STOPPED, ERROR) so far."""
     path = Path(study_dir) / "trials.parquet"
     if not path.exists():
         return {}

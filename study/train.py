@@ -10,7 +10,8 @@ taken by index, so nothing crosses from host to device inside the loop. On CUDA 
 step is captured once as a CUDA graph and replayed (``train.cuda_graphs``; ``study.cuda_graph``).
 A network whose loss stops being finite or diverges (``failure``) stops counting: its best
 epoch stays where it was, the others train on, and the trial stops early when none is left.
-``fit`` knows nothing of Ray: it calls ``report`` once per epoch with plain numbers.
+``fit`` knows nothing of Ray: it calls ``report`` once per epoch with plain numbers and a way to
+take a ``Snapshot``, from which ``conclude`` finishes a trial that a scheduler stopped early.
 
 Example:
     >>> from study.config import load
@@ -25,7 +26,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +67,7 @@ class TrialResult:
     device: str
     wall_s: float  # the whole trial, every seed together
     dataset: Dataset
+    stopped: str | None = None  # why a scheduler stopped the trial before train.epochs, if it did
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -138,23 +141,53 @@ def training_step(net: Stacked, optimizer: torch.optim.Optimizer, images: torch.
     return step
 
 
-def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | None = None) -> TrialResult:
-    """Train ``study``'s model (its space already resolved) once per seed; see the module doc."""
-    start = time.perf_counter()
-    cfg = study.train
-    device = pick_device(cfg.device)
-    data = build(study.data)
-    train_x, val_x, test_x = (as_images(data[s].images, device) for s in ("train", "val", "test"))
-    train_y, val_y, test_y = (torch.from_numpy(data[s].targets).to(device, torch.get_default_dtype())
-                              for s in ("train", "val", "test"))
+@dataclass
+class Snapshot:
+    """A trial as far as it has trained: what ``conclude`` needs to finish it, should a scheduler
+    stop it before ``train.epochs``. Plain values and tensors, so ``torch.load`` reads it back
+    with ``weights_only``."""
 
+    seeds: list[int]
+    best_state: dict[str, torch.Tensor]  # every seed's best-validation state, stacked, on the CPU
+    best_epoch: list[int]
+    best_val_loss: list[float]
+    failures: list[str | None]
+    history: list[list[dict]]  # per seed, one dict per epoch trained
+    seconds: float  # since the trial started
+
+    def save(self, path: Path) -> None:
+        torch.save(asdict(self), path)
+
+    @classmethod
+    def load(cls, path: Path) -> Snapshot:
+        return cls(**torch.load(path, weights_only=True))
+
+
+def _stacked(study: Study, seeds: Sequence[int], device: torch.device) -> tuple[Stacked, int, int]:
+    """The seeds' networks, each initialised from ``torch.manual_seed(seed)``, stacked; with one
+    network's parameter count and forward FLOPs."""
     canvas, channels = study.data.canvas, study.data.channels()
     networks = []
     for seed in seeds:
         torch.manual_seed(seed)
         networks.append(build_network(study.model, canvas, channels).to(device))
-    size, flops = n_params(networks[0]), forward_flops(networks[0], canvas, channels)
-    net = Stacked(networks)
+    return Stacked(networks), n_params(networks[0]), forward_flops(networks[0], canvas, channels)
+
+
+def fit(study: Study, seeds: Sequence[int],
+        report: Callable[[dict, Callable[[], Snapshot]], None] | None = None) -> TrialResult:
+    """Train ``study``'s model (its space already resolved) once per seed; see the module doc.
+    ``report(metrics, snapshot)`` is called after every epoch; ``snapshot()`` returns the trial so
+    far, for a caller that may be stopped before the end (``conclude`` finishes it)."""
+    start = time.perf_counter()
+    cfg = study.train
+    device = pick_device(cfg.device)
+    data = build(study.data)
+    train_x, val_x = (as_images(data[s].images, device) for s in ("train", "val"))
+    train_y, val_y = (torch.from_numpy(data[s].targets).to(device, torch.get_default_dtype())
+                      for s in ("train", "val"))
+
+    net = _stacked(study, seeds, device)[0]
     graphed = device.type == "cuda" and cfg.cuda_graphs
     optimizer = make_optimizer(net.parameters(), study.train, capturable=graphed)
     orders = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
@@ -170,6 +203,12 @@ def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | Non
     best_state = {name: value.detach().clone() for name, value in net.state().items()}
     untrained = evaluate(net, val_x, val_y)[0].mean(1).tolist()
     failures: list[str | None] = [None] * S
+
+    def snapshot() -> Snapshot:
+        return Snapshot(list(seeds), {name: value.to("cpu", copy=True) for name, value in best_state.items()},
+                        list(best_epoch), list(best_val), list(failures), [list(h) for h in history],
+                        time.perf_counter() - start)
+
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         net.train()
@@ -196,22 +235,34 @@ def fit(study: Study, seeds: Sequence[int], report: Callable[[dict], None] | Non
             report({"epoch": epoch, "train_loss": float(np.mean(train_loss)),
                     "val_loss": float(np.mean(val_loss)),
                     "best_val_loss": float(np.mean(best_val)) if all(healthy.tolist()) else float("nan"),
-                    "seconds": seconds})
+                    "seconds": seconds}, snapshot)
         if not any(healthy.tolist()):
             break
+    return conclude(study, snapshot(), data=data)
 
-    net.load_state(best_state)
+
+def conclude(study: Study, snapshot: Snapshot, stopped: str | None = None,
+             data: Dataset | None = None) -> TrialResult:
+    """Every seed's best-validation state evaluated per test sample: how ``fit`` ends, and how a
+    trial stopped early by a scheduler (``stopped`` says why) is finished from its last snapshot."""
+    start = time.perf_counter()
+    device = pick_device(study.train.device)
+    data = data or build(study.data)
+    test_x = as_images(data["test"].images, device)
+    test_y = torch.from_numpy(data["test"].targets).to(device, torch.get_default_dtype())
+    net, size, flops = _stacked(study, snapshot.seeds, device)
+    net.load_state(snapshot.best_state)
     test_loss, test_logits = evaluate(net, test_x, test_y)
     correct = ((test_logits > 0) == test_y.bool()).all(-1)
     results = [
-        Network(seed=seed, failure=failures[s], epochs=history[s], best_epoch=best_epoch[s],
-                best_val_loss=best_val[s],
+        Network(seed=seed, failure=snapshot.failures[s], epochs=snapshot.history[s],
+                best_epoch=snapshot.best_epoch[s], best_val_loss=snapshot.best_val_loss[s],
                 best_state=net.state_dict(s), test_loss=test_loss[s].float().cpu().numpy(),
                 test_logits=test_logits[s].float().cpu().numpy(), test_correct=correct[s].cpu().numpy())
-        for s, seed in enumerate(seeds)
+        for s, seed in enumerate(snapshot.seeds)
     ]
     return TrialResult(
         networks=results, n_params=size, flops=flops,
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        wall_s=time.perf_counter() - start, dataset=data,
+        wall_s=snapshot.seconds + time.perf_counter() - start, dataset=data, stopped=stopped,
     )

@@ -10,6 +10,10 @@ and ``epochs.parquet`` current and prints one line per trial. When the study sel
 varies more than the compared factor), a confirmation stage follows: each level's selected
 configuration is one more trial, trained on fresh seeds and marked ``stage: confirm``.
 
+With ``search.scheduler: asha``, ``PerLevelASHA`` stops tuning trials that trail their level;
+each such trial's report carried a snapshot (a Ray checkpoint), from which its networks are
+tested at their best epoch so far and written as STOPPED when the stage ends.
+
 A trial whose networks failed (``study.train.failure``) completes with their ERROR rows and is
 FAIL in Optuna; one whose worker died is restarted ``resources.retries`` times by Ray. An
 interrupted study resumes from its staged rows and its Optuna storage: the trials it lacks run,
@@ -22,9 +26,12 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import socket
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,8 @@ import pandas as pd
 import ray
 import torch
 from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -47,9 +56,10 @@ from study.config import Study, combinations, resolve
 from study.data import build
 from study.errors import UserError
 from study.storage import optuna_storage, study_name, study_names
-from study.train import fit
+from study.train import Snapshot, conclude, fit
 
 METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss
+SNAPSHOT = "snapshot.pt"  # in each Ray checkpoint of a trial that ASHA may stop
 TRIALS_PER_GPU = 4  # LeNet-sized trials leave a GPU idle: up to four share one by default
 
 
@@ -132,18 +142,84 @@ class PerLevel(Searcher):
             self.__dict__.update(pickle.load(file))
 
 
+class PerLevelASHA(FIFOScheduler):
+    """Ray Tune's ASHA on the per-epoch mean validation loss, run within each level of ``key``
+    (as ``PerLevel`` searches): a trial is stopped only for trailing the trials of its own level,
+    so no level's tuning is cut short because another level learns faster. Remembers the trials
+    it stopped and after how many epochs. Never stops a trial at its last epoch: that one ends by
+    itself and writes its results."""
+
+    def __init__(self, key: str, epochs: int, grace_period: int, reduction_factor: float) -> None:
+        super().__init__()
+        self._metric, self._mode = "val_loss", "min"  # Ray checks that trials report it
+        self.key, self.epochs = key, epochs
+        self.grace_period, self.reduction_factor = grace_period, reduction_factor
+        self.levels: dict[str, ASHAScheduler] = {}
+        self.stopped: dict[str, int] = {}  # trial id: epochs trained
+
+    def _asha(self, trial: Trial) -> ASHAScheduler:
+        level = str(trial.config[self.key])
+        if level not in self.levels:
+            self.levels[level] = ASHAScheduler(
+                metric=self._metric, mode=self._mode, max_t=self.epochs, grace_period=self.grace_period,
+                reduction_factor=self.reduction_factor, stop_last_trials=False)
+        return self.levels[level]
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        self._asha(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        decision = self._asha(trial).on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            self.stopped[trial.trial_id] = result["training_iteration"]
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        self._asha(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        self._asha(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"ASHA within each level of {self.key}; {len(self.stopped)} trial(s) stopped"
+
+    def reason(self, trial_id: str) -> str:
+        return (f"ASHA stopped it after {self.stopped[trial_id]} of {self.epochs} epochs: its mean "
+                "validation loss trailed its level's other trials at that point")
+
+
 def _params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in study.space}
 
 
-def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int, stage: str) -> None:
+def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int, stage: str,
+              snapshots: bool) -> None:
     """One Ray trial: resolve the chosen parameters, fit every seed of ``stage``, write the
-    result files."""
+    result files. With ``snapshots``, every epoch's report carries the trial so far as a Ray
+    checkpoint, from which the driver finishes the trial if a scheduler stops it."""
     torch.set_num_threads(threads)
     base = Study.model_validate(study)
     params = _params(base, config)
     trial_id = tune.get_context().get_trial_id()
-    result = fit(resolve(base, params), base.seeds(stage), report=tune.report)
+    report = _report_with_snapshot if snapshots else lambda metrics, _: tune.report(metrics)
+    result = fit(resolve(base, params), base.seeds(stage), report=report)
+    results.write_trial(Path(study_dir), trial_id, stage, params, result)
+
+
+def _report_with_snapshot(metrics: dict, snapshot: Callable[[], Snapshot]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        snapshot().save(Path(folder) / SNAPSHOT)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+@ray.remote
+def _finish(study: dict, study_dir: str, threads: int, stage: str, trial_id: str, params: dict[str, Any],
+            checkpoint: tune.Checkpoint, reason: str) -> None:
+    """A trial a scheduler stopped: each seed's best epoch so far, tested and written (STOPPED)."""
+    torch.set_num_threads(threads)
+    with checkpoint.as_directory() as folder:
+        snapshot = Snapshot.load(Path(folder) / SNAPSHOT)
+    result = conclude(resolve(Study.model_validate(study), params), snapshot, stopped=reason)
     results.write_trial(Path(study_dir), trial_id, stage, params, result)
 
 
@@ -174,13 +250,18 @@ class _Progress:
 class _Recorder(tune.Callback):
     """Driver side: consolidate the result tables and print a line after every trial."""
 
-    def __init__(self, study: Study, study_dir: Path, stage: str, progress: _Progress) -> None:
+    def __init__(self, study: Study, study_dir: Path, stage: str, progress: _Progress,
+                 scheduler: PerLevelASHA | None) -> None:
         self.study, self.study_dir, self.stage, self.progress = study, study_dir, stage, progress
-        self.seeds = study.seeds(stage)
+        self.seeds, self.scheduler = study.seeds(stage), scheduler
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result
         seeds = f"{len(self.seeds)} seeds" if len(self.seeds) > 1 else "1 seed"
+        if self.scheduler and trial.trial_id in self.scheduler.stopped:
+            self._line(trial, f"stopped: {self.scheduler.reason(trial.trial_id)}; its best epochs are "
+                       "tested when the stage ends")
+            return
         failed = results.failed_networks(self.study_dir, trial.trial_id)
         if failed:
             self._line(trial, f"FAILED: {len(failed)} of {seeds} stopped counting ({failed[0]})")
@@ -210,6 +291,10 @@ def gpu_share(trials: int) -> float:
 def check_address(address: str, timeout: float = 5.0) -> None:
     """Fail within seconds where ``ray.init`` would retry an address for minutes: nothing
     listening (refused), no answer (a firewall, the wrong host) or an unknown host."""
+    if address.startswith(("http://", "https://")):
+        raise UserError(f"--address {address}: the dashboard's address, which `ray job submit` takes; "
+                        "study run joins the cluster at the port of `ray start --head` (HEAD:6379), or "
+                        "auto on a machine of the cluster. (--address defaults to $RAY_ADDRESS.)")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         return  # "auto", a ray:// client address: Ray resolves those itself
@@ -357,14 +442,53 @@ def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, tria
     runs = study_dir / "ray"
     # A resumed study's Ray runs go beside the interrupted ones (tune, tune-2, ...).
     name = next(n for n in (stage, *(f"{stage}-{k}" for k in range(2, 1000))) if not (runs / n).exists())
-    fn = tune.with_parameters(trainable, study=study.model_dump(by_alias=True), study_dir=str(study_dir),
-                              threads=max(1, int(study.resources.cpu)), stage=stage)
-    tune.Tuner(
+    search = study.search
+    asha = stage == "tune" and search.scheduler == "asha"  # never the networks that are compared
+    scheduler = PerLevelASHA(study.compare_key(), study.train.epochs, search.grace_period,
+                             search.reduction_factor) if asha else None
+    if scheduler:  # a snapshot every epoch makes Ray save its experiment state as often, and warn
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir),
+                "threads": max(1, int(study.resources.cpu)), "stage": stage}
+    fn = tune.with_parameters(trainable, **settings, snapshots=scheduler is not None)
+    grid = tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=trials),
+        # Reused actors spare each trial a new worker process (importing torch: seconds).
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=trials,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=str(runs), verbose=2 if verbose else 0,
-            callbacks=[_Recorder(study, study_dir, stage, progress)],
+            callbacks=[_Recorder(study, study_dir, stage, progress, scheduler)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=study.resources.retries)),
     ).fit()
+    if scheduler is not None:
+        _test_stopped(study, study_dir, grid, scheduler, {"num_cpus": study.resources.cpu, "num_gpus": gpu},
+                      settings, progress)
+
+
+def _test_stopped(study: Study, study_dir: Path, grid: tune.ResultGrid, scheduler: PerLevelASHA,
+                  resources: dict[str, float], settings: dict[str, Any], progress: _Progress) -> None:
+    """Test the best epochs of the trials ASHA stopped, from their last snapshots, as Ray tasks with
+    a trial's resources, all at once; then remove every snapshot of the stage (a finished trial's
+    weights are in ``weights/``)."""
+    stopped = {r.metrics["trial_id"]: r for r in grid if r.metrics.get("trial_id") in scheduler.stopped
+               and r.checkpoint}
+    tests = {trial_id: _finish.options(**resources).remote(
+        **settings, trial_id=trial_id, params=_params(study, r.config), checkpoint=r.checkpoint,
+        reason=scheduler.reason(trial_id)) for trial_id, r in stopped.items()}
+    for trial_id, test in tests.items():
+        try:
+            ray.get(test)
+        except ray.exceptions.RayError as err:  # only a tuning trial's test: the study goes on
+            last = str(err).strip().splitlines()[-1]
+            results.write_failed(study_dir, trial_id, "tune", study.seeds("tune"),
+                                 _params(study, stopped[trial_id].config),
+                                 f"{scheduler.reason(trial_id)}; testing its best epochs then failed: {last}")
+    if stopped:
+        done = results.consolidate(study_dir)
+        print(f"{progress(done)} tested the best epochs of {len(stopped)} trial(s) ASHA stopped", flush=True)
+    for r in grid:
+        if r.checkpoint:
+            shutil.rmtree(r.checkpoint.path, ignore_errors=True)

@@ -135,3 +135,19 @@ def test_an_address_where_nothing_listens_is_a_message_within_seconds(tmp_path):
     assert time.monotonic() - start < 30 and result.exit_code == 2
     assert "connection refused" in result.output and "ray start --head" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_a_dashboard_address_from_ray_address_is_a_message(tmp_path, monkeypatch):
+    """`ray job submit` reads RAY_ADDRESS too, where Ray's docs put the dashboard's address."""
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    result = runner.invoke(app, ["run", str(SMOKE), "--results", str(tmp_path)])
+    assert result.exit_code == 2 and "the dashboard's address, which `ray job submit` takes" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_inside_a_ray_job_results_need_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "gcs://pkg.zip"}}')
+    result = runner.invoke(app, ["run", str(SMOKE), "--results", "results"])
+    assert result.exit_code == 2 and "a relative path inside a Ray job" in result.output
+    assert not any(tmp_path.iterdir())

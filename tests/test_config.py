@@ -28,6 +28,14 @@ def test_defaults_are_the_original_experiment():
     assert study.search.seeds == 10 and study.n_configurations() == 2 and not study.confirms()
 
 
+def test_an_asha_study_reloads_from_the_study_yaml_it_wrote(tmp_path):
+    space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.1, 0.2]}}"
+    study = config.load(SMOKE, [space, "search.scheduler=asha", "search.reduction_factor=3"])
+    assert config.load(write(tmp_path, config.dump(study))) == study
+    fifo = config.load(SMOKE)  # a fifo study's file holds ASHA's defaults too, and loads
+    assert config.load(write(tmp_path, config.dump(fifo))) == fifo
+
+
 def test_set_overrides_dotted_keys_with_yaml_values():
     study = config.load(SMOKE, ["train.epochs=7", "data.n_images=500", "model.attention.layers=[0, 1]"])
     assert study.train.epochs == 7 and study.data.n_images == 500
@@ -46,6 +54,11 @@ def test_set_overrides_dotted_keys_with_yaml_values():
         (["search.sampler=tpe"], "search.trials is required"),
         (["compare=train.lr"], "compare: 'train.lr' is not a key of space"),
         (["train.epochs"], "write KEY=VALUE"),
+        (["search.scheduler=asha"], "asha stops trials early, which only a tuning stage may do"),
+        (["search.grace_period=2"], "search.grace_period is read only with search.scheduler: asha"),
+        (["space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.1, 0.2]}}",
+          "search.scheduler=asha", "search.grace_period=2"],
+         "grace_period (2) must be below train.epochs (2)"),
     ],
 )
 def test_bad_input_is_one_message_naming_file_and_key(sets, expected):

@@ -17,7 +17,7 @@ from .conftest import ROOT
 FACTOR_STUDIES = ["position", "iterations", "layers", "complexity"]
 DATA_STUDIES = ["data-size", "data-orientation", "data-withheld", "data-colour"]
 # Half a CPU per trial: four tiny trials overlap their start-up on two cores.
-SMOKE_SETS = ["data.n_images=300", "train.epochs=1", "search.seeds=1", "search.confirm_seeds=2",
+SMOKE_SETS = ["data.n_images=100", "train.epochs=1", "search.seeds=1", "search.confirm_seeds=2",
               "resources.cpu=0.5"]
 runner = CliRunner()
 

@@ -5,7 +5,8 @@ import torch
 from study import config
 from study.config import TrainConfig
 from study.models import LeNet
-from study.train import as_images, as_inputs, failure, fit, make_optimizer
+from study.results import trial_rows
+from study.train import Snapshot, as_images, as_inputs, conclude, failure, fit, make_optimizer
 
 from .conftest import SMOKE
 
@@ -16,8 +17,13 @@ SEEDS = [0, 1, 2]
 def run():
     study = config.load(SMOKE, ["data.n_images=400", "train.epochs=4", "train.lr=0.01",
                                 "model.attention.layers=[]"])
-    reports = []
-    return study, fit(study, seeds=SEEDS, report=reports.append), reports
+    reports, snapshots = [], []
+
+    def report(metrics, snapshot):
+        reports.append(metrics)
+        snapshots.append(snapshot())
+
+    return study, fit(study, seeds=SEEDS, report=report), reports, snapshots
 
 
 def single(study, state):
@@ -27,7 +33,7 @@ def single(study, state):
 
 
 def test_reports_once_per_epoch_with_the_means_over_seeds(run):
-    _, result, reports = run
+    _, result, reports, _ = run
     assert [r["epoch"] for r in reports] == [0, 1, 2, 3]
     for r in reports:
         val = [n.epochs[r["epoch"]]["val_loss"] for n in result.networks]
@@ -36,8 +42,29 @@ def test_reports_once_per_epoch_with_the_means_over_seeds(run):
         assert r["best_val_loss"] == pytest.approx(np.mean(best))
 
 
+def test_a_trial_stopped_early_is_finished_as_a_trial_of_that_length_ends(run, tmp_path):
+    """What a scheduler's stop after epoch 1 leaves (the snapshot, through a file as Ray keeps it)
+    is tested exactly as a two-epoch trial of the same seeds: same history, best epochs and test
+    losses, since both trained the same steps on the same device."""
+    study, full, _, snapshots = run
+    snapshots[1].save(tmp_path / "snapshot.pt")
+    stopped = conclude(study, Snapshot.load(tmp_path / "snapshot.pt"), stopped="a scheduler stopped it")
+    short = fit(config.load(SMOKE, ["data.n_images=400", "train.epochs=2", "train.lr=0.01",
+                                    "model.attention.layers=[]"]), seeds=SEEDS)
+    assert [len(n.epochs) for n in full.networks] == [4, 4, 4]
+    for a, b in zip(stopped.networks, short.networks, strict=True):
+        assert [e["val_loss"] for e in a.epochs] == [e["val_loss"] for e in b.epochs]
+        assert a.best_epoch == b.best_epoch < 2
+        np.testing.assert_array_equal(a.test_loss, b.test_loss)
+        for name, value in b.best_state.items():
+            assert torch.equal(a.best_state[name], value), name
+    rows = trial_rows("t", "tune", {}, stopped)
+    assert {(r["status"], r["reason"]) for r in rows} == {("STOPPED", "a scheduler stopped it")}
+    assert {r["status"] for r in trial_rows("t", "tune", {}, short)} == {"COMPLETED"}
+
+
 def test_each_seed_keeps_the_epoch_with_its_own_best_validation_loss(run):
-    study, result, _ = run
+    study, result, *_ = run
     assert [n.seed for n in result.networks] == SEEDS
     for network in result.networks:
         val = [e["val_loss"] for e in network.epochs]
@@ -52,7 +79,7 @@ def test_each_seed_keeps_the_epoch_with_its_own_best_validation_loss(run):
 
 
 def test_per_sample_test_results_come_from_each_seeds_best_weights(run):
-    study, result, _ = run
+    study, result, *_ = run
     test = result.dataset["test"]
     target = torch.from_numpy(test.targets).float()
     for network in result.networks:
@@ -66,7 +93,7 @@ def test_per_sample_test_results_come_from_each_seeds_best_weights(run):
 
 
 def test_seeds_are_different_networks_with_their_own_batch_norm_buffers(run):
-    _, result, _ = run
+    _, result, *_ = run
     first, second = result.networks[0].best_state, result.networks[1].best_state
     assert not torch.equal(first["features.0.0.weight"], second["features.0.0.weight"])
     assert not torch.equal(first["features.0.1.running_mean"], second["features.0.1.running_mean"])
@@ -105,7 +132,7 @@ def test_seed_s_of_a_stacked_trial_is_the_one_seed_network_of_seed_s(layers, opt
 
 
 def test_same_seeds_same_training(run):
-    study, result, _ = run
+    study, result, *_ = run
     again = fit(study, seeds=SEEDS)
     for mine, theirs in zip(again.networks, result.networks, strict=True):
         assert [e["train_loss"] for e in mine.epochs] == [e["train_loss"] for e in theirs.epochs]
@@ -129,7 +156,7 @@ def test_a_diverging_network_is_stopped_with_its_reason_and_reports_no_value():
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=3", "model.batchnorm=false",
                                 "train.lr=0.99"])
     reports = []
-    result = fit(study, seeds=[0, 1], report=reports.append)
+    result = fit(study, seeds=[0, 1], report=lambda metrics, _: reports.append(metrics))
     for network in result.networks:
         assert network.failure.startswith("diverged at epoch 0: training loss")
     assert len(reports) == 1 and np.isnan(reports[0]["best_val_loss"])  # stopped: none left

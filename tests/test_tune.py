@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from .conftest import SMOKE
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
-SMALL = ["--set", "data.n_images=600", "--set", "train.epochs=2"]
-N_TEST = 60  # 10 % of 600
+SMALL = ["--set", "data.n_images=300", "--set", "train.epochs=2"]
+N_TEST = 30  # 10 % of 300
 
 
 def study(*args, **kwargs):
@@ -134,11 +135,12 @@ def free_port() -> int:
 
 def ray_start(log: Path, *args: str) -> subprocess.Popen:
     """``ray start --block`` bound to 127.0.0.1, once it says it runs; it drains and stops its
-    daemons when terminated."""
+    daemons when terminated. This environment's ``python`` comes first on its PATH, for jobs."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     with log.open("w") as out:
         node = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
                                  "--num-cpus=1", "--disable-usage-stats", *args],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + 90
     while "Ray runtime started" not in log.read_text():
         if node.poll() is not None or time.monotonic() > deadline:
@@ -159,26 +161,32 @@ def stop(node: subprocess.Popen) -> None:
 
 @pytest.fixture
 def ray_cluster(tmp_path, monkeypatch):
-    """A head and a second node on 127.0.0.1, one CPU each, token authentication on for both
-    (the same RAY_AUTH_MODE and RAY_AUTH_TOKEN on every machine, as the README says), each
-    stopped through the process that started it."""
+    """A head (with the dashboard that takes jobs) and a second node on 127.0.0.1, one CPU each,
+    token authentication on for both (the same RAY_AUTH_MODE and RAY_AUTH_TOKEN on every machine,
+    as the README says), each stopped through the process that started it. Yields the cluster's
+    address and the dashboard's."""
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    port = free_port()
-    head = ray_start(tmp_path / "ray-head.log", "--head", f"--port={port}", "--include-dashboard=false")
-    try:
-        node = ray_start(tmp_path / "ray-node.log", f"--address=127.0.0.1:{port}")
+    port, dashboard = free_port(), free_port()
+    head = ray_start(tmp_path / "ray-head.log", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={dashboard}")
+    # On one machine the second node needs its own session folder: sharing the head's, it would
+    # delete the job's working directory there when its own trials end. (Short: it holds sockets.)
+    with tempfile.TemporaryDirectory(prefix="ray-") as temp:
         try:
-            yield f"127.0.0.1:{port}"
+            node = ray_start(tmp_path / "ray-node.log", f"--address=127.0.0.1:{port}", f"--temp-dir={temp}")
+            try:
+                yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+            finally:
+                stop(node)
         finally:
-            stop(node)
-    finally:
-        stop(head)
+            stop(head)
 
 
-def test_study_on_an_existing_two_node_ray_cluster(tmp_path, ray_cluster):
+def test_a_study_on_a_two_node_cluster_with_address_and_as_a_ray_job(tmp_path, ray_cluster):
+    address, dashboard = ray_cluster
     out = study("run", str(SMOKE), *SMALL, "--set", "search.seeds=1", "--results", str(tmp_path),
-                "--address", ray_cluster)
+                "--address", address)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study_dir = tmp_path / "smoke"
     trials = check_contract(study_dir, n_trials=2)
@@ -186,7 +194,21 @@ def test_study_on_an_existing_two_node_ray_cluster(tmp_path, ray_cluster):
     assert len(ot.trials) == len(trials)  # one Optuna trial per Ray trial
     values = dict(zip(trials["model.attention.layers"], trials["best_val_loss"], strict=True))
     assert {t.params["model.attention.layers"]: t.value for t in ot.trials} == pytest.approx(values)
-    check_analysis(study_dir, trials)
+
+    # The README's job: `python -m study` runs from the uploaded working directory on the cluster
+    # and finds it through RAY_ADDRESS, which Ray sets for a job.
+    job = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".",
+                          "--", "python", "-m", "study", "run", "searchspaces/smoke.yaml", *SMALL,
+                          "--set", "search.seeds=1", "--name", "smoke-job", "--results", str(tmp_path)],
+                         cwd=SMOKE.parents[1], capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert job.stdout.count(" done: best_val_loss=") == 2 and "succeeded" in job.stdout
+    submitted = check_contract(tmp_path / "smoke-job", n_trials=2)
+    # It reads like the run above: the same networks, trained the same way, to float rounding.
+    for column in ("best_epoch", "best_val_loss", "test_loss"):
+        key = ["model.attention.layers", "seed"]
+        assert submitted.set_index(key)[column].to_dict() == \
+            pytest.approx(trials.set_index(key)[column].to_dict()), column
 
 
 def descendants(pid: int) -> list[int]:
@@ -285,3 +307,40 @@ def test_a_diverging_configuration_is_recorded_as_failed_and_the_study_goes_on(t
     assert sorted(t.state.name for t in ot.trials) == ["COMPLETE", "FAIL"]
     analyzed = study("analyze", str(tmp_path / "smoke"))  # one level left: no comparison, a message
     assert analyzed.returncode == 2 and "a comparison needs two" in analyzed.stderr
+
+
+def test_asha_stops_trailing_tuning_trials_and_each_still_writes_its_rows(tmp_path):
+    """Five learning rates per level, four of them too small to learn in three epochs: unless the
+    trials happen to finish at the first rung worst to best in both levels (1 in 14,400), ASHA
+    stops some. A stopped trial's networks are tested at their best epoch so far."""
+    space = ("space={model.batchnorm: {choice: [true, false]}, "
+             "train.lr: {choice: [0.003, 0.000001, 0.000002, 0.000003, 0.000004]}}")
+    run = study("run", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=3",
+                "--set", "model.attention.layers=[]", "--set", space, "--set", "compare=model.batchnorm",
+                "--set", "search.seeds=2", "--set", "search.confirm_seeds=2",
+                "--set", "search.scheduler=asha", "--set", "search.reduction_factor=2",
+                "--results", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    study_dir = tmp_path / "smoke"
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    tuned, confirmed = trials[trials["stage"] == "tune"], trials[trials["stage"] == "confirm"]
+    assert tuned["trial_id"].nunique() == 10 and len(tuned) == 20  # every network has its row
+    stopped = tuned[tuned["status"] == "STOPPED"]
+    assert len(stopped) >= 2 and set(tuned["status"]) == {"COMPLETED", "STOPPED"}
+    assert stopped["reason"].str.match(r"ASHA stopped it after [12] of 3 epochs").all()
+    assert (confirmed["status"] == "COMPLETED").all() and len(confirmed) == 4  # never stopped
+    epochs = pd.read_parquet(study_dir / "epochs.parquet").groupby(["trial_id", "seed"])["epoch"].count()
+    for _, row in trials.iterrows():
+        trained = epochs[(row["trial_id"], row["seed"])]
+        assert trained < 3 if row["status"] == "STOPPED" else trained == 3
+        assert row["best_epoch"] < trained and np.isfinite(row["test_loss"])
+    samples = pd.read_parquet(study_dir / "samples")
+    assert samples.groupby(["trial_id", "seed"], observed=True).size().to_dict() == \
+        dict.fromkeys(zip(trials["trial_id"], trials["seed"], strict=True), 30)
+    weights = {(p.parent.name, p.stem) for p in (study_dir / "weights").glob("*/seed-*.pt")}
+    assert weights == {(t, f"seed-{s}") for t, s in zip(trials["trial_id"], trials["seed"], strict=True)}
+    assert not list((study_dir / "ray").rglob("checkpoint_*"))  # the snapshots have served
+    assert run.stdout.count(": stopped: ASHA stopped it after") == stopped["trial_id"].nunique()
+    ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
+    assert [t.state.name for t in ot.trials] == ["COMPLETE"] * 10  # with the value when stopped
+    assert study("analyze", str(study_dir)).returncode == 0
