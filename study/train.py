@@ -163,15 +163,14 @@ class Snapshot:
         return cls(**torch.load(path, weights_only=True))
 
 
-def _stacked(study: Study, seeds: Sequence[int], device: torch.device) -> tuple[Stacked, int, int]:
-    """The seeds' networks, each initialised from ``torch.manual_seed(seed)``, stacked; with one
-    network's parameter count and forward FLOPs."""
+def _networks(study: Study, seeds: Sequence[int], device: torch.device) -> list[torch.nn.Module]:
+    """One network per seed, each initialised from ``torch.manual_seed(seed)``."""
     canvas, channels = study.data.canvas, study.data.channels()
     networks = []
     for seed in seeds:
         torch.manual_seed(seed)
         networks.append(build_network(study.model, canvas, channels).to(device))
-    return Stacked(networks), n_params(networks[0]), forward_flops(networks[0], canvas, channels)
+    return networks
 
 
 def fit(study: Study, seeds: Sequence[int],
@@ -187,7 +186,7 @@ def fit(study: Study, seeds: Sequence[int],
     train_y, val_y = (torch.from_numpy(data[s].targets).to(device, torch.get_default_dtype())
                       for s in ("train", "val"))
 
-    net = _stacked(study, seeds, device)[0]
+    net = Stacked(_networks(study, seeds, device))
     graphed = device.type == "cuda" and cfg.cuda_graphs
     optimizer = make_optimizer(net.parameters(), study.train, capturable=graphed)
     orders = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
@@ -250,7 +249,10 @@ def conclude(study: Study, snapshot: Snapshot, stopped: str | None = None,
     data = data or build(study.data)
     test_x = as_images(data["test"].images, device)
     test_y = torch.from_numpy(data["test"].targets).to(device, torch.get_default_dtype())
-    net, size, flops = _stacked(study, snapshot.seeds, device)
+    networks = _networks(study, snapshot.seeds, device)
+    canvas, channels = study.data.canvas, study.data.channels()
+    size, flops = n_params(networks[0]), forward_flops(networks[0], canvas, channels)
+    net = Stacked(networks)
     net.load_state(snapshot.best_state)
     test_loss, test_logits = evaluate(net, test_x, test_y)
     correct = ((test_logits > 0) == test_y.bool()).all(-1)
