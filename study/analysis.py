@@ -358,11 +358,15 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         notes.append(f"networks that failed are left out (status ERROR, reason in trials.parquet): {lost}. "
                      f"The arms compare {counts} networks; a failure that depends on the arm "
                      "(divergence, say) is itself a result and biases the comparison of the rest")
-    stopped = [str(arm.level) for arm in arms
-               if (of_networks(done, arm.networks)["status"] == "STOPPED").any()]
-    if stopped:
-        notes.append(f"{', '.join(stopped)}: networks of tuning trials that ASHA stopped early (status "
-                     "STOPPED), trained for fewer epochs than train.epochs")
+    stopped = r.trials.loc[r.trials["status"] == "STOPPED", "trial_id"].unique()
+    if len(stopped):
+        tuned = r.trials.loc[r.trials["stage"] == "tune", "trial_id"].nunique()
+        entered = [str(arm.level) for arm in arms
+                   if (of_networks(done, arm.networks)["status"] == "STOPPED").any()]
+        notes.append(f"ASHA stopped {len(stopped)} of {tuned} tuning trials early (status STOPPED); they "
+                     "entered the selection with their best validation loss so far" +
+                     (f", and the networks of {', '.join(entered)} are theirs, trained for fewer epochs "
+                      "than train.epochs" if entered else ""))
     if study.confirms() and any(arm.stage == "tune" for arm in arms):
         unconfirmed = [str(arm.level) for arm in arms if arm.stage == "tune"]
         notes.append(f"not confirmed on fresh seeds: {', '.join(unconfirmed)}. Their networks are the "

@@ -343,4 +343,5 @@ def test_asha_stops_trailing_tuning_trials_and_each_still_writes_its_rows(tmp_pa
     assert run.stdout.count(": stopped: ASHA stopped it after") == stopped["trial_id"].nunique()
     ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
     assert [t.state.name for t in ot.trials] == ["COMPLETE"] * 10  # with the value when stopped
-    assert study("analyze", str(study_dir)).returncode == 0
+    notes = json.loads(study("analyze", str(study_dir), "--json").stdout)["notes"]
+    assert f"ASHA stopped {stopped['trial_id'].nunique()} of 10 tuning trials early" in " ".join(notes)
