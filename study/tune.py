@@ -17,7 +17,8 @@ tested at their best epoch so far and written as STOPPED when the stage ends.
 A trial whose networks failed (``study.train.failure``) completes with their ERROR rows and is
 FAIL in Optuna; one whose worker died is restarted ``resources.retries`` times by Ray. An
 interrupted study resumes from its staged rows and its Optuna storage: the trials it lacks run,
-the ones killed mid-way are discarded and marked FAIL.
+the ones killed mid-way are discarded and marked FAIL, and Optuna is told the value of one that
+finished just before the driver died.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from study.storage import optuna_storage, study_name, study_names
 from study.train import Snapshot, conclude, fit
 
 METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss
+RAY_TRIAL = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
 SNAPSHOT = "snapshot.pt"  # in each Ray checkpoint of a trial that ASHA may stop
 TRIALS_PER_GPU = 4  # LeNet-sized trials leave a GPU idle: up to four share one by default
 
@@ -89,7 +91,14 @@ def sampler(study: Study, keys: list[str]) -> optuna.samplers.BaseSampler:
 
 class FailingSearch(OptunaSearch):
     """OptunaSearch, telling Optuna FAIL for a configuration that lost a network (its value is
-    NaN): OptunaSearch passes NaN on, Optuna refuses it, and the trial would stay RUNNING."""
+    NaN): OptunaSearch passes NaN on, Optuna refuses it, and the trial would stay RUNNING. Each
+    Optuna trial also records its Ray trial's id, so that a resumed study can tell Optuna what a
+    killed driver could not (``settle_interrupted``)."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(RAY_TRIAL, trial_id)
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and math.isnan(result.get(METRIC, 0.0)):
@@ -338,9 +347,10 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
     if resume:
         gone = results.discard_unfinished(study_dir)
-        stale = fail_interrupted(study, study_dir)
-        print(f"resuming {study_dir}: {len(gone)} unfinished trial(s) discarded, {stale} Optuna "
-              "trial(s) left running marked failed", flush=True)
+        told, failed = settle_interrupted(study, study_dir)
+        print(f"resuming {study_dir}: {len(gone)} unfinished trial(s) discarded; of the Optuna trials "
+              f"left running, {told} told the value their finished rows hold, {failed} marked failed",
+              flush=True)
     try:
         results.write_study(study_dir, study)
         data = build(study.data)  # warm the cache once, before trials race to generate it
@@ -377,17 +387,29 @@ def searcher(study: Study, study_dir: Path, done: list[dict[str, Any]] = ()) -> 
     return optuna_search(list(study.space), study_name(study))
 
 
-def fail_interrupted(study: Study, study_dir: Path) -> int:
-    """Mark the Optuna trials an interrupted run left RUNNING as FAIL (their Ray trials died with
-    it and are rerun); returns how many."""
-    stored, stale = optuna_storage(study, study_dir), 0
+def settle_interrupted(study: Study, study_dir: Path) -> tuple[int, int]:
+    """Settle the Optuna trials an interrupted run left RUNNING. One whose Ray trial wrote its rows
+    before the driver died (which then had no time to tell Optuna) gets the value those rows hold,
+    the mean over seeds of each seed's best validation loss, as the driver would have told it; the
+    others died with the run, are rerun, and are marked FAIL. Returns how many of each."""
+    results.consolidate(study_dir)
+    path = Path(study_dir) / "trials.parquet"
+    networks = pd.read_parquet(path, columns=["trial_id", "status", "best_val_loss"]) if path.exists() \
+        else pd.DataFrame(columns=["trial_id", "status", "best_val_loss"])
+    stored, told, failed = optuna_storage(study, study_dir), 0, 0
     for frozen in stored.get_all_studies():
         if frozen.study_name not in study_names(study):
             continue  # a shared storage holds other studies too
         for trial in stored.get_all_trials(frozen._study_id, states=(optuna.trial.TrialState.RUNNING,)):
-            stored.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            stale += 1
-    return stale
+            rows = networks[networks["trial_id"] == trial.user_attrs.get(RAY_TRIAL)]
+            if len(rows) and rows["status"].isin(results.TRAINED).all():
+                stored.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE,
+                                              [float(rows["best_val_loss"].mean())])
+                told += 1
+            else:
+                stored.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+                failed += 1
+    return told, failed
 
 
 def _finished(study_dir: Path) -> pd.DataFrame:

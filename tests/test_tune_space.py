@@ -1,11 +1,14 @@
-"""The Optuna side of the wiring, without Ray: spaces and samplers as OptunaSearch receives them."""
+"""The Optuna side of the wiring, without Ray: spaces and samplers as OptunaSearch receives them,
+and what a resumed study tells Optuna."""
 
 import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from study import config
-from study.tune import optuna_space, sampler, searcher
+from study import config, results
+from study.config import resolve
+from study.train import fit
+from study.tune import optuna_space, sampler, searcher, settle_interrupted
 
 from .conftest import ROOT, SMOKE
 
@@ -74,3 +77,22 @@ def test_a_resumed_search_suggests_only_what_the_interrupted_run_lacks(tmp_path)
     suggested = [search.suggest(f"g{i}") for i in range(3)]
     assert sorted((s["model.attention.layers"], s["train.lr"]) for s in suggested) == [
         ("[0]", 0.001), ("[0]", 0.003), ("[]", 0.001)]
+
+
+def test_a_resumed_study_settles_the_optuna_trials_a_killed_driver_left_running(tmp_path):
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "space={model.attention.layers: "
+                                "{choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"])
+    search = searcher(study, tmp_path)
+    suggested = {trial_id: search.suggest(trial_id) for trial_id in ("done", "lost", "killed")}
+    # "done" wrote its rows but the driver died before telling Optuna; "lost" failed its networks;
+    # "killed" died with the driver.
+    result = fit(resolve(study, suggested["done"]), seeds=[0, 1])
+    results.write_trial(tmp_path, "done", "tune", suggested["done"], result)
+    results.write_failed(tmp_path, "lost", "tune", [0, 1], suggested["lost"], "the worker failed")
+    assert settle_interrupted(study, tmp_path) == (1, 2)
+    trials = {t.user_attrs["ray_trial_id"]: t for t in
+              optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials}
+    assert trials["done"].state == optuna.trial.TrialState.COMPLETE
+    assert trials["done"].value == pytest.approx((result.networks[0].best_val_loss +
+                                                  result.networks[1].best_val_loss) / 2)
+    assert trials["lost"].state == trials["killed"].state == optuna.trial.TrialState.FAIL
