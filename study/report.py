@@ -32,6 +32,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import torch
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from study import config
@@ -123,6 +124,7 @@ def loss_curves(analysis: Analysis, study_dir: Path, path: Path) -> str:
             ax.fill_between(spread.index, spread["min"], spread["max"], color=line.get_color(), alpha=0.2)
     for ax, title in zip(axes, ("training loss", "validation loss"), strict=True):
         ax.set(title=title, xlabel="epoch", ylabel="BCE")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.5 on short runs
     axes[1].legend(title=analysis.factor, fontsize=8)
     _save(fig, path)
     return ""
@@ -321,7 +323,7 @@ def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
         "|difference| detectable with 80 % power at α = 0.05; `seeds_needed` the seeds per arm the "
         "observed difference needs; `acc_*` the same for exact-set accuracy.", "",
         _table(analysis.comparisons[PRIMARY_COLUMNS]), "",
-        f"## Image level ({IMAGE_LEVEL})", "",
+        f"## {IMAGE_LEVEL.capitalize()}", "",
         "Per-sample losses averaged over each arm's networks, paired by `sample_idx`; d = arm − "
         "reference. Wilcoxon signed-rank (zero differences dropped), the Hodges–Lehmann shift "
         "(the pseudo-median the test is about) with its CI by inverting the test, and the "
