@@ -69,7 +69,7 @@ def samples_table(trial_id: str, result: TrialResult) -> pa.Table:
     tables = []
     for network in trained(result):
         columns: dict[str, pa.Array] = {
-            # Dictionary-typed like the hive key ``trial_id=<id>``, so pyarrow can merge the two.
+            # Dictionary-typed, as pyarrow types the folder key ``trial_id=<id>`` of a text id.
             "trial_id": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), [trial_id]),
             "seed": pa.array(np.full(n, network.seed, np.int32)),
             "sample_idx": pa.array(np.arange(n, dtype=np.int32)),
@@ -229,19 +229,21 @@ def load(path: str | Path) -> Results:
     trials = _read(path / "trials.parquet")
     params = param_columns(trials)
     samples_dir = path / "samples"
-    samples = _read(samples_dir) if samples_dir.exists() else pd.DataFrame()
+    # Every file holds its trial_id, so it is read from there, not from the folder name: pyarrow
+    # guesses a folder key's type, and an id of digits only (trial_id=12345678) would come back as
+    # a number that clashes with the files' text.
+    samples = _read(samples_dir, partitioning=None) if samples_dir.exists() else pd.DataFrame()
     if "trial_id" in samples:
-        # Read through the hive directory, the key comes back as a category; plain text is simpler.
-        samples["trial_id"] = samples["trial_id"].astype(str)
+        samples["trial_id"] = samples["trial_id"].astype(str)  # a category as read; text is simpler
         configurations = trials[["trial_id", *params]].drop_duplicates("trial_id")
         samples = samples.merge(configurations, on="trial_id", how="left")
     return Results(trials, _read(path / "epochs.parquet"), samples, params)
 
 
-def _read(path: Path) -> pd.DataFrame:
+def _read(path: Path, **options: Any) -> pd.DataFrame:
     """A Parquet file or folder; a damaged one is a message, not a traceback."""
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path, **options)
     except (pa.ArrowException, OSError) as err:
         raise UserError(f"{path}: not readable as Parquet, damaged or cut short ({err}); the files "
                         "every trial writes are whole or absent, so it was changed afterwards: "

@@ -158,7 +158,7 @@ def test_subgroups_are_an_interaction_at_the_seed_level(tmp_path):
     result = analysis.analyze(tmp_path, split="withheld")
     table = result.subgroups
     assert list(table["withheld"]) == [False, True]
-    samples = pd.read_parquet(tmp_path / "samples")
+    samples = pd.read_parquet(tmp_path / "samples", partitioning=None)
     samples["trial_id"] = samples["trial_id"].astype(str)
     per_network = samples.groupby(["trial_id", "withheld"])["loss"].mean().unstack()
     contrast = per_network[True] - per_network[False]

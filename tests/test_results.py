@@ -63,3 +63,18 @@ def test_a_network_that_failed_is_an_error_row_with_its_reason_and_leaves_no_sam
     assert [p.name for p in (tmp_path / "weights" / "half").iterdir()] == ["seed-0.pt"]
     assert results.failures(tmp_path) == [
         "tune trial half layers=[]: 1 of 2 networks failed: diverged at epoch 0: ..."]
+
+
+def test_trial_ids_of_digits_only_read_back_as_text(tmp_path):
+    # A Ray trial id is 8 hex digits: all decimal for about 1 trial in 43. Where every trial's id is,
+    # pyarrow's default reads the folder trial_id=01234567 as the number 1234567 and then refuses
+    # to merge it with the files' text.
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
+    result = fit(study, seeds=[0])
+    for trial_id in ("01234567", "12345678"):
+        results.write_trial(tmp_path, trial_id, "tune", {"model.attention.layers": "[]"}, result)
+    results.consolidate(tmp_path)
+    samples = results.load(tmp_path).samples
+    assert samples.groupby("trial_id").size().to_dict() == {"01234567": 30, "12345678": 30}
+    read = pd.read_parquet(tmp_path / "samples", partitioning=None)  # as the README says
+    assert sorted(read["trial_id"].astype(str).unique()) == ["01234567", "12345678"]

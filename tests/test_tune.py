@@ -54,7 +54,7 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFra
         assert mine["val_loss"].min() == pytest.approx(t["best_val_loss"])
         assert mine["val_loss"].idxmin() == mine.index[t["best_epoch"]]
 
-    samples = pd.read_parquet(study_dir / "samples")
+    samples = pd.read_parquet(study_dir / "samples", partitioning=None)
     assert len(samples) == N_TEST * n_trials * seeds  # exactly one row per test sample per network
     assert samples["sample_idx"].dtype == np.int32 and samples["loss"].dtype == np.float32
     assert samples["correct"].dtype == bool and samples["withheld"].dtype == bool
@@ -79,7 +79,7 @@ def check_analysis(study_dir: Path, trials: pd.DataFrame) -> dict:
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
     (row,) = shown["comparisons"]
-    samples = pd.read_parquet(study_dir / "samples")
+    samples = pd.read_parquet(study_dir / "samples", partitioning=None)
     samples["trial_id"] = samples["trial_id"].astype(str)
     level = trials.groupby("trial_id")["model.attention.layers"].first()
     samples["arm"] = samples["trial_id"].map(level)
@@ -271,7 +271,7 @@ def test_a_study_killed_with_sigkill_resumes_with_every_trial_exactly_once(tmp_p
         assert rows["train.lr"].unique().tolist() == [mine.loc[mine["best_val_loss"].idxmin(), "train.lr"]]
         assert rows["trial_id"].nunique() == 1  # one trial per level, training both fresh seeds
     assert finished_before <= set(trials["trial_id"])  # what finished before the crash is kept
-    samples = pd.read_parquet(tmp_path / "smoke" / "samples")
+    samples = pd.read_parquet(tmp_path / "smoke" / "samples", partitioning=None)
     assert set(samples["trial_id"].astype(str)) == set(trials["trial_id"])
     assert len(samples) == len(trials) * 30
     weights = {p.parent.name for p in (tmp_path / "smoke" / "weights").glob("*/seed-*.pt")}
@@ -334,7 +334,7 @@ def test_asha_stops_trailing_tuning_trials_and_each_still_writes_its_rows(tmp_pa
         trained = epochs[(row["trial_id"], row["seed"])]
         assert trained < 3 if row["status"] == "STOPPED" else trained == 3
         assert row["best_epoch"] < trained and np.isfinite(row["test_loss"])
-    samples = pd.read_parquet(study_dir / "samples")
+    samples = pd.read_parquet(study_dir / "samples", partitioning=None)
     assert samples.groupby(["trial_id", "seed"], observed=True).size().to_dict() == \
         dict.fromkeys(zip(trials["trial_id"], trials["seed"], strict=True), 30)
     weights = {(p.parent.name, p.stem) for p in (study_dir / "weights").glob("*/seed-*.pt")}
