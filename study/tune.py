@@ -392,10 +392,7 @@ def settle_interrupted(study: Study, study_dir: Path) -> tuple[int, int]:
     before the driver died (which then had no time to tell Optuna) gets the value those rows hold,
     the mean over seeds of each seed's best validation loss, as the driver would have told it; the
     others died with the run, are rerun, and are marked FAIL. Returns how many of each."""
-    results.consolidate(study_dir)
-    path = Path(study_dir) / "trials.parquet"
-    networks = pd.read_parquet(path, columns=["trial_id", "status", "best_val_loss"]) if path.exists() \
-        else pd.DataFrame(columns=["trial_id", "status", "best_val_loss"])
+    networks = _finished(study_dir)
     stored, told, failed = optuna_storage(study, study_dir), 0, 0
     for frozen in stored.get_all_studies():
         if frozen.study_name not in study_names(study):
@@ -413,18 +410,18 @@ def settle_interrupted(study: Study, study_dir: Path) -> tuple[int, int]:
 
 
 def _finished(study_dir: Path) -> pd.DataFrame:
-    """One row per trial that finished before this run (its rows are staged), with its stage and
-    parameters; ``trials.parquet`` is brought up to date on the way."""
+    """The network rows of the trials that finished before this run (their rows are staged);
+    ``trials.parquet`` is brought up to date on the way."""
     if not results.consolidate(study_dir):
         return pd.DataFrame(columns=["trial_id", "stage"])
-    return pd.read_parquet(study_dir / "trials.parquet").drop_duplicates("trial_id")
+    return pd.read_parquet(Path(study_dir) / "trials.parquet")
 
 
 def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
     """The tuning stage and, where the study selects, the confirmation stage; of an interrupted
     study, the trials it lacks."""
     search = study.search
-    finished = _finished(study_dir)
+    finished = _finished(study_dir).drop_duplicates("trial_id")  # a row per configuration
     done = [{k: row[k] for k in study.space} for _, row in finished[finished["stage"] == "tune"].iterrows()]
     progress = _Progress(study.n_trials(), len(finished))
     gpu = study.resources.gpu
