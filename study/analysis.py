@@ -215,6 +215,7 @@ class Arm:
     params: dict[str, Any]  # the arm's configuration as stored in trials.parquet
     stage: str  # confirm: retrained on fresh seeds after selection; tune: the selection's own
     failed: list[str] = field(default_factory=list)  # reasons of the networks that would have entered
+    repeated: int = 0  # networks left out because another trial trained the same seed of the configuration
 
 
 def of_networks(frame: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.DataFrame:
@@ -247,7 +248,9 @@ def best_configurations(study: config.Study, trials: pd.DataFrame, factor: str) 
 def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[Arm]:
     """Per level, the networks that enter: the confirmation networks where the study has them
     for this factor, else the networks of the level's selected configuration; of those, the
-    ones that trained (status COMPLETED, or STOPPED early by ASHA in a tuning stage)."""
+    ones that trained (status COMPLETED, or STOPPED early by ASHA in a tuning stage), one per seed:
+    a sampler that proposes a configuration again retrains it on the same seeds, which repeats
+    networks rather than replicating them."""
     tuned = trials[trials["stage"] == "tune"]
     confirmed = trials[trials["stage"] == "confirm"]
     arms = []
@@ -257,11 +260,14 @@ def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[
         else:
             mine = tuned.loc[(tuned[list(params)] == pd.Series(params)).all(axis=1)]
             stage = "tune"
-        failed = mine[mine["status"] == "ERROR"]
-        mine = mine[mine["status"].isin(results.TRAINED)]
-        if not mine.empty:
-            arms.append(Arm(level, list(zip(mine["trial_id"], mine["seed"], strict=True)), params, stage,
-                            failed["reason"].fillna("no reason recorded").tolist()))
+        trained = mine[mine["status"].isin(results.TRAINED)]
+        unique = trained.drop_duplicates("seed")
+        failed = mine[(mine["status"] == "ERROR") & ~mine["seed"].isin(unique["seed"])]
+        failed = failed.drop_duplicates("seed")
+        if not unique.empty:
+            arms.append(Arm(level, list(zip(unique["trial_id"], unique["seed"], strict=True)), params, stage,
+                            failed["reason"].fillna("no reason recorded").tolist(),
+                            len(trained) - len(unique)))
     return arms
 
 
@@ -358,6 +364,11 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         notes.append(f"networks that failed are left out (status ERROR, reason in trials.parquet): {lost}. "
                      f"The arms compare {counts} networks; a failure that depends on the arm "
                      "(divergence, say) is itself a result and biases the comparison of the rest")
+    if any(arm.repeated for arm in arms):
+        repeats = ", ".join(f"{arm.level}: {arm.repeated}" for arm in arms if arm.repeated)
+        notes.append(f"the sampler proposed a configuration more than once, and a configuration trained "
+                     f"again on the same seed is the same network again, not a replicate: each seed "
+                     f"counts once, and {repeats} repeated networks are left out")
     stopped = r.trials.loc[r.trials["status"] == "STOPPED", "trial_id"].unique()
     if len(stopped):
         tuned = r.trials.loc[r.trials["stage"] == "tune", "trial_id"].nunique()

@@ -338,11 +338,13 @@ class Study(_Section):
             raise ValueError(f"search.trials is required with sampler {self.search.sampler}")
         if self.compare is not None and self.space[self.compare].choice is None:
             raise ValueError(f"compare: {self.compare!r} must be a 'choice' key to have levels")
-        if self.tuned_per_level() and len(self.space) == 1:
+        (only, spec), *others = self.space.items()
+        if self.search.sampler != "grid" and not others and spec.choice is not None:
             raise ValueError(
-                f"sampler {self.search.sampler} tunes the keys besides compare ({self.compare!r}) "
-                "for each of its levels, and there are none; add one (e.g. train.lr) or use "
-                "sampler grid"
+                f"sampler {self.search.sampler} samples configurations, and the space's only key "
+                f"({only!r}) is a 'choice', so it could only propose its levels again, retrained on "
+                "the same seeds; use sampler grid (search.seeds sets the networks per level), or add "
+                "a key to tune (e.g. train.lr)"
             )
         self._check_scheduler()
         feature_side(self.data.canvas, self.model)

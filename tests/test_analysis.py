@@ -260,6 +260,20 @@ def test_failed_networks_are_left_out_and_named(tmp_path):
     assert "diverged at epoch 2" in report.markdown(result, {})
 
 
+def test_a_configuration_trained_again_on_the_same_seeds_counts_each_seed_once(tmp_path):
+    """A sampler that proposes a configuration twice retrains it on seeds 0..S-1 again: the same
+    networks, which must not enter the test as if they were replicates."""
+    losses = fake_study(tmp_path, THREE_SEEDS + [("[0]", -0.01, s) for s in range(3)])
+    result = analysis.analyze(tmp_path)
+    assert [arm.networks for arm in result.selected] == [[("t0", 0), ("t1", 1), ("t2", 2)],
+                                                         [("t3", 0), ("t4", 1), ("t5", 2)]]
+    row = result.comparisons.iloc[0]
+    means = [[losses[f"t{i}"].mean() for i in trials] for trials in ((3, 4, 5), (0, 1, 2))]
+    assert row["seeds"] == 3 and row["p"] == pytest.approx(stats.ttest_ind(*means, equal_var=False).pvalue)
+    (note,) = result.notes
+    assert "each seed counts once, and [0]: 3 repeated networks are left out" in note
+
+
 def test_the_attention_figure_draws_from_weights_saved_with_the_retired_top_down_bias(tmp_path):
     """Weights saved before AttConv dropped its inert b_td carry that key; the report still loads them."""
     import torch

@@ -88,7 +88,8 @@ def test_every_space_choice_is_validated_up_front(tmp_path):
     ],
 )
 def test_space_keys_and_distributions_are_checked(tmp_path, space, expected):
-    path = write(tmp_path, f"name: x\nspace:\n  {space}\nsearch: {{sampler: random, trials: 2}}\n")
+    path = write(tmp_path, f"name: x\nspace:\n  {space}\n  train.weight_decay: {{uniform: [0, 0.1]}}\n"
+                           "search: {sampler: random, trials: 2}\n")
     with pytest.raises(UserError, match=expected):
         config.load(path)
 
@@ -124,7 +125,8 @@ def test_dump_round_trips(tmp_path):
          "like.layers is empty"),
         (["model.attention.layers=[]", "model.baseline={match: flops, like: {layers: [5]}}"],
          "baseline.like.layers [5] name conv positions that do not exist"),
-        (["search.sampler=tpe", "search.trials=2"], "tunes the keys besides compare"),
+        (["search.sampler=tpe", "search.trials=2"], "could only propose its levels again"),
+        (["search.sampler=random", "search.trials=4", "compare=null"], "could only propose its levels again"),
         (["compare=train.lr", "space={train.lr: {uniform: [0.001, 0.01]}}", "search.sampler=random",
           "search.trials=2"], "must be a 'choice' key"),
     ],
