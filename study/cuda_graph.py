@@ -5,7 +5,7 @@ as fast as the GPU runs them. ``Replayed`` wraps ``step(idx)`` (a function of on
 returning a tensor) without changing what any call computes:
 
 - the first ``WARMUP`` calls run eagerly on a side stream, as capture requires: lazily created
-  state (Adam's moments, cuBLAS workspaces, AttConv's index tables) exists before capture;
+  state (Adam's moments, cuBLAS workspaces) exists before capture;
 - the next call is captured and then replayed, so it too performs exactly its own step;
 - later calls copy their indices into the graph's input and replay; a call of another shape than
   the first (an epoch's short last batch) runs eagerly.

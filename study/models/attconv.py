@@ -26,9 +26,11 @@ Two readings of the original, both deliberate:
   parameter that is counted but cannot train (1 at conv1, 6 at conv2), so it is left out.
 
 Only the bottom-up product of the last iteration reaches the output, so the last top-down pass
-is skipped: T bottom-up and T−1 top-down matrix products, never a B×(C·k²)×L×O tensor. Windows
-and per-pixel sums come from ``study.models.windows``: a constant number of kernels whatever the
-batch, also when ``torch.func.vmap`` stacks several seeds' layers.
+is skipped: T bottom-up and T−1 top-down matrix products, never a B×(C·k²)×L×O tensor. The
+products keep the windows last (W_buᵀ·X rather than Xᵀ·W_bu), the layout of X and of the output,
+so no operand is copied to be transposed. Windows, per-pixel sums and maxima come from
+``study.models.windows``: a constant number of kernels whatever the batch, also when
+``torch.func.vmap`` stacks several seeds' layers.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.models.windows import pixel_sums, windows
+from study.models.windows import pixel_max, pixel_sums, windows
 
 
 class AttConv(nn.Module):
@@ -76,7 +78,6 @@ class AttConv(nn.Module):
         self.weight_bu = nn.Parameter(reference.weight.detach().reshape(out_channels, fan_in).T.clone())
         self.weight_td = nn.Parameter(self.weight_bu.detach().clone())
         self.bias_bu = nn.Parameter(reference.bias.detach().clone())
-        self._cover: dict[tuple, torch.Tensor] = {}  # (H, W, device) → see _covering
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -95,37 +96,25 @@ class AttConv(nn.Module):
         X = self._windows(x)  # B×C×k²×L
         L = X.shape[-1]
         a = self._normalise(x.new_ones(B, k2, L), H, W)
+        # One product per image with the windows last, as X and the output lie: matmul would
+        # fold the images into one product and copy X transposed to do so, several times slower.
+        bottom_up, top_down = self.weight_bu.T.expand(B, -1, -1), self.weight_td.expand(B, -1, -1)
         for t in range(self.iterations):
             attended = (X * a.unsqueeze(1)).view(B, C * k2, L)
-            y = attended.transpose(1, 2) @ self.weight_bu + self.bias_bu  # B×L×O
+            y = torch.bmm(bottom_up, attended) + self.bias_bu.unsqueeze(-1)  # B×O×L
             if self.relu_inside:
                 y = F.relu(y)
-            out = y.transpose(1, 2).reshape(B, self.out_channels, out_h, out_w)
+            out = y.view(B, self.out_channels, out_h, out_w)
             if t == self.iterations - 1:
                 yield out, a, None
                 return
-            x_hat = (y @ self.weight_td.T).transpose(1, 2)  # B×(C·k²)×L
+            x_hat = torch.bmm(top_down, y)  # B×(C·k²)×L
             e = (x_hat.view(B, C, k2, L) * X).sum(1) / math.sqrt(C)
             yield out, a, x_hat
             a = self._normalise(self._stable_exp(e, H, W), H, W)
 
     def _out_size(self, side: int) -> int:
         return (side - self.kernel_size) // self.stride + 1
-
-    def _covering(self, H: int, W: int, device: torch.device) -> torch.Tensor:
-        """For every input pixel, the flat (in-window position, window) entries that cover it:
-        an (H·W)×k² index into a B×(k²·L + 1) tensor whose last entry is a filler."""
-        key = (H, W, device)
-        if key not in self._cover:
-            pixel = self._windows(torch.arange(H * W).view(H, W)).flatten()
-            filler = len(pixel)
-            order = torch.argsort(pixel, stable=True)
-            counts = torch.bincount(pixel, minlength=H * W)
-            slot = torch.arange(len(pixel)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-            cover = torch.full((H * W, self.kernel_size**2), filler, dtype=torch.long)
-            cover[pixel[order], slot] = order
-            self._cover[key] = cover.to(device)
-        return self._cover[key]
 
     def _pixel_sums(self, a: torch.Tensor, H: int, W: int) -> torch.Tensor:
         return pixel_sums(a, H, W, self.kernel_size, self.stride)
@@ -134,18 +123,16 @@ class AttConv(nn.Module):
         return windows(per_pixel, self.kernel_size, self.stride)
 
     def _normalise(self, shares: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """``N``: sum each pixel's shares, then put the sums back into window layout."""
-        return shares / self._windows(self._pixel_sums(shares, H, W))
+        """``N``: sum each pixel's shares, then scale every share by its pixel's reciprocal (a
+        division per pixel rather than per share)."""
+        return shares * self._windows(self._pixel_sums(shares, H, W).reciprocal())
 
     def _stable_exp(self, e: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """exp(e) shifted by each pixel's max over the windows covering it: the same after
         ``N``, but every pixel keeps one share of exactly 1, so nothing overflows and no
         denominator is 0, whatever the weights."""
         with torch.no_grad():  # a shift shared by a pixel's windows cancels in N
-            B = e.shape[0]
-            flat = torch.cat([e.reshape(B, -1), e.new_full((B, 1), float("-inf"))], 1)
-            per_pixel = flat[:, self._covering(H, W, e.device)].amax(-1).view(B, H, W)
-            shift = self._windows(per_pixel)
+            shift = self._windows(pixel_max(e, H, W, self.kernel_size, self.stride))
         return torch.exp(e - shift)
 
     def prediction(self, a: torch.Tensor, x_hat: torch.Tensor, height: int, width: int) -> torch.Tensor:
