@@ -170,3 +170,20 @@ def test_a_diverging_network_is_stopped_with_its_reason_and_reports_no_value():
 def test_the_divergence_rule(train, val, expected):
     reason = failure(train, val, untrained=0.69, epoch=4)
     assert reason is None if expected is None else expected in reason and "epoch 4" in reason
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("layers", ["[]", "[0]"])
+def test_a_training_step_replayed_as_a_cuda_graph_trains_the_same_networks(layers):
+    """240 training images in batches of 32: warm-up steps, the capture, replays and an eager
+    short last batch in every epoch. The same kernels run either way, so the networks agree to
+    float rounding (cuDNN may still pick other algorithms between runs)."""
+    sets = ["data.n_images=300", "train.epochs=3", "train.device=cuda", f"model.attention.layers={layers}"]
+    graphed = fit(config.load(SMOKE, sets), seeds=SEEDS)
+    eager = fit(config.load(SMOKE, [*sets, "train.cuda_graphs=false"]), seeds=SEEDS)
+    assert graphed.device == eager.device != "cpu"
+    for ours, theirs in zip(graphed.networks, eager.networks, strict=True):
+        assert ours.best_epoch == theirs.best_epoch
+        np.testing.assert_allclose([e["train_loss"] for e in ours.epochs],
+                                   [e["train_loss"] for e in theirs.epochs], rtol=1e-4)
+        np.testing.assert_allclose(ours.test_loss, theirs.test_loss, rtol=1e-3, atol=1e-5)
