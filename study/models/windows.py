@@ -5,7 +5,7 @@
 it, (..., k², L) → (..., H, W); ``pixel_max`` takes the largest entry instead of the sum.
 ``F.unfold``/``F.fold`` do the first two but launch one CUDA kernel per batch element, and under
 ``torch.func.vmap`` the seeds join that batch; on a CPU, col2im and the backward of
-``Tensor.unfold`` are also several times slower than what is done here. Every leading dimension
+``Tensor.unfold`` also take about three times as long as what is done here. Every leading dimension
 (seeds, images, channels) is alike: ``windows`` is a strided view and one copy; the adjoints lay
 the windows' entries on a canvas of k² planes the size of the image (plane (i, j) holds every
 window's entry at in-window position (i, j), over the pixel it covers) and reduce over the

@@ -61,3 +61,12 @@ def test_vmap_treats_the_mapped_dimension_as_one_more_leading_one():
             mapped = vmap(operator, in_dims=(in_dim, None, None, None, None))
             torch.testing.assert_close(mapped(shares.movedim(0, in_dim), 7, 9, 3, 2),
                                        operator(shares, 7, 9, 3, 2), rtol=0, atol=0)
+
+
+def test_the_operators_pass_torchs_custom_operator_checks():
+    """Schema, autograd registration, fake tensors (torch.compile, meta devices), AOT dispatch."""
+    ops = torch.ops.study
+    for operator, args in [(ops.windows.default, (torch.rand(2, 5, 7, requires_grad=True), 3, 2)),
+                           (ops.pixel_sums.default, (torch.rand(2, 9, 6, requires_grad=True), 5, 7, 3, 2)),
+                           (ops.pixel_max.default, (torch.rand(2, 9, 6), 5, 7, 3, 2))]:
+        torch.library.opcheck(operator, args)
