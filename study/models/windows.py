@@ -109,6 +109,7 @@ def _pixel_sums_backward(ctx, grad: Tensor):
 windows.register_autograd(_windows_backward, setup_context=_windows_setup)
 pixel_sums.register_autograd(_pixel_sums_backward, setup_context=_pixel_sums_setup)
 
+
 def _leading(operator):
     def rule(info, in_dims, tensor: Tensor, *geometry):
         # Leading dimensions are all alike to these operators: the vmapped one is one more.
@@ -119,5 +120,5 @@ def _leading(operator):
     return rule
 
 
-for operator in (windows, pixel_sums, pixel_max):
-    operator.register_vmap(_leading(operator))
+for _custom in (windows, pixel_sums, pixel_max):
+    _custom.register_vmap(_leading(_custom))
