@@ -14,7 +14,6 @@ Usage: python bench/train_step.py [--device cuda] [--batch 32] [--steps 20] [--s
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
@@ -23,24 +22,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from study.config import ModelConfig
 from study.cuda_graph import Replayed
 from study.models import LeNet, Stacked, forward_flops
+from study.plan import timed_ms
 from study.train import as_inputs, pick_device, training_step
 
 N_IMAGES = 4096  # resident training images the batches are drawn from
 MODELS = [("LeNet-5", {}), *[(f"AttConv@conv1 T={t}", {"layers": [0], "iterations": t}) for t in (1, 4, 8)]]
-
-
-def timed(step, batches, steps: int, device: torch.device) -> float:
-    """Milliseconds per call of ``step`` over ``steps`` calls, after warm-up calls."""
-    for _ in range(4):  # warm-up; on CUDA also the graph's capture
-        step(next(batches))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(batches))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps * 1000
 
 
 def index_batches(seeds: int, batch: int, device: torch.device):
@@ -55,8 +41,8 @@ def stacked_ms(attention: dict, seeds: int, data, args, device: torch.device) ->
     graphed = device.type == "cuda"
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-4, capturable=graphed)
     step = training_step(net, optimizer, images, targets)
-    return timed(Replayed(step) if graphed else step, index_batches(seeds, args.batch, device),
-                 args.steps, device)
+    return timed_ms(Replayed(step) if graphed else step, index_batches(seeds, args.batch, device),
+                    device, args.steps, warmup=4)
 
 
 def eager_ms(attention: dict, data, args, device: torch.device) -> float:
@@ -71,7 +57,7 @@ def eager_ms(attention: dict, data, args, device: torch.device) -> float:
         loss.backward()
         optimizer.step()
 
-    return timed(step, index_batches(1, args.batch, device), args.steps, device)
+    return timed_ms(step, index_batches(1, args.batch, device), device, args.steps, warmup=4)
 
 
 def dataloader_ms(attention: dict, data, args, device: torch.device) -> float:
@@ -92,7 +78,7 @@ def dataloader_ms(attention: dict, data, args, device: torch.device) -> float:
         loss.backward()
         optimizer.step()
 
-    return timed(step, batches(), args.steps, device)
+    return timed_ms(step, batches(), device, args.steps, warmup=4)
 
 
 def main() -> None:

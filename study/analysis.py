@@ -334,6 +334,11 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         choices = [k for k, d in study.space.items() if d.choice is not None]
         raise UserError(f"--by {factor}: compare by a 'choice' key of the space: {choices}")
     r = results.load(study_dir)
+    strangers = [key for key in study.space if key not in r.trials]
+    if strangers:
+        raise UserError(f"{study_dir / 'study.yaml'} varies {', '.join(strangers)}, which trials.parquet "
+                        "has no column for: the folder holds files of two studies. Analyse the folder "
+                        "a study run wrote, with the study.yaml it wrote")
     done = r.trials[r.trials["status"].isin(results.TRAINED)]
     if "reason" not in r.trials:  # results written before failures had reasons
         r.trials["reason"] = None

@@ -8,12 +8,15 @@ import shlex
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from study import config
 from study.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter studies of top-down attention in LeNet-style networks.")
@@ -33,26 +36,16 @@ def _fail(err: UserError) -> None:
     raise typer.Exit(2)
 
 
-def _load(space: Path, sets: list[str] | None, download: bool) -> config.Study:
+def _load(space: Path, sets: list[str] | None, download: bool,
+          verbatim: dict[str, tuple[str, str | None]] | None = None) -> config.Study:
     """The study, with MNIST fetched first when asked and its source digits checked."""
-    study = config.load(space, sets or [])
+    study = config.load(space, sets or [], verbatim)
     from study.data import source
 
     if download and study.data.source == "mnist":
         source.download_mnist(study.data.root)
     source.load(study.data)  # a missing or corrupt MNIST folder fails here, before anything runs
     return study
-
-
-def _claim(study_dir: Path, rename: str) -> Path:
-    """``study_dir`` if it holds nothing yet: results are never overwritten."""
-    blocking = next((p for p in (study_dir, *study_dir.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise UserError(f"{blocking} is a file, but results go into the folder {study_dir}; "
-                        "pass --results naming a folder")
-    if study_dir.exists() and any(study_dir.iterdir()):
-        raise UserError(f"{study_dir} already holds results; remove it or pass {rename}")
-    return study_dir
 
 
 def _shared(results: Path) -> None:
@@ -64,18 +57,29 @@ def _shared(results: Path) -> None:
                         "sees, e.g. --results /shared/results")
 
 
-def _resumable(study: config.Study, space: Path, study_dir: Path) -> Path:
-    """``study_dir`` if it holds an interrupted run of this very study."""
+def _same_study(study: config.Study, space: Path, study_dir: Path) -> None:
+    """An interrupted run in ``study_dir`` must be of this very study to be resumed."""
     stored = study_dir / "study.yaml"
-    if not stored.exists():
-        raise UserError(f"{study_dir}: nothing to resume (no study.yaml); run without --resume")
     before = config.load(stored)
     if before != study:
         was, now = before.model_dump(), study.model_dump()
         differ = [key for key in now if was.get(key) != now[key]]
         raise UserError(f"{stored} differs from {space} as given (in {', '.join(differ)}); resume "
                         "with the same file and --set values")
-    return study_dir
+
+
+def _preflight(study: config.Study, study_dir: Path, address: str | None) -> None:
+    """Everything that can be checked before Ray starts and anything is written."""
+    from study import preflight, tune
+
+    preflight.check_storage(study, study_dir)
+    if address:
+        tune.check_address(address)
+        preflight.check_memory(study, workers=0)  # this driver builds the dataset too
+        return
+    cpus = preflight.local_cpus()
+    preflight.check_resources(study, cpus, preflight.local_gpus(), where="this machine")
+    preflight.check_memory(study, workers=min(study.n_trials(), int(cpus // study.resources.cpu)))
 
 
 @app.command()
@@ -96,21 +100,57 @@ def run(
     download: Download = False,
 ) -> None:
     """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
-    try:
-        extra = [*([f"name={name}"] if name else []), *([f"search.storage={storage}"] if storage else [])]
-        study = _load(space, [*(sets or []), *extra], download)
-        _shared(results)
-        study_dir = (_resumable(study, space, results / study.name) if resume
-                     else _claim(results / study.name, "--name NEW_NAME or --resume"))
-        # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
-        typer.echo(_model_table(study, space))
-        from study import tune
+    from study import lock
 
-        if address:
-            tune.check_address(address)
-        tune.run(study, study_dir, address=address, verbose=verbose, resume=resume)
+    try:
+        study = _load(space, sets, download, verbatim={"name": ("--name", name),
+                                                             "search.storage": ("--storage", storage)})
+        _shared(results)
+        # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
+        models = _models(study, space)
+        study_dir = results / study.name
+        _preflight(study, study_dir, address)
+        from study import preflight
+
+        preflight.check_disk(study, study_dir, int(models["n_params"].max()))
+        with lock.held(study_dir, fresh=not resume):
+            if resume:
+                _same_study(study, space, study_dir)
+            typer.echo(_shown(models))
+            if not address:  # a cluster's nodes are not this machine
+                _print_plan(study)
+            _run(study, study_dir, address, verbose, resume)
+            _outcome(study, study_dir)
     except UserError as err:
         _fail(err)
+
+
+def _run(study: config.Study, study_dir: Path, address: str | None, verbose: bool, resume: bool) -> None:
+    """``tune.run``; a write that failed for want of space is a message with the way on."""
+    from study import preflight, tune
+
+    try:
+        tune.run(study, study_dir, address=address, verbose=verbose, resume=resume)
+    except UserError:
+        raise
+    except Exception as err:
+        full = preflight.disk_full(study_dir)
+        if full is None:
+            raise
+        try:  # Optuna's trials left RUNNING are settled here if the storage can still write
+            tune.settle_interrupted(study, study_dir)
+            settled = "no Optuna trial is left running"
+        except Exception:
+            settled = "--resume settles the Optuna trials left running"
+        while err.__cause__ or err.__context__:  # the innermost error names the failed write best
+            err = err.__cause__ or err.__context__
+        last = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+        raise UserError(f"{full}: a write failed ({last}). Every result file is whole or absent and "
+                        f"{settled}; free space, then continue with: {_resume_command()}") from None
+
+
+def _outcome(study: config.Study, study_dir: Path) -> None:
+    """What the run leaves: the next command, or how to resume, and the networks that failed."""
     from study.results import failures, status_counts
 
     expected = study.n_networks()
@@ -118,9 +158,8 @@ def run(
     completed = counts.get("COMPLETED", 0) + counts.get("STOPPED", 0)
     failed = counts.get("ERROR", 0)
     if completed + failed < expected:  # Ray Tune returns early when interrupted (Ctrl-C)
-        again = " ".join(shlex.quote(a) for a in ["study", *sys.argv[1:]] if a != "--resume")
         typer.echo(f"interrupted: {completed + failed} of {expected} networks finished; their results "
-                   f"are in {study_dir}. Continue with: {again} --resume", err=True)
+                   f"are in {study_dir}. Continue with: {_resume_command()}", err=True)
         raise typer.Exit(130)
     typer.echo(f"results in {study_dir}; next: study analyze {study_dir}")
     if failed:
@@ -129,6 +168,11 @@ def run(
         for line in failures(study_dir):
             typer.echo(f"  {line}", err=True)
         raise typer.Exit(1)
+
+
+def _resume_command() -> str:
+    """This very command line with ``--resume``."""
+    return " ".join(shlex.quote(a) for a in ["study", *sys.argv[1:]] if a != "--resume") + " --resume"
 
 
 @app.command()
@@ -142,17 +186,23 @@ def trial(
 ) -> None:
     """One trial in this process, without Ray, of the file's sections as they stand (after
     --set); the space is not sampled. Writes results/<name>-trial/ like a one-trial study."""
+    from study import lock
+
     try:
         study = _load(space, sets, download)
-        study_dir = _claim(results / f"{study.name}-trial", "--set name=NEW_NAME")
+        folder = results / f"{study.name}-trial"
+        with lock.held(folder, fresh=True, elsewhere="--set name=NEW_NAME") as study_dir:
+            _one_trial(study, study_dir, seeds or study.seeds())
     except UserError as err:
         _fail(err)
+
+
+def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> None:
     from study import results as result_files
     from study.train import fit
 
     params = {key: config.current(study, key) for key in study.space}
     trial_id = f"trial-{uuid.uuid4().hex[:8]}"
-    seeds = seeds or study.seeds()
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
     typer.echo(f"trial {trial_id}: {shown}, seeds {seeds}")
 
@@ -173,14 +223,38 @@ def trial(
         raise typer.Exit(1)
 
 
-def _model_table(study: config.Study, space: Path) -> str:
+def _models(study: config.Study, space: Path) -> pd.DataFrame:
+    """Every model the space can produce (``study.models.catalogue``); one that cannot be built
+    (a baseline that cannot be matched) is a message."""
     from study.models.catalogue import catalogue
 
     try:
-        table = catalogue(study)
+        return catalogue(study)
     except ValueError as err:
         raise UserError(f"{space}: {err}") from None
+
+
+def _shown(table: pd.DataFrame) -> str:
     return table.astype(object).where(table.notna(), "").to_string(index=False)
+
+
+def _print_plan(study: config.Study) -> None:
+    from study import plan, preflight
+
+    for line in plan.lines(plan.plan(study, preflight.local_cpus())):
+        typer.echo(line)
+
+
+@app.command(name="plan")
+def plan_(space: Space, sets: Sets = None) -> None:
+    """Before anything trains: stages, trials, networks, steps, memory and the time on this machine,
+    from a few real timed steps of every distinct architecture."""
+    try:
+        study = _load(space, sets, download=False)
+        _models(study, space)
+        _print_plan(study)
+    except UserError as err:
+        _fail(err)
 
 
 @app.command()
@@ -188,7 +262,7 @@ def models(space: Space, sets: Sets = None) -> None:
     """Every model the space can produce: widths, parameters, forward FLOPs, baseline matches."""
     try:
         study = config.load(space, sets or [])
-        typer.echo(_model_table(study, space))
+        typer.echo(_shown(_models(study, space)))
     except UserError as err:
         _fail(err)
 

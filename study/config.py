@@ -29,7 +29,9 @@ TUNABLE_SECTIONS = ("data", "model", "train")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused everywhere: no setting means anything at either (a weight decay of
+    # inf fails every network after minutes; a CPU count of inf overflows inside Ray).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 PALETTE = {  # digit colours: each channel fully on or off, so a colour is recognisable per pixel
@@ -205,6 +207,9 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd's momentum")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cuda_graphs: bool = Field(True, description="on CUDA, replay the training step as a CUDA graph")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="the training step and evaluation through torch.compile: true, false, "
+        "or auto (after an eager first epoch, when the rest repays the warm-up; study.compiled)")
 
 
 class Distribution(_Section):
@@ -302,7 +307,10 @@ class ResourcesConfig(_Section):
 
 
 class Study(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # `name: 2024` or --set name=2024 is a folder name, not a number
+    model_config = ConfigDict(**_Section.model_config, coerce_numbers_to_str=True)
+
+    name: str = Field(description="the results folder's name: any name a folder can have")
     question: str = ""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -311,6 +319,18 @@ class Study(_Section):
     search: SearchConfig = SearchConfig()
     compare: str | None = None
     resources: ResourcesConfig = ResourcesConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        reason = ("is empty" if not name else "is . or .., which name folders already" if name in (".", "..")
+                  else "holds a / , which would make it a path" if "/" in name
+                  else "holds a NUL or control character" if any(ord(c) < 32 for c in name)
+                  else "is longer than the 255 bytes a folder name can have"
+                  if len(name.encode()) > 255 else None)
+        if reason:
+            raise ValueError(f"{_excerpt(name)} {reason}: the name becomes the results folder")
+        return name
 
     @field_validator("space")
     @classmethod
@@ -520,11 +540,49 @@ RETIRED = {("model", "family"): "lenet5", ("train", "select"): "best_val",
            ("search", "metric"): "best_val_loss", ("search", "mode"): "min"}
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> Study:
-    """Read, override and validate a study file; every mistake is one ``UserError``."""
+MAX_NODES = 100_000  # a study file is a few hundred values; aliases may not expand past this
+EXCERPT = 80  # characters of the user's input a message quotes, at most
+
+
+def _excerpt(value: Any) -> str:
+    """``repr(value)``, cut short: a message never echoes more than a line of the input."""
+    text = repr(value)
+    return text if len(text) <= EXCERPT else f"{text[:EXCERPT]}… ({len(text):,} characters)"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document whose aliases expand past ``MAX_NODES`` values:
+    an 838-byte "billion laughs" file otherwise expands to gigabytes once anything walks it."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node) -> int:  # values after expansion; each shared node sized once
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a recursive alias counts once
+                children = n.value if isinstance(n, yaml.SequenceNode) else \
+                    [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else []
+                sizes[id(n)] = min(MAX_NODES + 1, 1 + sum(size(c) for c in children))
+            return sizes[id(n)]
+
+        if size(node) > MAX_NODES:
+            raise yaml.YAMLError(f"its aliases expand to more than {MAX_NODES:,} values; a study file "
+                                 "needs a few hundred: write the values out")
+        return super().construct_document(node)
+
+
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader, bounded)
+
+
+def load(path: str | Path, overrides: list[str] = (),
+         verbatim: dict[str, tuple[str, str | None]] | None = None) -> Study:
+    """Read, override and validate a study file; every mistake is one ``UserError``.
+    ``verbatim`` maps dotted keys to (the option that gave it, text): the text is set as given,
+    unparsed (``--name 2024``, ``--name 'a #2'``), and a mistake in it is blamed on the option."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -542,21 +600,25 @@ def load(path: str | Path, overrides: list[str] = ()) -> Study:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. --set train.epochs=2")
+            raise UserError(f"--set {_excerpt(item)}: write KEY=VALUE, e.g. --set train.epochs=2")
         try:
-            _set_dotted(raw, key.strip(), yaml.safe_load(text))
+            _set_dotted(raw, key.strip(), _parse(text))
         except (ValueError, yaml.YAMLError) as err:
-            raise UserError(f"--set {item!r}: {err}") from None
-    study = _validate(raw, path)
+            raise UserError(f"--set {_excerpt(item)}: {err}") from None
+    given = {key: option for key, (option, text) in (verbatim or {}).items() if text is not None}
+    for key, (_, text) in (verbatim or {}).items():
+        if text is not None:
+            _set_dotted(raw, key, text)
+    study = _validate(raw, path, given)
     _check_candidates(study, path)
     return study
 
 
-def _validate(raw: dict, path: Path) -> Study:
+def _validate(raw: dict, path: Path, given: dict[str, str]) -> Study:
     try:
         return Study.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_describe(err, path)) from None
+        raise UserError(_describe(err, path, given=given)) from None
 
 
 def _check_candidates(study: Study, path: Path) -> None:
@@ -569,7 +631,8 @@ def _check_candidates(study: Study, path: Path) -> None:
             raise UserError(_describe(err, path, f" (with space choice {shown})")) from None
 
 
-def _describe(err: ValidationError, path: Path, context: str = "") -> str:
+def _describe(err: ValidationError, path: Path, context: str = "",
+              given: dict[str, str] | None = None) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
@@ -577,8 +640,9 @@ def _describe(err: ValidationError, path: Path, context: str = "") -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check its spelling against README.md's search-space reference"
         elif e["type"] not in ("value_error", "missing"):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{path}: {key or '(top level)'}: {msg}{context}")
+            msg = f"{msg} (got {_excerpt(e['input'])})"
+        where = given[key] if key in (given or {}) else f"{path}: {key or '(top level)'}"
+        lines.append(f"{where}: {msg}{context}")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ The directory is built under a temporary name and swapped in whole. Used on a fi
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 
@@ -205,7 +206,11 @@ def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
         return "no completed network with an AttConv layer and saved weights"
     network = f"{row['trial_id']} seed {row['seed']}"
     net = build_network(trial_study.model, trial_study.data.canvas, trial_study.data.channels())
-    state = torch.load(weights, map_location="cpu")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)  # runs no pickled code
+    except pickle.UnpicklingError:
+        return (f"{weights} holds more than tensors, which study never writes: not loaded, since "
+                "loading it could run code; the file was replaced after the run")
     # Weights saved before AttConv dropped its inert top-down bias still carry it: nothing reads it.
     net.load_state_dict({name: value for name, value in state.items() if not name.endswith(".bias_td")})
     net.eval()

@@ -235,9 +235,26 @@ def load(path: str | Path) -> Results:
     samples = _read(samples_dir, partitioning=None) if samples_dir.exists() else pd.DataFrame()
     if "trial_id" in samples:
         samples["trial_id"] = samples["trial_id"].astype(str)  # a category as read; text is simpler
+        _check_fingerprints(path, trials, samples)
         configurations = trials[["trial_id", *params]].drop_duplicates("trial_id")
         samples = samples.merge(configurations, on="trial_id", how="left")
     return Results(trials, _read(path / "epochs.parquet"), samples, params)
+
+
+def _check_fingerprints(path: Path, trials: pd.DataFrame, samples: pd.DataFrame) -> None:
+    """Each network's per-sample rows must come from the dataset its trials row names: images are
+    paired across networks by ``sample_idx`` only within one ``data_fingerprint``."""
+    if "data_fingerprint" not in samples:
+        return
+    seen = samples.groupby(["trial_id", "seed"], observed=True)["data_fingerprint"].agg(set)
+    named = trials.dropna(subset=["data_fingerprint"]).set_index(["trial_id", "seed"])["data_fingerprint"]
+    for (trial_id, seed), fingerprints in seen.items():
+        expected = named.get((trial_id, seed))
+        if expected is not None and fingerprints != {expected}:
+            raise UserError(f"{path / 'samples'}: the per-sample rows of trial {trial_id} seed {seed} carry "
+                            f"data_fingerprint {', '.join(sorted(fingerprints))}, but trials.parquet says "
+                            f"that network saw {expected}: the files were mixed after the run, and its "
+                            "images cannot be paired; restore the folder from a copy")
 
 
 def _read(path: Path, **options: Any) -> pd.DataFrame:

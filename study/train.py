@@ -6,8 +6,10 @@ Seed s gets the network a one-seed run with seed s gets: the same initialisation
 ``torch.manual_seed(s)``), the same batch order (its own generator), its own best epoch; the
 numbers agree to float rounding, because a grouped convolution sums in another order than S
 separate ones. The whole dataset lives on the training device as uint8 tensors and batches are
-taken by index, so nothing crosses from host to device inside the loop. On CUDA the training
-step is captured once as a CUDA graph and replayed (``train.cuda_graphs``; ``study.cuda_graph``).
+taken by index, so nothing crosses from host to device inside the loop. The step and the
+evaluation go through ``torch.compile`` where that pays (``train.compile``; ``study.compiled``),
+and on CUDA the step is captured once as a CUDA graph and replayed (``train.cuda_graphs``;
+``study.cuda_graph``).
 A network whose loss stops being finite or diverges (``failure``) stops counting: its best
 epoch stays where it was, the others train on, and the trial stops early when none is left.
 ``fit`` knows nothing of Ray: it calls ``report`` once per epoch with plain numbers and a way to
@@ -33,11 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from study.compiled import ShapeSpecialised, pays, use_cache
 from study.config import Study, TrainConfig
 from study.cuda_graph import Replayed
 from study.data import Dataset, build
 from study.models import Stacked, build_network, forward_flops, n_params
 
+# Images × seeds per evaluation chunk. Per image, AttConv holds several C·k²·L tensors: at 1024
+# images for each of 10 seeds one of them is 2 GB, and a trial on a CPU ran out of memory.
 EVAL_BATCH = 1024
 # A network has diverged when its training or validation loss exceeds this multiple of the
 # untrained network's validation loss (BCE near 0.69; a diverged one is orders of magnitude above).
@@ -92,13 +97,25 @@ def losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
 
 
+def inference(net: Stacked) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``forward(images)``: every seed's logits (S×n×10) for the same uint8 images."""
+    return lambda images: net(as_inputs(images), shared=True)
+
+
+def eval_chunk(seeds: int) -> int:
+    """Images per evaluation chunk of ``seeds`` stacked networks: ``EVAL_BATCH`` in all."""
+    return max(1, EVAL_BATCH // seeds)
+
+
 @torch.no_grad()
-def evaluate(net: Stacked, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every seed's per-sample losses (S×n) and logits (S×n×10) on the same images, in eval mode."""
+def evaluate(net: Stacked, images: torch.Tensor, targets: torch.Tensor,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every seed's per-sample losses (S×n) and logits (S×n×10) on the same images, in eval mode,
+    ``eval_chunk`` images at a time through ``forward`` (default: ``inference(net)``)."""
     net.eval()
-    out = [net(as_inputs(images[lo : lo + EVAL_BATCH]), shared=True)
-           for lo in range(0, len(images), EVAL_BATCH)]
-    logits = torch.cat(out, 1)
+    forward, chunk = forward or inference(net), eval_chunk(net.seeds)
+    logits = torch.cat([forward(images[lo : lo + chunk]) for lo in range(0, len(images), chunk)], 1)
     return losses(logits, targets.expand(net.seeds, -1, -1)), logits
 
 
@@ -191,9 +208,16 @@ def fit(study: Study, seeds: Sequence[int],
     optimizer = make_optimizer(net.parameters(), study.train, capturable=graphed)
     orders = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
-    step = training_step(net, optimizer, train_x, train_y)
-    if graphed:
-        step = Replayed(step)
+    eager = training_step(net, optimizer, train_x, train_y)
+
+    def prepared(compiled: bool) -> tuple[Callable, Callable]:
+        """The step and the evaluation's forward, compiled or not (``study.compiled``)."""
+        if compiled:
+            use_cache(torch.get_num_threads())
+        step = ShapeSpecialised(eager, compiled)
+        return Replayed(step) if graphed else step, ShapeSpecialised(inference(net), compiled)
+
+    step, forward = prepared(cfg.compile is True)
     S, n = len(seeds), len(train_x)
     # A final batch of one sample would break batch norm's statistics: it is skipped.
     n_used = n - (n % cfg.batch_size == 1)
@@ -216,8 +240,10 @@ def fit(study: Study, seeds: Sequence[int],
         for lo in range(0, n_used, cfg.batch_size):
             idx = perms[:, lo : min(lo + cfg.batch_size, n_used)]
             total += step(idx) * idx.shape[1]
-        val_loss = evaluate(net, val_x, val_y)[0].mean(1)
+        val_loss = evaluate(net, val_x, val_y, forward)[0].mean(1)
         train_loss, seconds = (total / n_used).tolist(), time.perf_counter() - t0
+        if epoch == 0 and cfg.compile == "auto" and pays(seconds, cfg.epochs - 1):
+            step, forward = prepared(True)
         for s in range(S):
             failures[s] = failures[s] or failure(train_loss[s], float(val_loss[s]), untrained[s], epoch)
         healthy = torch.tensor([f is None for f in failures], device=device)

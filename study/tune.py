@@ -56,6 +56,8 @@ from study.analysis import best_configurations
 from study.config import Study, combinations, resolve
 from study.data import build
 from study.errors import UserError
+from study.plan import duration
+from study.preflight import check_resources, disk_full
 from study.storage import optuna_storage, study_name, study_names
 from study.train import Snapshot, conclude, fit
 
@@ -80,8 +82,11 @@ def optuna_space(study: Study, keys: list[str]) -> dict[str, optuna.distribution
     return space
 
 
-def sampler(study: Study, keys: list[str]) -> optuna.samplers.BaseSampler:
-    seed = study.search.seed
+def sampler(study: Study, keys: list[str], drawn: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler ``search.sampler`` names. ``drawn``: the trials its Optuna study already holds
+    (a resumed study); the seed moves on by that many, so a resumed random or TPE search does not
+    draw its first configurations again, which would retrain them on the same seeds."""
+    seed = study.search.seed + drawn
     if study.search.sampler == "grid":
         return optuna.samplers.GridSampler({k: study.space[k].levels() for k in keys}, seed=seed)
     if study.search.sampler == "random":
@@ -232,16 +237,6 @@ def _finish(study: dict, study_dir: str, threads: int, stage: str, trial_id: str
     results.write_trial(Path(study_dir), trial_id, stage, params, result)
 
 
-def duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h07m``: elapsed and remaining time as a person reads it."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 class _Progress:
     """The running count over both stages and an estimate of the time left, from the trials
     finished in this run (a resumed study's earlier trials took no time here)."""
@@ -278,6 +273,9 @@ class _Recorder(tune.Callback):
             self._line(trial, f"done: best_val_loss={last[METRIC]:.4f} (mean of {seeds})")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        full = disk_full(self.study_dir)
+        if full:  # not the networks' failure: the study stops, and --resume reruns the trial
+            raise UserError(f"{full}: trial {trial.trial_id} could not write its results")
         log = Path(trial.local_path or self.study_dir / "ray") / "error.txt"
         reason = f"the trial's worker failed {self.study.resources.retries + 1} time(s); log: {log}"
         results.write_failed(self.study_dir, trial.trial_id, self.stage, self.seeds,
@@ -309,7 +307,8 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         return  # "auto", a ray:// client address: Ray resolves those itself
     hint = f"--address {address}: "
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+            speaks_grpc = _answers_http2(conn)
     except ConnectionRefusedError:
         raise UserError(hint + f"connection refused: nothing listens on port {port} of {host}. Start "
                         f"the head there with `ray start --head --port={port}`, or correct the "
@@ -319,6 +318,36 @@ def check_address(address: str, timeout: float = 5.0) -> None:
                         "a firewall drops the port, or the address is wrong") from None
     except OSError as err:
         raise UserError(hint + f"cannot reach {host}: {err}") from None
+    if not speaks_grpc:
+        raise UserError(hint + f"something answers on port {port}, but not a Ray head (its port speaks "
+                        "gRPC); give the port `ray start --head` printed (6379 by default)")
+    from ray._raylet import AuthenticationTokenLoader
+
+    if os.environ["RAY_AUTH_MODE"] == "token" and \
+            not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        raise UserError(hint + "no Ray auth token here, and the cluster checks one: copy the head "
+                        "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN")
+
+
+# An HTTP/2 client's first bytes, and an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the server on ``conn`` speaks HTTP/2, as Ray's GCS (a gRPC server) does: it answers
+    the preface with a SETTINGS frame. Anything else (an HTTP/1 page, a database's greeting,
+    silence until the timeout) is not a Ray head."""
+    try:
+        conn.sendall(_HTTP2_PREFACE)
+        header = b""
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == 4
 
 
 def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool = False,
@@ -326,12 +355,12 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     """Run every trial of ``study`` and leave the result files in ``study_dir``; with
     ``verbose``, Ray's own status tables and worker output are shown too. With ``resume``,
     continue an interrupted run there: the trials that finished stay, the ones that were
-    running are rerun from their start."""
+    running are rerun from their start. What the trials lack is planned from the finished
+    networks' rows, never from Optuna's view of them. The caller holds the folder's lock."""
     study_dir = Path(study_dir).resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # GridSampler stops its study after the last grid point; Ray logs that as a misleading warning.
-    logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(
-        lambda record: "Study.stop" not in record.getMessage())
+    # On Ctrl-C Ray advises `Tuner.restore(...)`; this tool's own resume command is what works.
+    logging.getLogger("ray.tune.tune").addFilter(lambda record: "Resume " not in record.getMessage())
     started_here = not ray.is_initialized()
     if started_here:
         # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
@@ -339,12 +368,19 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
         try:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
                      logging_level="info" if verbose else "warning")
-        except (ConnectionError, RuntimeError, ValueError) as err:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as err:
             if address is None:
                 raise
             raise UserError(f"--address {address}: cannot join that Ray cluster: {err}. Is "
                             "`ray start --head` running there, and is its auth token here "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
+    if address:
+        try:  # a cluster's nodes are known only now: nothing is written yet
+            check_resources(study, *_largest_node(), where=f"the largest node of the cluster at {address}")
+        except UserError:
+            if started_here:
+                ray.shutdown()
+            raise
     if resume:
         gone = results.discard_unfinished(study_dir)
         told, failed = settle_interrupted(study, study_dir)
@@ -371,8 +407,8 @@ def searcher(study: Study, study_dir: Path, done: list[dict[str, Any]] = ()) -> 
 
     def optuna_search(keys: list[str], name: str, points: list[dict] | None = None) -> OptunaSearch:
         return FailingSearch(space=optuna_space(study, keys), metric=METRIC, mode=MODE,
-                             sampler=sampler(study, keys), study_name=name, storage=stored,
-                             points_to_evaluate=points)
+                             sampler=sampler(study, keys, _stored_trials(stored, name)), study_name=name,
+                             storage=stored, points_to_evaluate=points)
 
     if study.tuned_per_level():
         key = study.compare
@@ -380,24 +416,42 @@ def searcher(study: Study, study_dir: Path, done: list[dict[str, Any]] = ()) -> 
         return PerLevel(key, {level: optuna_search(others, study_name(study, level))
                               for level in study.space[key].levels()}, search.trials,
                         Counter(configuration[key] for configuration in done))
-    if search.sampler == "grid" and done:  # a grid's keys are all choices: candidates are levels
-        keys = list(study.space)
+    if search.sampler == "grid":
+        # The points the finished rows lack, given explicitly: Optuna's GridSampler counts a FAIL
+        # trial (one a killed run left behind) as visited and would never train its point again.
+        keys = list(study.space)  # a grid's keys are all choices: the candidates are the levels
         missing = [point for point in combinations(study, keys) if point not in done]
         return optuna_search(keys, study_name(study), missing)
     return optuna_search(list(study.space), study_name(study))
 
 
+def _stored_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """How many trials the Optuna study ``name`` holds already (0 for a new one)."""
+    try:
+        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
+    except KeyError:
+        return 0
+
+
+def _largest_node() -> tuple[float, float]:
+    """The CPUs and GPUs of the cluster's largest alive node: one trial runs on one node."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return max((n.get("CPU", 0) for n in nodes), default=0), max((n.get("GPU", 0) for n in nodes), default=0)
+
+
 def settle_interrupted(study: Study, study_dir: Path) -> tuple[int, int]:
-    """Settle the Optuna trials an interrupted run left RUNNING. One whose Ray trial wrote its rows
-    before the driver died (which then had no time to tell Optuna) gets the value those rows hold,
-    the mean over seeds of each seed's best validation loss, as the driver would have told it; the
-    others died with the run, are rerun, and are marked FAIL. Returns how many of each."""
+    """Settle the Optuna trials an interrupted run left RUNNING or WAITING. One whose Ray trial
+    wrote its rows before the driver died (which then had no time to tell Optuna) gets the value
+    those rows hold, the mean over seeds of each seed's best validation loss, as the driver would
+    have told it; the others (a grid's points queued but never started among them) died with the
+    run, are planned again from the finished rows, and are marked FAIL. Returns how many of each."""
     networks = _finished(study_dir)
     stored, told, failed = optuna_storage(study, study_dir), 0, 0
     for frozen in stored.get_all_studies():
         if frozen.study_name not in study_names(study):
             continue  # a shared storage holds other studies too
-        for trial in stored.get_all_trials(frozen._study_id, states=(optuna.trial.TrialState.RUNNING,)):
+        unsettled = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+        for trial in stored.get_all_trials(frozen._study_id, states=unsettled):
             rows = networks[networks["trial_id"] == trial.user_attrs.get(RAY_TRIAL)]
             if len(rows) and rows["status"].isin(results.TRAINED).all():
                 stored.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE,

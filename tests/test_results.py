@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from study import config, results
+from study.errors import UserError
 from study.train import fit
 
 from .conftest import SMOKE
@@ -78,3 +79,28 @@ def test_trial_ids_of_digits_only_read_back_as_text(tmp_path):
     assert samples.groupby("trial_id").size().to_dict() == {"01234567": 30, "12345678": 30}
     read = pd.read_parquet(tmp_path / "samples", partitioning=None)  # as the README says
     assert sorted(read["trial_id"].astype(str).unique()) == ["01234567", "12345678"]
+
+
+def test_samples_from_another_dataset_than_their_network_are_a_message(tmp_path):
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
+    params = {"model.attention.layers": "[]"}
+    results.write_trial(tmp_path, "t", "tune", params, fit(study, seeds=[0]))
+    results.consolidate(tmp_path)
+    part = tmp_path / "samples" / "trial_id=t" / "part-0.parquet"
+    samples = pd.read_parquet(part)
+    samples["data_fingerprint"] = "another"
+    samples.to_parquet(part, index=False)
+    with pytest.raises(UserError, match="trial t seed 0 carry data_fingerprint another, but "):
+        results.load(tmp_path)
+
+
+def test_analysis_of_a_folder_whose_study_yaml_is_another_studys_is_a_message(tmp_path):
+    from study.analysis import analyze
+
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
+    results.write_trial(tmp_path, "t", "tune", {"model.attention.layers": "[]"}, fit(study, seeds=[0]))
+    results.consolidate(tmp_path)
+    other = config.load(SMOKE, ["space={train.lr: {choice: [0.001, 0.003]}}", "compare=train.lr"])
+    results.write_study(tmp_path, other)
+    with pytest.raises(UserError, match="varies train.lr, which trials.parquet has no column for"):
+        analyze(tmp_path)

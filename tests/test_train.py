@@ -187,3 +187,28 @@ def test_a_training_step_replayed_as_a_cuda_graph_trains_the_same_networks(layer
         np.testing.assert_allclose([e["train_loss"] for e in ours.epochs],
                                    [e["train_loss"] for e in theirs.epochs], rtol=1e-4)
         np.testing.assert_allclose(ours.test_loss, theirs.test_loss, rtol=1e-3, atol=1e-5)
+
+
+def test_the_compiled_step_trains_the_same_networks_as_the_eager_one():
+    """``train.compile: true`` (inductor, from the first step; the short last batch and evaluation
+    chunk eager) against ``false``: the same best epochs and epoch losses to 1e-4 relative; every
+    test sample's loss and logits to 2e-3 (float32 sums in another order, grown over 27 steps)."""
+    sets = ["data.n_images=300", "train.epochs=3", "train.batch_size=25"]  # 240 images: a short last batch
+    eager, compiled = (fit(config.load(SMOKE, [*sets, f"train.compile={c}"]), seeds=[0, 1])
+                       for c in ("false", "true"))
+    for a, b in zip(eager.networks, compiled.networks, strict=True):
+        assert a.best_epoch == b.best_epoch
+        assert [e["val_loss"] for e in a.epochs] == pytest.approx([e["val_loss"] for e in b.epochs], rel=1e-4)
+        assert [e["train_loss"] for e in a.epochs] == pytest.approx([e["train_loss"] for e in b.epochs],
+                                                                    rel=1e-4)
+        np.testing.assert_allclose(a.test_loss, b.test_loss, rtol=2e-3)
+        np.testing.assert_allclose(a.test_logits, b.test_logits, atol=2e-3)
+
+
+def test_auto_leaves_a_short_trial_eager(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("compiled although the warm-up could not pay")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    result = fit(config.load(SMOKE, ["data.n_images=300", "train.epochs=2"]), seeds=[0])  # compile: auto
+    assert result.networks[0].failure is None

@@ -6,6 +6,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -228,63 +229,151 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def test_a_study_killed_with_sigkill_resumes_with_every_trial_exactly_once(tmp_path):
-    space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"
-    args = ["run", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=1", "--set", space,
-            "--set", "search.seeds=1", "--set", "search.confirm_seeds=2", "--results", str(tmp_path)]
-    log = (tmp_path / "killed.log").open("w")
-    driver = subprocess.Popen([str(BIN / "study"), *args], stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    staged, deadline = tmp_path / "smoke" / ".trials", time.monotonic() + 300
-    started: list[int] = []
+def interrupt(args: list[str], log: Path, moment, how: int = signal.SIGKILL) -> int:
+    """Run ``study`` with ``args`` until ``moment()`` holds, then send ``how`` to the driver (with
+    SIGKILL, also to everything it started, as a machine that died would); returns its exit status."""
+    with log.open("w") as out:
+        driver = subprocess.Popen([str(BIN / "study"), *args], stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline, started = time.monotonic() + 300, []
     try:
-        while not (staged.exists() and any(staged.glob("*.json"))):  # the first trial has finished
-            assert driver.poll() is None and time.monotonic() < deadline, log.name
-            time.sleep(0.2)
+        while not moment():
+            assert driver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
         started = descendants(driver.pid)
-        driver.kill()  # kill -9 of the driver, mid-study
-        driver.wait()
+        driver.send_signal(how)
+        return driver.wait(timeout=120)
     finally:
-        # What that driver started (Ray's daemons and workers), by process id and by its group.
-        for pid in [*started, *descendants(driver.pid)]:
+        for pid in [*started, *descendants(driver.pid)]:  # by process id and by its group
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-        log.close()
-    finished_before = {p.stem for p in staged.glob("*.json")}
-    assert 1 <= len(finished_before) < 6  # killed halfway: 4 tuning + 2 confirmation trials planned
 
-    again = study(*args)
-    assert again.returncode == 2 and "--resume" in again.stderr  # never overwritten
+
+def test_resume_is_exact_from_any_moment(tmp_path):
+    """One study interrupted four times (kill -9 before any trial finished, Ctrl-C of the resumed
+    run mid-tuning, kill -9 as the confirmation is announced and again mid-confirmation), each
+    time at a moment the result files show, then resumed to the end: every planned network once.
+    Two CPUs per trial: one trial at a time, so each moment falls between two trials' ends."""
+    space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"
+    args = ["run", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=3", "--set", space,
+            "--set", "search.seeds=1", "--set", "search.confirm_seeds=2", "--set", "resources.cpu=2",
+            "--results", str(tmp_path)]
+    study_dir = tmp_path / "smoke"
+
+    def staged(stage: str = "") -> set[str]:
+        return {p.stem for p in (study_dir / ".trials").glob("*.json") if stage in p.read_text()}
+
+    def optuna_running() -> bool:
+        url = f"file:{study_dir / 'optuna.db'}?mode=ro"
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(url, uri=True)) as db:
+            return db.execute("select count(*) from trials where state = 'RUNNING'").fetchone()[0] > 0
+        return False
+
+    # 1. Killed once Optuna has handed out the first trial: nothing finished (the issue's run).
+    interrupt(args, tmp_path / "1.log", optuna_running)
+    assert staged() == set()
+    # 2. The resumed run, interrupted with Ctrl-C once a trial has finished.
+    status = interrupt([*args, "--resume"], tmp_path / "2.log", lambda: len(staged()) >= 1, signal.SIGINT)
+    second = (tmp_path / "2.log").read_text()
+    assert status == 130 and " --resume" in second.split("Continue with: ")[1], second[-3000:]
+    assert "Tuner.restore" not in second
+    before = staged()
+    assert 1 <= len(before) < 4
+    # 3. Killed as the confirmation stage is announced: tuning done, nothing confirmed.
+    interrupt([*args, "--resume"], tmp_path / "3.log",
+              lambda: "confirmation:" in (tmp_path / "3.log").read_text())
+    assert len(staged()) == 4 and staged('"confirm"') == set()
+    # 4. Killed mid-confirmation: one level confirmed, the other training.
+    interrupt([*args, "--resume"], tmp_path / "4.log", lambda: len(staged('"confirm"')) == 1)
+    assert len(staged()) == 5
+    assert study(*args).returncode == 2  # a folder with results is never overwritten
     resumed = study(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+
+    trials = pd.read_parquet(study_dir / "trials.parquet")
     tuned, confirmed = trials[trials["stage"] == "tune"], trials[trials["stage"] == "confirm"]
-    # Exactly the trials a run without the crash has: the grid once, each level confirmed once.
-    configurations = tuned.drop_duplicates("trial_id")[["model.attention.layers", "train.lr"]]
-    assert len(configurations) == 4 and not configurations.duplicated().any()
-    assert len(tuned) == 4 and len(confirmed) == 4 and sorted(confirmed["seed"]) == [1, 1, 2, 2]
+    # Exactly the trials a run without the crashes has: the grid once, each level confirmed once.
+    configurations = tuned[["model.attention.layers", "train.lr"]]
+    assert len(tuned) == 4 and not configurations.duplicated().any() and (tuned["seed"] == 0).all()
+    assert len(confirmed) == 4 and sorted(confirmed["seed"]) == [1, 1, 2, 2]
     for level, rows in confirmed.groupby("model.attention.layers"):  # each level's best, retrained
         mine = tuned[tuned["model.attention.layers"] == level]
         assert rows["train.lr"].unique().tolist() == [mine.loc[mine["best_val_loss"].idxmin(), "train.lr"]]
         assert rows["trial_id"].nunique() == 1  # one trial per level, training both fresh seeds
-    assert finished_before <= set(trials["trial_id"])  # what finished before the crash is kept
-    samples = pd.read_parquet(tmp_path / "smoke" / "samples", partitioning=None)
+    assert (trials["status"] == "COMPLETED").all()
+    assert before <= set(trials["trial_id"])  # what finished before a crash is kept
+    samples = pd.read_parquet(study_dir / "samples", partitioning=None)
     assert set(samples["trial_id"].astype(str)) == set(trials["trial_id"])
-    assert len(samples) == len(trials) * 30
-    weights = {p.parent.name for p in (tmp_path / "smoke" / "weights").glob("*/seed-*.pt")}
+    assert len(samples) == len(trials) * N_TEST
+    weights = {p.parent.name for p in (study_dir / "weights").glob("*/seed-*.pt")}
     assert weights == set(trials["trial_id"])
-    ot = optuna.load_study(storage=f"sqlite:///{tmp_path / 'smoke' / 'optuna.db'}", study_name="smoke")
-    states = [t.state for t in ot.trials]
-    assert optuna.trial.TrialState.RUNNING not in states
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4  # the confirmation is no search
-    assert "confirmation: each level's selected configuration retrained on fresh seeds 1..2" in \
-        resumed.stdout + (tmp_path / "killed.log").read_text()
-    shown = json.loads(study("analyze", str(tmp_path / "smoke"), "--json").stdout)
+    ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
+    assert {t.state.name for t in ot.trials} <= {"COMPLETE", "FAIL"}  # none RUNNING or WAITING
+    assert sorted(t.params["train.lr"] for t in ot.trials if t.state.name == "COMPLETE") == \
+        [0.001, 0.001, 0.003, 0.003]  # the confirmation is no search
+    shown = json.loads(study("analyze", str(study_dir), "--json").stdout)
     assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
     assert shown["notes"] == []
+
+
+def test_a_full_disk_is_a_message_and_the_study_resumes_once_there_is_room(tmp_path):
+    from .test_preflight import tmpfs
+
+    with tmpfs(tmp_path / "disk", "size=8m") as disk:
+        args = ["run", str(SMOKE), *SMALL, "--set", "search.seeds=1", "--results", str(disk)]
+        study_dir, log = disk / "smoke", tmp_path / "full.log"
+        with log.open("w") as out:
+            driver = subprocess.Popen([str(BIN / "study"), *args], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not list((study_dir / "ray").glob("tune/searcher-state-*")):  # the trials have begun
+                assert driver.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            with (disk / "filler").open("wb") as filler, contextlib.suppress(OSError):
+                while True:
+                    filler.write(bytes(2**16))
+                    filler.flush()
+            assert driver.wait(timeout=300) == 2
+        finally:
+            driver.kill()
+            driver.wait()
+        shown = log.read_text()
+        assert f"error: the disk holding {study_dir} is full" in shown, shown[-3000:]
+        assert "Traceback" not in shown and shown.rstrip().endswith(" ".join(args[1:]) + " --resume")
+        assert not [p for p in study_dir.rglob(".*tmp*")]  # no half-written file
+        (disk / "filler").unlink()
+        resumed = study(*args, "--resume")
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        check_contract(study_dir, n_trials=2)
+        ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
+        assert {t.state.name for t in ot.trials} <= {"COMPLETE", "FAIL"}
+
+
+def test_a_second_driver_on_the_same_study_is_refused_while_the_first_runs(tmp_path):
+    args = ["run", str(SMOKE), *SMALL, "--set", "search.seeds=1", "--results", str(tmp_path)]
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen([str(BIN / "study"), *args], stdout=out, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lock = tmp_path / "smoke" / ".lock"
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        for second in (study(*args), study(*args, "--resume")):
+            assert second.returncode == 2, second.stderr
+            assert "another study run is working in it" in second.stderr
+            assert f"process {first.pid} " in second.stderr
+        assert first.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        first.kill()
+        first.wait()
+    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    assert trials["trial_id"].nunique() == 2  # the first driver's two trials, nothing more
 
 
 def test_a_diverging_configuration_is_recorded_as_failed_and_the_study_goes_on(tmp_path):

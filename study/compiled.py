@@ -1,0 +1,74 @@
+"""The training step and evaluation through ``torch.compile`` (inductor), and when that pays.
+
+``train.compile`` says whether ``fit`` compiles:
+
+- ``true``: from the first step;
+- ``false``: never (every step eager, as before);
+- ``auto``: the first epoch runs eagerly and is timed; the remaining epochs are compiled when
+  the time the compiled steps save (``GAIN`` of the measured eager time) exceeds the warm-up a
+  compile costs (``WARMUP_S``). Both constants are measurements (``docs/performance.md``), so a
+  short run (the README's small one) stays eager and a long one compiles.
+
+A compiled function is specialised to its input shapes: the short last batch of an epoch and the
+last chunk of an evaluation run eagerly rather than compile a second time. The numbers are those
+of the eager step to float rounding (inductor may fuse and reorder sums); ``tests/test_train.py``
+trains the same networks both ways. Compiled code is cached under ``$STUDY_CACHE/inductor``
+(inductor's FX-graph and AOTAutograd caches), so a second trial of an architecture, in this run or
+a later one, skips most of the warm-up; inductor compiles with the trial's own threads.
+
+Example:
+    >>> calls = []
+    >>> step = ShapeSpecialised(lambda idx: calls.append(idx.shape[1]) or idx.shape[1], compiled=False)
+    >>> [step(torch.zeros(1, n, dtype=torch.long)) for n in (32, 32, 7)]
+    [32, 32, 7]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from study.data.dataset import cache_dir
+
+GAIN = 0.3  # the share of an eager step's time the compiled step saves (measured: 0.3 to 0.5)
+WARMUP_S = 60.0  # seconds a cold compile of the stacked step and its evaluation costs (measured)
+# Read before inductor is first imported, which sets it to its own default.
+_USER_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
+def use_cache(threads: int) -> None:
+    """Inductor's caches under ``$STUDY_CACHE/inductor`` (unless TORCHINDUCTOR_CACHE_DIR was
+    set), compiling with ``threads`` workers and without its notes for developers."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _USER_CACHE or str(cache_dir() / "inductor")
+    import torch._inductor.config as inductor
+
+    inductor.compile_threads = max(1, threads)
+    # "No CUDA runtime is found" on a CPU, and that the optimiser's profiler marks are ignored.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)
+
+
+def pays(eager_epoch_s: float, epochs_left: int) -> bool:
+    """``auto``: whether compiling the remaining epochs saves more than the warm-up costs."""
+    return GAIN * eager_epoch_s * epochs_left > WARMUP_S
+
+
+class ShapeSpecialised:
+    """``fn`` compiled for the shape of its first call (``compiled``), eager for any other shape.
+
+    ``fn`` takes one tensor; calls of the first call's shape go to ``torch.compile(fn)``, others
+    (a short last batch) to ``fn`` itself, which computes the same thing.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], compiled: bool = True) -> None:
+        self.eager = fn
+        self.fast = torch.compile(fn, dynamic=False) if compiled else fn
+        self.shape: torch.Size | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.shape = self.shape or x.shape
+        return (self.fast if x.shape == self.shape else self.eager)(x)

@@ -1,0 +1,236 @@
+"""What a study will cost, known before it starts: stages, networks, steps, memory, time here.
+
+``plan`` counts the trials and training steps of every stage, sizes the memory a trial needs, and
+times a few real training steps of every distinct architecture on this machine, with the
+threads a trial gets (``resources.cpu``) and its seeds stacked, eager and, where ``train.compile``
+would compile, compiled (which also fills the compile cache the trials then read). From those it
+projects each stage's wall time with ``resources.cpu`` per trial and as many trials at once as
+the CPUs allow. What it cannot see: other load on the machine, and a cluster's other nodes.
+
+Example:
+    >>> from study.config import load
+    >>> study = load("searchspaces/smoke.yaml", ["data.n_images=300", "train.epochs=2"])
+    >>> [(s.name, s.trials, s.networks, s.steps) for s in stages(study)]
+    [('tune', 2, 6, 16)]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from study.compiled import ShapeSpecialised, pays, use_cache
+from study.config import Study, combinations, resolve, section_keys
+from study.data.dataset import split_sizes
+from study.models import Stacked, build_network, n_params
+from study.preflight import PROCESS_BYTES, dataset_bytes
+from study.train import eval_chunk, inference, make_optimizer, pick_device, training_step
+
+TIMED_STEPS = 5  # after two untimed ones
+TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dataset (measured here)
+STUDY_START_S = 15.0  # the embedded Ray's start and the dataset's cache (measured here)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # tune or confirm
+    trials: int
+    seeds: int  # networks per trial, trained together
+    networks: int
+    steps: int  # training steps of one trial (every seed at once), all epochs
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One distinct network of the space, timed here with a trial's seeds stacked."""
+
+    label: str
+    share: float  # of the tuning configurations that use it
+    n_params: int
+    step_ms: float  # one training step of all seeds, eager
+    compiled_ms: float | None  # the same compiled, where the study compiles; else None
+    warmup_s: float  # the compile's warm-up as measured now (short when the cache held it)
+    eval_ms: float  # one evaluation chunk (EVAL_BATCH images × seeds in all)
+    memory: int  # bytes a trial holds besides the dataset: states, Adam, saved activations
+
+
+def stages(study: Study) -> list[Stage]:
+    """The trials, networks and training steps of each stage ``study run`` runs."""
+    n_train = split_sizes(study.data.n_images, study.data.split)[0]
+    batch = study.train.batch_size
+    per_epoch = math.ceil((n_train - (n_train % batch == 1)) / batch)  # a last batch of one is skipped
+    steps = per_epoch * study.train.epochs
+    out = [Stage("tune", study.n_configurations(), study.search.seeds,
+                 study.n_configurations() * study.search.seeds, steps)]
+    if study.confirms():
+        out.append(Stage("confirm", study.n_levels(), study.search.confirm_seeds,
+                         study.n_levels() * study.search.confirm_seeds, steps))
+    return out
+
+
+def architectures(study: Study, seeds: int) -> list[Architecture]:
+    """Every distinct network the space can build, timed with ``seeds`` stacked."""
+    keys = section_keys(study, "model") + section_keys(study, "data")
+    variants = Counter()
+    examples: dict[str, tuple[Study, str]] = {}
+    for params in combinations(study, keys):
+        resolved = resolve(study, params)
+        key = repr((resolved.model, resolved.data.canvas, resolved.data.channels()))
+        variants[key] += 1
+        label = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
+        examples.setdefault(key, (resolved, label))
+    total = sum(variants.values())
+    return [_timed(resolved, label or "the study's network", variants[key] / total, seeds)
+            for key, (resolved, label) in examples.items()]
+
+
+def _timed(study: Study, label: str, share: float, seeds: int) -> Architecture:
+    device = pick_device(study.train.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(study.resources.cpu)))
+    try:
+        canvas, channels = study.data.canvas, study.data.channels()
+        nets = [build_network(study.model, canvas, channels).to(device) for _ in range(seeds)]
+        net = Stacked(nets)
+        images = torch.randint(0, 256, (4096, channels, canvas, canvas), dtype=torch.uint8, device=device)
+        targets = (torch.rand(4096, 10, device=device) < 0.3).to(torch.get_default_dtype())
+        optimizer = make_optimizer(net.parameters(), study.train)
+        step = training_step(net, optimizer, images, targets)
+        batches = (torch.randint(4096, (seeds, study.train.batch_size), device=device) for _ in iter(int, 1))
+        memory = _saved_bytes(net, images, study.train.batch_size) + 5 * 4 * seeds * n_params(nets[0])
+        step_ms = timed_ms(step, batches, device)
+        n_train = split_sizes(study.data.n_images, study.data.split)[0]
+        epoch_s = step_ms / 1000 * n_train / study.train.batch_size
+        compiles = study.train.compile is True or (
+            study.train.compile == "auto" and pays(epoch_s, study.train.epochs - 1))
+        compiled_ms, warmup = None, 0.0
+        if compiles:
+            use_cache(torch.get_num_threads())
+            fast = ShapeSpecialised(step)
+            start = time.perf_counter()
+            fast(next(batches))
+            warmup = time.perf_counter() - start
+            compiled_ms = timed_ms(fast, batches, device)
+        net.eval()
+        forward = inference(net)
+        chunk = images[: eval_chunk(seeds)]
+        with torch.no_grad():
+            eval_ms = timed_ms(lambda _: forward(chunk), batches, device, steps=2)
+        return Architecture(label, share, n_params(nets[0]), step_ms, compiled_ms, warmup, eval_ms, memory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def timed_ms(fn: Callable, batches: Iterator, device: torch.device, steps: int = TIMED_STEPS,
+             warmup: int = 2) -> float:
+    """Milliseconds per call of ``fn(next(batches))`` over ``steps`` calls, after ``warmup`` calls
+    (on CUDA: waiting for the device, and past a CUDA graph's capture)."""
+    for _ in range(warmup):
+        fn(next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn(next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def _saved_bytes(net: Stacked, images: torch.Tensor, batch: int) -> int:
+    """Bytes of the tensors one training step's forward saves for its backward: its activations."""
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        net(images[: net.seeds * batch].view(net.seeds, batch, *images.shape[1:]).float())
+    return saved
+
+
+@dataclass(frozen=True)
+class Plan:
+    study: Study
+    stages: list[Stage]
+    architectures: dict[str, list[Architecture]]  # per stage
+    slots: int  # trials at once
+    device: str
+
+    def trial_s(self, stage: Stage, arch: Architecture) -> float:
+        """One trial of ``stage`` on ``arch``: start, every epoch's steps and validation, the test."""
+        study, epochs = self.study, self.study.train.epochs
+        per_epoch = stage.steps / epochs
+        n_val, n_test = split_sizes(study.data.n_images, study.data.split)[1:]
+        chunks = (epochs * n_val + n_test) / eval_chunk(stage.seeds)  # time grows with the images
+        eager, compiled = arch.step_ms / 1000, (arch.compiled_ms or 0) / 1000
+        if arch.compiled_ms is None:
+            train = stage.steps * eager
+        elif study.train.compile is True:
+            train = arch.warmup_s + stage.steps * compiled
+        else:  # auto: the first epoch eager
+            train = per_epoch * eager + arch.warmup_s + (stage.steps - per_epoch) * compiled
+        return TRIAL_START_S + train + chunks * arch.eval_ms / 1000
+
+    def stage_s(self, stage: Stage) -> float:
+        """The stage's trials, ``slots`` at a time: their time shared by the slots, and never
+        less than the longest trial."""
+        times = [self.trial_s(stage, a) for a in self.architectures[stage.name]]
+        shares = [a.share for a in self.architectures[stage.name]]
+        return max(stage.trials * sum(s * t for s, t in zip(shares, times, strict=True)) / self.slots,
+                   max(times))
+
+    def memory(self) -> int:
+        """Bytes the trials running at once hold: each its process, the images twice (arrays and
+        tensors) and its networks."""
+        largest = max(a.memory for archs in self.architectures.values() for a in archs)
+        at_once = min(self.slots, max(s.trials for s in self.stages))
+        return at_once * (PROCESS_BYTES + 2 * dataset_bytes(self.study) + largest)
+
+
+def plan(study: Study, cpus: int) -> Plan:
+    """The plan of ``study`` on this machine, with ``cpus`` CPUs for the trials."""
+    slots = max(1, int(cpus // study.resources.cpu))
+    device = pick_device(study.train.device)
+    name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    parts = stages(study)
+    timed = {s.name: architectures(study, s.seeds) for s in parts}
+    return Plan(study, parts, timed, slots, name)
+
+
+def lines(p: Plan) -> list[str]:
+    """The plan as a person reads it."""
+    study, out = p.study, []
+    for stage in p.stages:
+        out.append(f"{stage.name}: {stage.trials} trial(s) × {stage.seeds} seed(s) = {stage.networks} "
+                   f"networks; {stage.steps:,} training steps per trial ({study.train.epochs} epochs)")
+    out.append(f"memory: {dataset_bytes(study) / 2**20:,.0f} MiB of images per process; "
+               f"about {p.memory() / 2**30:.2f} GiB for the {p.slots} trial(s) at once")
+    for stage in p.stages:
+        for a in p.architectures[stage.name]:
+            compiled = (f", compiled {a.compiled_ms:.1f} ms after {a.warmup_s:.0f} s of warm-up"
+                        if a.compiled_ms is not None else ", eager")
+            out.append(f"  {stage.name} {a.label}: {a.step_ms:.1f} ms per step of {stage.seeds} seed(s)"
+                       f"{compiled}; a trial ≈ {duration(p.trial_s(stage, a))}")
+    parts = {"start": STUDY_START_S, **{s.name: p.stage_s(s) for s in p.stages}}
+    shown = " + ".join(f"{duration(t)} {name}" for name, t in parts.items())
+    out.append(f"estimated time on {p.device} ({int(study.resources.cpu)} thread(s) per trial, {p.slots} "
+               f"at once): {shown} = {duration(sum(parts.values()))}")
+    return out
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``: elapsed and remaining time as a person reads it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

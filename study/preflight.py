@@ -1,0 +1,185 @@
+"""What a user set, checked against the machine before Ray starts and before anything is written.
+
+Each check raises a ``UserError`` naming the setting, what is wrong and how to fix it, so a study
+that could never run (a trial no node can schedule, a storage that cannot be reached, a dataset
+larger than memory) is a message within seconds, not a hang or a traceback minutes in.
+
+Example:
+    >>> from study.config import load
+    >>> study = load("searchspaces/smoke.yaml", ["resources.cpu=64"])
+    >>> try:
+    ...     check_resources(study, cpus=2, gpus=0, where="this machine")
+    ... except UserError as err:
+    ...     print(str(err)[:55])
+    resources.cpu is 64 per trial, but this machine has 2 C
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sqlite3
+from pathlib import Path
+
+from study.config import Study
+from study.errors import UserError
+
+CONNECT_TIMEOUT = 3.0  # seconds for a storage server to accept a connection
+PROCESS_BYTES = 600 * 2**20  # a trial's worker before its data: Python, torch, Ray (measured ~0.5 GB)
+LOW_DISK = 16 * 2**20  # free bytes under which a failed write is taken for a full disk
+TRIAL_FILES = 256 * 2**10  # what a trial leaves besides weights and samples: Ray's files, its rows
+DRIVERS = {"psycopg": '"psycopg[binary]"', "psycopg2": "psycopg2-binary",
+           "MySQLdb": "mysqlclient (or pymysql, and write mysql+pymysql://)", "pymysql": "pymysql"}
+
+
+def check_resources(study: Study, cpus: float, gpus: float, where: str) -> None:
+    """A trial asks for ``resources.cpu`` CPUs and ``resources.gpu`` GPUs on one node: no node
+    offering that means a study that waits forever. ``cpus``/``gpus``: the largest node's."""
+    res = study.resources
+    if res.cpu > cpus:
+        raise UserError(f"resources.cpu is {res.cpu:g} per trial, but {where} has {cpus:g} CPUs: no "
+                        f"trial could ever start; set resources.cpu to at most {cpus:g}")
+    if res.gpu != "auto" and res.gpu > gpus:
+        has = f"has {gpus:g} GPUs" if gpus else "has no GPU Ray can use"
+        raise UserError(f"resources.gpu is {res.gpu:g} per trial, but {where} {has}: no trial could "
+                        f"ever start; set resources.gpu to auto (a GPU share where there is one) "
+                        f"or at most {gpus:g}")
+    if study.train.device == "cuda" and gpus == 0:
+        raise UserError(f"train.device is cuda, but {where} has no GPU Ray can use; set train.device "
+                        "to auto or cpu")
+
+
+def local_gpus() -> int:
+    """GPUs an embedded Ray would offer: CUDA devices visible to this process."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_cpus() -> int:
+    """CPUs an embedded Ray would offer: those this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def dataset_bytes(study: Study) -> int:
+    """The images of every split as uint8, which each trial's worker holds (once as the arrays it
+    loads, once as the tensors it trains from) and the driver builds."""
+    data = study.data
+    return data.n_images * data.channels() * data.canvas**2
+
+
+def check_memory(study: Study, workers: int, available: int | None = None) -> None:
+    """The dataset held by the driver and by ``workers`` trials at once, against the memory
+    available now (``available`` bytes; default: this machine's ``MemAvailable``)."""
+    available = available if available is not None else _available_memory()
+    if available is None:
+        return  # not Linux: nothing to compare against
+    need = dataset_bytes(study) * (1 + 2 * workers) + PROCESS_BYTES * workers
+    if need > available:
+        raise UserError(
+            f"data.n_images {study.data.n_images:,} needs about {need / 2**30:.1f} GiB here (the "
+            f"images once in this process and twice in each of {workers} trial(s) at once), but "
+            f"{available / 2**30:.1f} GiB is available; lower data.n_images, or raise resources.cpu "
+            "so fewer trials run at once")
+
+
+def check_disk(study: Study, study_dir: Path, n_params: int) -> None:
+    """The result files the study will write (each network's weights and per-sample rows, a few
+    hundred kB per trial besides) against the free space where they go."""
+    from study.data.dataset import split_sizes
+
+    n_test = split_sizes(study.data.n_images, study.data.split)[2]
+    per_network = n_params * 4 + n_test * (4 * 14 + 32)  # float32 weights; a sample row, strings too
+    need = study.n_networks() * per_network + study.n_trials() * TRIAL_FILES + 2 * 2**20
+    folder = _existing(Path(study_dir))
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise UserError(f"{study_dir}: the study writes about {need / 2**20:,.0f} MiB of results, but "
+                        f"{folder} has {free / 2**20:,.1f} MiB free; free space, or pass --results on "
+                        "another disk")
+
+
+def disk_full(study_dir: Path) -> str | None:
+    """Why a write in ``study_dir`` failed, when the disk is the likely cause: a message naming the
+    free space left; None when there is room."""
+    folder = _existing(Path(study_dir))
+    free = shutil.disk_usage(folder).free
+    if free >= LOW_DISK:
+        return None
+    return f"the disk holding {folder} is full ({free / 2**20:.1f} MiB free)"
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_storage(study: Study, study_dir: Path) -> None:
+    """``search.storage``: a scheme SQLAlchemy knows, its driver installed, a server that accepts
+    a connection within ``CONNECT_TIMEOUT`` s, a folder that exists for a file; an existing SQLite
+    file must be a database (a damaged ``optuna.db`` on ``--resume``)."""
+    url = study.search.storage
+    if url is None:
+        _check_sqlite(Path(study_dir) / "optuna.db", "optuna.db")
+        return
+    if url.startswith("journal:"):
+        folder = _existing(Path(url.removeprefix("journal:")).expanduser().parent)
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"search.storage {url}: cannot write in {folder}; name a journal file in a "
+                            "folder you can write")
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise UserError(f"search.storage {url}: not a storage SQLAlchemy knows; write journal:PATH, "
+                        "sqlite:///PATH, postgresql://HOST/DB or mysql+pymysql://HOST/DB") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        package = DRIVERS.get(err.name, err.name or "the driver SQLAlchemy names for it")
+        raise UserError(f"search.storage {url}: the database driver is not installed ({err}); "
+                        f"pip install {package}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            path = Path(parsed.database).expanduser()
+            if not path.parent.is_dir():
+                raise UserError(f"search.storage {url}: the folder {path.parent} does not exist; "
+                                "create it or name another")
+            _check_sqlite(path, f"search.storage {url}")
+        return
+    host, port = parsed.host or "localhost", parsed.port or dialect.default_port()
+    if port is None:
+        return  # a socket path or a driver's own default: the driver reports it
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as err:
+        raise UserError(f"search.storage {url}: no database answers at {host}:{port} within "
+                        f"{CONNECT_TIMEOUT:g} s ({err.strerror or err}); start it, or correct the "
+                        "address") from None
+
+
+def _check_sqlite(path: Path, label: str) -> None:
+    if not path.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            db.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise UserError(f"{label}: {path} is not a readable SQLite database ({err}); it was damaged "
+                        "after it was written. Restore it from a copy, or run the study again under "
+                        "a new --name") from None
+
+
+def _existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists."""
+    return next(p for p in (path, *path.parents) if p.exists())
