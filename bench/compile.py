@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from study.config import ModelConfig, TrainConfig
 from study.models import LeNet, Stacked, forward_flops
 from study.plan import timed_ms
+from study.sections import ModelConfig, TrainConfig
 from study.train import make_optimizer, pick_device, training_step
 
 N_IMAGES = 4096

@@ -9,8 +9,8 @@ import argparse
 import os
 import tempfile
 
-from study.config import DataConfig
 from study.data import build
+from study.sections import DataConfig
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from study.config import ModelConfig
 from study.cuda_graph import Replayed
 from study.models import LeNet, Stacked, forward_flops
 from study.plan import timed_ms
+from study.sections import ModelConfig
 from study.train import as_inputs, pick_device, training_step
 
 N_IMAGES = 4096  # resident training images the batches are drawn from

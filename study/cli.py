@@ -117,8 +117,8 @@ def run(
             if resume:
                 _same_study(study, space, study_dir)
             typer.echo(_shown(models))
-            if not address:  # a cluster's nodes are not this machine
-                _print_plan(study)
+            if not address:  # a cluster's nodes are not this machine; compiling here waits: projected
+                _print_plan(study, compile_here=False)
             _run(study, study_dir, address, verbose, resume)
             _outcome(study, study_dir)
     except UserError as err:
@@ -238,10 +238,10 @@ def _shown(table: pd.DataFrame) -> str:
     return table.astype(object).where(table.notna(), "").to_string(index=False)
 
 
-def _print_plan(study: config.Study) -> None:
+def _print_plan(study: config.Study, compile_here: bool) -> None:
     from study import plan, preflight
 
-    for line in plan.lines(plan.plan(study, preflight.local_cpus())):
+    for line in plan.lines(plan.plan(study, preflight.local_cpus(), compile_here)):
         typer.echo(line)
 
 
@@ -252,7 +252,7 @@ def plan_(space: Space, sets: Sets = None) -> None:
     try:
         study = _load(space, sets, download=False)
         _models(study, space)
-        _print_plan(study)
+        _print_plan(study, compile_here=True)
     except UserError as err:
         _fail(err)
 

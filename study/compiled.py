@@ -4,10 +4,12 @@
 
 - ``true``: from the first step;
 - ``false``: never (every step eager, as before);
-- ``auto``: the first epoch runs eagerly and is timed; the remaining epochs are compiled when
-  the time the compiled steps save (``GAIN`` of the measured eager time) exceeds the warm-up a
-  compile costs (``WARMUP_S``). Both constants are measurements (``docs/performance.md``), so a
-  short run (the README's small one) stays eager and a long one compiles.
+- ``auto``: a network with an AttConv layer runs its first epoch eagerly, timed; the remaining
+  epochs are compiled when the time the compiled steps save (``GAIN`` of the measured eager
+  time) exceeds the warm-up a compile costs (``WARMUP_S``). Both constants are measurements
+  (``bench/compile.py``, ``docs/performance.md``), so a short run (the README's small one) stays
+  eager and a long one compiles. A LeNet-5 without AttConv stays eager: on a CPU its compiled
+  step measured 0.8–1.5× its eager one, no gain worth a warm-up.
 
 A compiled function is specialised to its input shapes: the short last batch of an epoch and the
 last chunk of an evaluation run eagerly rather than compile a second time. The numbers are those
@@ -34,8 +36,8 @@ from torch import Tensor
 
 from study.data.dataset import cache_dir
 
-GAIN = 0.3  # the share of an eager step's time the compiled step saves (measured: 0.3 to 0.5)
-WARMUP_S = 60.0  # seconds a cold compile of the stacked step and its evaluation costs (measured)
+GAIN = 0.3  # the share of an AttConv step's eager time the compiled step saves (measured: 0.05–0.5)
+WARMUP_S = 60.0  # seconds a cold compile of the step and its evaluation costs (measured: 17–48 s)
 # Read before inductor is first imported, which sets it to its own default.
 _USER_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
@@ -52,9 +54,10 @@ def use_cache(threads: int) -> None:
     logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)
 
 
-def pays(eager_epoch_s: float, epochs_left: int) -> bool:
-    """``auto``: whether compiling the remaining epochs saves more than the warm-up costs."""
-    return GAIN * eager_epoch_s * epochs_left > WARMUP_S
+def pays(attention: bool, eager_epoch_s: float, epochs_left: int) -> bool:
+    """``auto``: whether compiling the remaining epochs of a network (with an AttConv layer or
+    not) saves more than the warm-up costs."""
+    return attention and GAIN * eager_epoch_s * epochs_left > WARMUP_S
 
 
 class ShapeSpecialised:

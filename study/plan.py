@@ -24,14 +24,15 @@ from dataclasses import dataclass
 
 import torch
 
-from study.compiled import ShapeSpecialised, pays, use_cache
+from study.compiled import GAIN, WARMUP_S, ShapeSpecialised, pays, use_cache
 from study.config import Study, combinations, resolve, section_keys
 from study.data.dataset import split_sizes
 from study.models import Stacked, build_network, n_params
 from study.preflight import PROCESS_BYTES, dataset_bytes
 from study.train import eval_chunk, inference, make_optimizer, pick_device, training_step
 
-TIMED_STEPS = 5  # after two untimed ones
+TIMED_STEPS = 4  # after two untimed ones
+EVAL_TIMED = 64  # images whose evaluation is timed; the time per image scales to the splits
 TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dataset (measured here)
 STUDY_START_S = 15.0  # the embedded Ray's start and the dataset's cache (measured here)
 
@@ -55,8 +56,9 @@ class Architecture:
     step_ms: float  # one training step of all seeds, eager
     compiled_ms: float | None  # the same compiled, where the study compiles; else None
     warmup_s: float  # the compile's warm-up as measured now (short when the cache held it)
-    eval_ms: float  # one evaluation chunk (EVAL_BATCH images × seeds in all)
+    eval_ms: float  # evaluating one image on every seed
     memory: int  # bytes a trial holds besides the dataset: states, Adam, saved activations
+    measured: bool  # compiled_ms timed here; else projected (GAIN, WARMUP_S)
 
 
 def stages(study: Study) -> list[Stage]:
@@ -73,8 +75,9 @@ def stages(study: Study) -> list[Stage]:
     return out
 
 
-def architectures(study: Study, seeds: int) -> list[Architecture]:
-    """Every distinct network the space can build, timed with ``seeds`` stacked."""
+def architectures(study: Study, seeds: int, compile_here: bool) -> list[Architecture]:
+    """Every distinct network the space can build, timed with ``seeds`` stacked; with
+    ``compile_here``, compiled where the study would compile, else projected from the eager step."""
     keys = section_keys(study, "model") + section_keys(study, "data")
     variants = Counter()
     examples: dict[str, tuple[Study, str]] = {}
@@ -85,11 +88,11 @@ def architectures(study: Study, seeds: int) -> list[Architecture]:
         label = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
         examples.setdefault(key, (resolved, label))
     total = sum(variants.values())
-    return [_timed(resolved, label or "the study's network", variants[key] / total, seeds)
+    return [_timed(resolved, label or "the study's network", variants[key] / total, seeds, compile_here)
             for key, (resolved, label) in examples.items()]
 
 
-def _timed(study: Study, label: str, share: float, seeds: int) -> Architecture:
+def _timed(study: Study, label: str, share: float, seeds: int, compile_here: bool) -> Architecture:
     device = pick_device(study.train.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(study.resources.cpu)))
@@ -107,9 +110,12 @@ def _timed(study: Study, label: str, share: float, seeds: int) -> Architecture:
         n_train = split_sizes(study.data.n_images, study.data.split)[0]
         epoch_s = step_ms / 1000 * n_train / study.train.batch_size
         compiles = study.train.compile is True or (
-            study.train.compile == "auto" and pays(epoch_s, study.train.epochs - 1))
+            study.train.compile == "auto" and pays(bool(study.model.attention.layers), epoch_s,
+                                                   study.train.epochs - 1))
         compiled_ms, warmup = None, 0.0
-        if compiles:
+        if compiles and not compile_here:
+            compiled_ms, warmup = step_ms * (1 - GAIN), WARMUP_S
+        elif compiles:
             use_cache(torch.get_num_threads())
             fast = ShapeSpecialised(step)
             start = time.perf_counter()
@@ -118,10 +124,11 @@ def _timed(study: Study, label: str, share: float, seeds: int) -> Architecture:
             compiled_ms = timed_ms(fast, batches, device)
         net.eval()
         forward = inference(net)
-        chunk = images[: eval_chunk(seeds)]
+        chunk = images[: min(EVAL_TIMED, eval_chunk(seeds))]
         with torch.no_grad():
-            eval_ms = timed_ms(lambda _: forward(chunk), batches, device, steps=2)
-        return Architecture(label, share, n_params(nets[0]), step_ms, compiled_ms, warmup, eval_ms, memory)
+            eval_ms = timed_ms(lambda _: forward(chunk), batches, device, steps=2, warmup=1) / len(chunk)
+        return Architecture(label, share, n_params(nets[0]), step_ms, compiled_ms, warmup, eval_ms, memory,
+                            measured=compile_here)
     finally:
         torch.set_num_threads(threads)
 
@@ -169,7 +176,7 @@ class Plan:
         study, epochs = self.study, self.study.train.epochs
         per_epoch = stage.steps / epochs
         n_val, n_test = split_sizes(study.data.n_images, study.data.split)[1:]
-        chunks = (epochs * n_val + n_test) / eval_chunk(stage.seeds)  # time grows with the images
+        evaluated = epochs * n_val + n_test
         eager, compiled = arch.step_ms / 1000, (arch.compiled_ms or 0) / 1000
         if arch.compiled_ms is None:
             train = stage.steps * eager
@@ -177,7 +184,7 @@ class Plan:
             train = arch.warmup_s + stage.steps * compiled
         else:  # auto: the first epoch eager
             train = per_epoch * eager + arch.warmup_s + (stage.steps - per_epoch) * compiled
-        return TRIAL_START_S + train + chunks * arch.eval_ms / 1000
+        return TRIAL_START_S + train + evaluated * arch.eval_ms / 1000
 
     def stage_s(self, stage: Stage) -> float:
         """The stage's trials, ``slots`` at a time: their time shared by the slots, and never
@@ -195,13 +202,15 @@ class Plan:
         return at_once * (PROCESS_BYTES + 2 * dataset_bytes(self.study) + largest)
 
 
-def plan(study: Study, cpus: int) -> Plan:
-    """The plan of ``study`` on this machine, with ``cpus`` CPUs for the trials."""
+def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
+    """The plan of ``study`` on this machine, with ``cpus`` CPUs for the trials; with
+    ``compile_here``, the compiled steps are timed (a compile's warm-up each, which fills the cache
+    the trials read), else projected from the eager ones."""
     slots = max(1, int(cpus // study.resources.cpu))
     device = pick_device(study.train.device)
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     parts = stages(study)
-    timed = {s.name: architectures(study, s.seeds) for s in parts}
+    timed = {s.name: architectures(study, s.seeds, compile_here) for s in parts}
     return Plan(study, parts, timed, slots, name)
 
 
@@ -215,7 +224,8 @@ def lines(p: Plan) -> list[str]:
                f"about {p.memory() / 2**30:.2f} GiB for the {p.slots} trial(s) at once")
     for stage in p.stages:
         for a in p.architectures[stage.name]:
-            compiled = (f", compiled {a.compiled_ms:.1f} ms after {a.warmup_s:.0f} s of warm-up"
+            how = "" if a.measured else " (projected)"
+            compiled = (f", compiled{how} {a.compiled_ms:.1f} ms after {a.warmup_s:.0f} s of warm-up"
                         if a.compiled_ms is not None else ", eager")
             out.append(f"  {stage.name} {a.label}: {a.step_ms:.1f} ms per step of {stage.seeds} seed(s)"
                        f"{compiled}; a trial ≈ {duration(p.trial_s(stage, a))}")

@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from study.compiled import ShapeSpecialised, pays, use_cache
-from study.config import Study, TrainConfig
+from study.config import Study
 from study.cuda_graph import Replayed
 from study.data import Dataset, build
 from study.models import Stacked, build_network, forward_flops, n_params
+from study.sections import TrainConfig
 
 # Images × seeds per evaluation chunk. Per image, AttConv holds several C·k²·L tensors: at 1024
 # images for each of 10 seeds one of them is 2 GB, and a trial on a CPU ran out of memory.
@@ -242,7 +243,8 @@ def fit(study: Study, seeds: Sequence[int],
             total += step(idx) * idx.shape[1]
         val_loss = evaluate(net, val_x, val_y, forward)[0].mean(1)
         train_loss, seconds = (total / n_used).tolist(), time.perf_counter() - t0
-        if epoch == 0 and cfg.compile == "auto" and pays(seconds, cfg.epochs - 1):
+        if epoch == 0 and cfg.compile == "auto" and pays(bool(study.model.attention.layers), seconds,
+                                                         cfg.epochs - 1):
             step, forward = prepared(True)
         for s in range(S):
             failures[s] = failures[s] or failure(train_loss[s], float(val_loss[s]), untrained[s], epoch)

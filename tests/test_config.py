@@ -4,6 +4,7 @@ import pytest
 
 from study import config
 from study.errors import UserError
+from study.sections import AttentionConfig
 
 from .conftest import ROOT, SMOKE
 
@@ -137,9 +138,9 @@ def test_model_and_search_mistakes_are_caught_before_running(sets, expected):
 
 
 def test_iterations_per_layer_follow_the_layers_order():
-    attention = config.AttentionConfig(layers=[1, 0], iterations=[8, 2])
+    attention = AttentionConfig(layers=[1, 0], iterations=[8, 2])
     assert (attention.iterations_at(0), attention.iterations_at(1)) == (2, 8)
-    assert config.AttentionConfig(layers=[0, 1], iterations=3).iterations_at(1) == 3
+    assert AttentionConfig(layers=[0, 1], iterations=3).iterations_at(1) == 3
 
 
 def test_labelled_choices_store_labels_and_merge_sections():

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from study import config
-from study.config import TrainConfig
 from study.models import LeNet
 from study.results import trial_rows
+from study.sections import TrainConfig
 from study.train import Snapshot, as_images, as_inputs, conclude, failure, fit, make_optimizer
 
 from .conftest import SMOKE

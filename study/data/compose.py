@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.config import PALETTE, Variant
 from study.data.source import SIDE
+from study.sections import PALETTE, Variant
 
 N_CLASSES = 10
 COLOURS = list(PALETTE)

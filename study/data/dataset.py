@@ -6,7 +6,7 @@ pool. The fingerprint hashes the data config, the generator version and the sour
 trials whose fingerprints match saw the same images in the same order, so they can be paired.
 
 Example:
-    >>> from study.config import DataConfig
+    >>> from study.sections import DataConfig
     >>> ds = build(DataConfig(n_images=1000), use_cache=False)
     >>> [len(s.images) for s in ds.splits.values()]
     [800, 100, 100]
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from study.config import DataConfig
 from study.data import source
 from study.data.compose import Composites, compose
 from study.files import atomic_write
+from study.sections import DataConfig
 
 SPLITS = ("train", "val", "test")
 # Bump when the generator's output for a given config changes: old caches stop matching.

@@ -1,7 +1,7 @@
 """What a study's dataset looks like: a labelled sample grid per split and its statistics.
 
 Example:
-    >>> from study.config import DataConfig
+    >>> from study.sections import DataConfig
     >>> from study.data import build
     >>> table = statistics(build(DataConfig(n_images=300), use_cache=False))
     >>> table[["split", "images", "source_digits"]].values.tolist()
@@ -20,9 +20,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from study.config import DataConfig, Study, combinations, resolve, section_keys
+from study.config import Study, combinations, resolve, section_keys
 from study.data.compose import N_CLASSES, Composites
 from study.data.dataset import SPLITS, Dataset, build
+from study.sections import DataConfig
 
 GRID = (4, 8)  # rows, columns of samples per split
 

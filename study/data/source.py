@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from study.config import DIGIT_SIDE, DataConfig
 from study.errors import UserError
+from study.sections import DIGIT_SIDE, DataConfig
 
 SIDE = DIGIT_SIDE
 

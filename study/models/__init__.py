@@ -1,11 +1,11 @@
 """AttConv, the LeNet family built from it, matched feed-forward baselines, and several seeds'
 networks stacked into one."""
 
-from study.config import ModelConfig
 from study.models.attconv import AttConv
 from study.models.baseline import Match, matched
 from study.models.lenet import LeNet, forward_flops, n_params
 from study.models.stacked import Stacked
+from study.sections import ModelConfig
 
 
 def build_network(config: ModelConfig, canvas: int, in_channels: int = 1) -> LeNet:

@@ -15,7 +15,7 @@ of the same network with the attention of ``baseline.like``, deterministically:
 The result must lie within ``baseline.tolerance`` of the target, or ``matched`` raises.
 
 Example:
-    >>> from study.config import ModelConfig
+    >>> from study.sections import ModelConfig
     >>> like = {"layers": [0], "iterations": 4}
     >>> m = matched(ModelConfig(baseline={"match": "flops", "like": like}), canvas=48)
     >>> abs(m.ratio - 1) <= 0.02
@@ -27,8 +27,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from study.config import ModelConfig
 from study.models.lenet import LeNet, forward_flops, n_params
+from study.sections import ModelConfig
 
 _BISECTIONS = 40
 

@@ -4,7 +4,7 @@ fully connected layers, ending in 10 logits (trained with binary cross-entropy, 
 LeNet-5 is ``channels=[6, 16]``, ``hidden=[120, 84]``; any conv stage may be an AttConv.
 
 Example:
-    >>> from study.config import ModelConfig
+    >>> from study.sections import ModelConfig
     >>> net = LeNet(ModelConfig(attention={"layers": [0], "iterations": 4}), canvas=48)
     >>> net(torch.rand(2, 1, 48, 48)).shape
     torch.Size([2, 10])
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from study.config import ModelConfig, feature_side
 from study.models.attconv import AttConv
+from study.sections import ModelConfig, feature_side
 
 N_CLASSES = 10
 

@@ -8,7 +8,7 @@ element-wise, so one Adam over the stacked tensors is S independent Adams. The n
 themselves stay ordinary single-network modules; only this class knows about seeds.
 
 Example:
-    >>> from study.config import ModelConfig
+    >>> from study.sections import ModelConfig
     >>> from study.models import LeNet
     >>> stack = Stacked([LeNet(ModelConfig(), canvas=48) for _ in range(3)])
     >>> stack(torch.rand(3, 2, 1, 48, 48)).shape  # a batch of its own for every seed

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from study.config import DataConfig
 from study.data import build
 from study.data.dataset import fingerprint, split_sizes
 from study.data.source import embedded
+from study.sections import DataConfig
 
 
 def test_split_sizes_follow_the_ratio():

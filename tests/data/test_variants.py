@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from study.cli import app
-from study.config import PALETTE, DataConfig, Variant
 from study.data import build, source
 from study.data.compose import COLOURS, compose
 from study.errors import UserError
+from study.sections import PALETTE, DataConfig, Variant
 
 from ..conftest import ROOT
 

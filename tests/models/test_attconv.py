@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.config import ModelConfig
 from study.models import AttConv, LeNet, Stacked
+from study.sections import ModelConfig
 
 
 def loop_reference(layer: AttConv, x: torch.Tensor, b_td: torch.Tensor | None = None) -> torch.Tensor:

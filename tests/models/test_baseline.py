@@ -1,8 +1,8 @@
 import pytest
 
 from study import config
-from study.config import ModelConfig
 from study.models import LeNet, build_network, forward_flops, matched, n_params
+from study.sections import ModelConfig
 
 from ..conftest import ROOT
 

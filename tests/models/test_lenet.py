@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from study.config import ModelConfig
 from study.models import LeNet, forward_flops, n_params
+from study.sections import ModelConfig
 
 
 def test_lenet5_parameter_count_by_hand():
