@@ -124,8 +124,9 @@ def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
     progress = [line for line in run.stdout.splitlines() if " done: " in line]
     assert len(progress) == 2 and all("mean of 3 seeds" in line for line in progress)
     assert "left] tune trial" in progress[0]  # a running count and an estimate of the time left
-    # Quiet by default: the model table, the dataset, one line per trial, the summary.
-    assert len(run.stdout.splitlines()) <= 10 and "╭" not in run.stdout and "TensorBoard" not in run.stdout
+    # Quiet by default: the model table, the plan, the dataset, one line per trial, the summary.
+    assert "estimated time on cpu (1 thread(s) per trial, 2 at once): " in run.stdout
+    assert len(run.stdout.splitlines()) <= 14 and "╭" not in run.stdout and "TensorBoard" not in run.stdout
 
 
 def free_port() -> int:
