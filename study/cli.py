@@ -68,20 +68,6 @@ def _same_study(study: config.Study, space: Path, study_dir: Path) -> None:
                         "with the same file and --set values")
 
 
-def _preflight(study: config.Study, study_dir: Path, address: str | None) -> None:
-    """Everything that can be checked before Ray starts and anything is written."""
-    from study import preflight, tune
-
-    preflight.check_storage(study, study_dir)
-    if address:
-        tune.check_address(address)
-        preflight.check_memory(study, workers=0)  # this driver builds the dataset too
-        return
-    cpus = preflight.local_cpus()
-    preflight.check_resources(study, cpus, preflight.local_gpus(), where="this machine")
-    preflight.check_memory(study, workers=min(study.n_trials(), int(cpus // study.resources.cpu)))
-
-
 @app.command()
 def run(
     space: Space,
@@ -109,10 +95,9 @@ def run(
         # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
         models = _models(study, space)
         study_dir = results / study.name
-        _preflight(study, study_dir, address)
         from study import preflight
 
-        preflight.check_disk(study, study_dir, int(models["n_params"].max()))
+        preflight.check_run(study, study_dir, address, n_params=int(models["n_params"].max()))
         with lock.held(study_dir, fresh=not resume):
             if resume:
                 _same_study(study, space, study_dir)

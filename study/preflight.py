@@ -33,6 +33,23 @@ DRIVERS = {"psycopg": '"psycopg[binary]"', "psycopg2": "psycopg2-binary",
            "MySQLdb": "mysqlclient (or pymysql, and write mysql+pymysql://)", "pymysql": "pymysql"}
 
 
+def check_run(study: Study, study_dir: Path, address: str | None, n_params: int) -> None:
+    """Everything ``study run`` can check before Ray starts and anything is written; ``n_params``:
+    the largest network's parameters. With ``address`` the cluster's resources are checked once
+    Ray has joined it (``study.tune.run``), and memory only for this driver's dataset."""
+    from study.tune import check_address
+
+    check_storage(study, study_dir)
+    if address:
+        check_address(address)
+        check_memory(study, workers=0)
+    else:
+        cpus = local_cpus()
+        check_resources(study, cpus, local_gpus(), where="this machine")
+        check_memory(study, workers=min(study.n_trials(), int(cpus // study.resources.cpu)))
+    check_disk(study, study_dir, n_params)
+
+
 def check_resources(study: Study, cpus: float, gpus: float, where: str) -> None:
     """A trial asks for ``resources.cpu`` CPUs and ``resources.gpu`` GPUs on one node: no node
     offering that means a study that waits forever. ``cpus``/``gpus``: the largest node's."""
