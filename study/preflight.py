@@ -185,13 +185,21 @@ def check_storage(study: Study, study_dir: Path) -> None:
                         "address") from None
 
 
+SQLITE_DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
+
+
 def _check_sqlite(path: Path, label: str) -> None:
+    """A damaged SQLite file is a message. Read-only, so nothing is written; a driver killed
+    mid-write leaves a journal that only a writer can roll back, which SQLite then does on
+    Optuna's first open: that refusal is no damage."""
     if not path.exists():
         return
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             db.execute("select count(*) from sqlite_master").fetchone()
     except sqlite3.DatabaseError as err:
+        if getattr(err, "sqlite_errorcode", 26) & 0xFF not in SQLITE_DAMAGED:
+            return
         raise UserError(f"{label}: {path} is not a readable SQLite database ({err}); it was damaged "
                         "after it was written. Restore it from a copy, or run the study again under "
                         "a new --name") from None

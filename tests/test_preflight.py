@@ -189,3 +189,23 @@ def test_an_address_without_a_token_here_is_a_message(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "no Ray auth token here" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_an_optuna_db_a_killed_driver_left_mid_write_is_no_damage(tmp_path):
+    """A process killed inside a write transaction leaves a hot journal, which a read-only open
+    cannot roll back ("attempt to write a readonly database"): that is SQLite's to recover."""
+    db = tmp_path / "optuna.db"
+    killed = ("import os, sqlite3, sys\n"
+              "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "db.execute('create table t (x)')\n"
+              "db.execute('pragma cache_size = 1')\n"
+              "db.execute('begin')\n"
+              "db.executemany('insert into t values (?)', [(b'x' * 4096,) for _ in range(200)])\n"
+              "os._exit(0)  # no commit, no rollback: the journal stays hot\n")
+    subprocess.run([sys.executable, "-c", killed, str(db)], check=True)
+    assert (tmp_path / "optuna.db-journal").exists()
+    preflight._check_sqlite(db, "optuna.db")  # no message
+    (tmp_path / "optuna.db-journal").unlink()
+    db.write_bytes(b"garbage header" * 100)
+    with pytest.raises(UserError, match="is not a readable SQLite database"):
+        preflight._check_sqlite(db, "optuna.db")
