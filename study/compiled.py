@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from study.config import Study
 from study.data.dataset import cache_dir
 
 GAIN = 0.3  # the share of an AttConv step's eager time the compiled step saves (measured: 0.05–0.5)
@@ -54,10 +55,12 @@ def use_cache(threads: int) -> None:
     logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)
 
 
-def pays(attention: bool, eager_epoch_s: float, epochs_left: int) -> bool:
-    """``auto``: whether compiling the remaining epochs of a network (with an AttConv layer or
-    not) saves more than the warm-up costs."""
-    return attention and GAIN * eager_epoch_s * epochs_left > WARMUP_S
+def pays(study: Study, eager_epoch_s: float) -> bool:
+    """Whether ``train.compile: auto`` compiles ``study``'s network after an eager first epoch of
+    ``eager_epoch_s``: it has an AttConv layer, and compiling the remaining epochs saves more than
+    the warm-up costs."""
+    return (study.train.compile == "auto" and bool(study.model.attention.layers)
+            and GAIN * eager_epoch_s * (study.train.epochs - 1) > WARMUP_S)
 
 
 class ShapeSpecialised:

@@ -109,9 +109,7 @@ def _timed(study: Study, label: str, share: float, seeds: int, compile_here: boo
         step_ms = timed_ms(step, batches, device)
         n_train = split_sizes(study.data.n_images, study.data.split)[0]
         epoch_s = step_ms / 1000 * n_train / study.train.batch_size
-        compiles = study.train.compile is True or (
-            study.train.compile == "auto" and pays(bool(study.model.attention.layers), epoch_s,
-                                                   study.train.epochs - 1))
+        compiles = study.train.compile is True or pays(study, epoch_s)
         compiled_ms, warmup = None, 0.0
         if compiles and not compile_here:
             compiled_ms, warmup = step_ms * (1 - GAIN), WARMUP_S

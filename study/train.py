@@ -243,8 +243,7 @@ def fit(study: Study, seeds: Sequence[int],
             total += step(idx) * idx.shape[1]
         val_loss = evaluate(net, val_x, val_y, forward)[0].mean(1)
         train_loss, seconds = (total / n_used).tolist(), time.perf_counter() - t0
-        if epoch == 0 and cfg.compile == "auto" and pays(bool(study.model.attention.layers), seconds,
-                                                         cfg.epochs - 1):
+        if epoch == 0 and pays(study, seconds):
             step, forward = prepared(True)
         for s in range(S):
             failures[s] = failures[s] or failure(train_loss[s], float(val_loss[s]), untrained[s], epoch)

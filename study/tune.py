@@ -374,20 +374,15 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
             raise UserError(f"--address {address}: cannot join that Ray cluster: {err}. Is "
                             "`ray start --head` running there, and is its auth token here "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
-    if address:
-        try:  # a cluster's nodes are known only now: nothing is written yet
-            check_resources(study, *_largest_node(), where=f"the largest node of the cluster at {address}")
-        except UserError:
-            if started_here:
-                ray.shutdown()
-            raise
-    if resume:
-        gone = results.discard_unfinished(study_dir)
-        told, failed = settle_interrupted(study, study_dir)
-        print(f"resuming {study_dir}: {len(gone)} unfinished trial(s) discarded; of the Optuna trials "
-              f"left running, {told} told the value their finished rows hold, {failed} marked failed",
-              flush=True)
     try:
+        if address:  # a cluster's nodes are known only now: nothing is written yet
+            check_resources(study, *_largest_node(), where=f"the largest node of the cluster at {address}")
+        if resume:
+            gone = results.discard_unfinished(study_dir)
+            told, failed = settle_interrupted(study, study_dir)
+            print(f"resuming {study_dir}: {len(gone)} unfinished trial(s) discarded; of the Optuna trials "
+                  f"left running, {told} told the value their finished rows hold, {failed} marked failed",
+                  flush=True)
         results.write_study(study_dir, study)
         data = build(study.data)  # warm the cache once, before trials race to generate it
         print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
