@@ -12,13 +12,12 @@ Otherwise every network of the level (``stage: tune``) enters.
 
 **Primary, seed level** (the verdict). Each network's mean test loss over the test images is one
 observation. Per level against the reference: the difference of the arms' means with Welch's
-t-test and its 95 % confidence interval (estimate, interval and test agree), a permutation test
-of the same difference (``scipy.stats.permutation_test``, exact when the arms are small) as a
-distribution-free check, a percentile bootstrap interval over seeds, the same for exact-set
-accuracy, each arm's seed-to-seed SD, the smallest difference the study could detect with 80 %
-power at α = 0.05 and, where the difference is not significant, the seeds per arm needed to
-detect the observed one (``statsmodels``' two-sample t-test power). Holm's adjustment runs over
-one fixed family: these primary tests, one per compared level.
+test and interval, an equivalence test within ``analysis.margin``, a permutation check, power at
+the margin, and a verdict in one word (better, worse, equivalent, inconclusive), all from
+``study.stats``, where each is explained. Holm's adjustment runs over one family fixed by the
+study file: every level it compares with the reference, a level without networks counted as not
+rejected. Exact-set accuracy and digit F1 (macro F1 over the ten digits) are tested the same way
+with ``analysis.accuracy_margin``, each in its own family.
 
 **Image level** (how the original study tested, reported beside it). Per-sample losses averaged
 over each arm's networks and paired by ``sample_idx``: the Wilcoxon signed-rank test (zero
@@ -41,171 +40,23 @@ Used on a finished study (``study analyze`` does this, then writes the report)::
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
-from statsmodels.stats.power import TTestIndPower
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from study import config, results
 from study.errors import UserError
+from study.stats import ALPHA, IMAGE_KEYS, holm, image_level, power, seed_level, verdict
 
-ALPHA = 0.05
-POWER = 0.8
-MIN_SEEDS = 2  # a seed-to-seed variance needs two networks per arm
-BOOTSTRAP_RESAMPLES = 2000
-PERMUTATIONS = 9999  # beyond this many distinct splits of the seeds, a Monte Carlo test
 IMAGE_LEVEL = "image level, conditional on these trained networks"
-
-
-def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (NaN entries stay NaN and do not count).
-
-    Example:
-        >>> holm([0.01, 0.04, 0.03]).round(2).tolist()
-        [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full_like(p, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[index]))  # step-down, kept monotone
-        adjusted[index] = running
-    return adjusted
-
-
-def rank_biserial(differences: np.ndarray) -> float:
-    """Matched-pairs rank-biserial correlation of paired differences, zeros dropped."""
-    d = np.asarray(differences, dtype=float)
-    d = d[d != 0]
-    if len(d) == 0:
-        return float("nan")
-    ranks = stats.rankdata(np.abs(d))
-    return float((ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum())
-
-
-def hodges_lehmann(differences: np.ndarray, alpha: float = ALPHA) -> tuple[float, float, float]:
-    """The Hodges–Lehmann shift of paired differences d (the median of the Walsh averages
-    (dᵢ + dⱼ)/2, i ≤ j: the pseudo-median the signed-rank test is about) and its 1 − alpha
-    confidence interval, both by inverting the signed-rank test: the shift δ at which d − δ
-    balances its signed ranks, and the shifts at which ``scipy.stats.wilcoxon``'s two-sided
-    p-value of d − δ falls to alpha. Bisection, so it scales to thousands of test images.
-
-    Example:
-        >>> round(hodges_lehmann(np.array([1.0, 2.0, 3.0, 10.0]))[0], 6)  # Walsh median (2.5 + 3) / 2
-        2.75
-    """
-    d = np.asarray(differences, dtype=float)
-    if len(d) == 0 or np.all(d == d[0]):
-        value = float(d[0]) if len(d) else float("nan")
-        return value, value, value
-    low, high = float(d.min()), float(d.max())
-    tol = 1e-10 * max(1e-12, high - low)
-
-    def first(condition, a: float, b: float) -> float:
-        """The δ in [a, b] where ``condition`` turns from true to false (true at a, false at b)."""
-        return optimize.bisect(lambda x: 1.0 if condition(x) else -1.0, a, b, xtol=tol)
-
-    # R+ − R− of d − δ is +1 at δ = min(d), −1 at δ = max(d) and never increases in between.
-    above = first(lambda x: rank_biserial(d - x) > 0, low, high)
-    below = first(lambda x: rank_biserial(d - x) >= 0, low, high)
-    estimate = (above + below) / 2
-
-    def accepted(x: float) -> bool:
-        return stats.wilcoxon(d - x).pvalue >= alpha
-
-    ci_low = first(lambda x: not accepted(x), low, estimate) if not accepted(low) else low
-    ci_high = first(accepted, estimate, high) if not accepted(high) else high
-    return float(estimate), float(ci_low), float(ci_high)
-
-
-IMAGE_KEYS = ("image_n", "image_n_nonzero", "image_hl_shift", "image_hl_ci_low", "image_hl_ci_high",
-              "image_wilcoxon_w", "image_p", "image_rank_biserial")
-
-
-def image_level(arm: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """The per-sample statistics of one comparison: Wilcoxon on d = arm − reference (paired by
-    image), rank-biserial r, and the Hodges–Lehmann shift with its test-inversion CI."""
-    d = np.asarray(arm, dtype=float) - np.asarray(reference, dtype=float)
-    row = {"image_n": len(d), "image_n_nonzero": int(np.count_nonzero(d))}
-    shift, low, high = hodges_lehmann(d)
-    row |= {"image_hl_shift": shift, "image_hl_ci_low": low, "image_hl_ci_high": high}
-    if row["image_n_nonzero"] == 0:
-        return row | {"image_wilcoxon_w": np.nan, "image_p": np.nan, "image_rank_biserial": np.nan}
-    test = stats.wilcoxon(d, zero_method="wilcox")
-    return row | {"image_wilcoxon_w": float(test.statistic), "image_p": float(test.pvalue),
-                  "image_rank_biserial": rank_biserial(d)}
-
-
-def _mean_difference(arm: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(arm, axis=axis) - np.mean(reference, axis=axis)
-
-
-def seed_level(arm: np.ndarray, reference: np.ndarray, prefix: str = "", seed: int = 0) -> dict[str, float]:
-    """The primary statistics of one comparison: one value per network in each arm (its mean
-    test loss, say); see the module docstring. Keys are prefixed with ``prefix``."""
-    arm, reference = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
-    diff = float(arm.mean() - reference.mean()) if len(arm) and len(reference) else np.nan
-    row = {"diff": diff, "diff_ci_low": np.nan, "diff_ci_high": np.nan, "p": np.nan, "p_perm": np.nan,
-           "boot_ci_low": np.nan, "boot_ci_high": np.nan}
-    if min(len(arm), len(reference)) >= MIN_SEEDS and (np.ptp(arm) > 0 or np.ptp(reference) > 0):
-        welch = stats.ttest_ind(arm, reference, equal_var=False)
-        ci = welch.confidence_interval(1 - ALPHA)
-        permutation = stats.permutation_test((arm, reference), _mean_difference, vectorized=True,
-                                             n_resamples=PERMUTATIONS, rng=np.random.default_rng(seed))
-        boot = stats.bootstrap((arm, reference), _mean_difference, n_resamples=BOOTSTRAP_RESAMPLES,
-                               method="percentile", rng=np.random.default_rng(seed)).confidence_interval
-        row |= {"diff_ci_low": float(ci.low), "diff_ci_high": float(ci.high), "p": float(welch.pvalue),
-                "p_perm": float(permutation.pvalue), "boot_ci_low": float(boot.low),
-                "boot_ci_high": float(boot.high)}
-    return {f"{prefix}{k}": v for k, v in row.items()}
-
-
-def power(arm: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Seed-to-seed SD of each arm, the smallest |difference| detectable with ``POWER`` at
-    ``ALPHA`` (two-sided two-sample t-test with the pooled SD), and the seeds per arm that the
-    observed difference would need."""
-    arm, reference = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
-    row = {"sd": np.nan, "sd_reference": np.nan, "detectable_diff": np.nan, "seeds_needed": np.nan}
-    if min(len(arm), len(reference)) < MIN_SEEDS:
-        return row
-    row["sd"], row["sd_reference"] = float(arm.std(ddof=1)), float(reference.std(ddof=1))
-    pooled = math.sqrt(((len(arm) - 1) * row["sd"] ** 2 + (len(reference) - 1) * row["sd_reference"] ** 2)
-                       / (len(arm) + len(reference) - 2))
-    if pooled == 0:
-        return row
-    solver, effect = TTestIndPower(), abs(arm.mean() - reference.mean()) / pooled
-    with warnings.catch_warnings():
-        # Its root finder gives up (NaN) past its bounds; both cases are handled below.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        row["detectable_diff"] = pooled * float(solver.solve_power(
-            nobs1=len(arm), ratio=len(reference) / len(arm), alpha=ALPHA, power=POWER))
-        needed = float(solver.solve_power(effect_size=effect, ratio=1.0, alpha=ALPHA, power=POWER)) \
-            if effect > 0 else math.nan
-    if effect > 0:
-        if math.isnan(needed):  # thousands of seeds: the normal approximation is exact enough there
-            needed = 2 * ((stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER)) / effect) ** 2
-        row["seeds_needed"] = math.ceil(needed)
-    return row
-
-
-def reading(row: Any) -> str:
-    """The verdict on one primary comparison, in words."""
-    if pd.isna(row.p_holm):
-        return (f"no seed-level test ({row.seeds} vs {row.seeds_reference} networks; it needs "
-                f"{MIN_SEEDS} per arm and some spread): no verdict")
-    if row.p_holm < ALPHA:
-        return f"{'lower' if row.diff < 0 else 'higher'} loss, a difference unlikely to be chance"
-    return "no difference distinguishable from chance"
+MEASURES = {  # per network: (column prefix, the margin's key in analysis, lower is better)
+    "test_loss": ("", "margin", True),
+    "test_exact_acc": ("acc_", "accuracy_margin", False),
+    "test_digit_f1": ("f1_", "accuracy_margin", False),
+}
 
 
 @dataclass(frozen=True)
@@ -271,6 +122,25 @@ def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[
     return arms
 
 
+def per_network(samples: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.DataFrame:
+    """Per network (trial_id, seed): its mean test loss, exact-set accuracy and digit F1 (NaN
+    where the samples hold no logits, as in results written before logits were kept)."""
+    chosen = of_networks(samples, networks)
+    measures = chosen.groupby(["trial_id", "seed"], observed=True)[["loss", "correct"]].mean()
+    measures = measures.rename(columns={"loss": "test_loss", "correct": "test_exact_acc"})
+    logits = [f"logit_{d}" for d in range(results.N_DIGITS)]
+    if set(logits) <= set(chosen) and "digits" in chosen:
+        present = np.stack([chosen["digits"].str.contains(str(d), regex=False)
+                            for d in range(results.N_DIGITS)], 1)
+        scores = chosen[logits].to_numpy()
+        f1 = {key: results.digit_f1(scores[rows], present[rows])
+              for key, rows in chosen.groupby(["trial_id", "seed"], observed=True).indices.items()}
+        measures["test_digit_f1"] = pd.Series(f1)
+    else:
+        measures["test_digit_f1"] = np.nan
+    return measures.loc[networks].reset_index()
+
+
 def seed_average(samples: pd.DataFrame, networks: list[tuple[str, int]],
                  split: str | None = None) -> pd.DataFrame:
     """Per-sample loss and correctness averaged over the given networks, by sample_idx; with
@@ -296,9 +166,10 @@ class Analysis:
     comparisons: pd.DataFrame
     subgroups: pd.DataFrame | None
     selected: list[Arm]  # the arms, reference first
-    networks: pd.DataFrame  # per network that entered: level, trial_id, seed, test_loss, test_exact_acc
+    networks: pd.DataFrame  # per network that entered: level, trial_id, seed, and its MEASURES
     averaged: dict[Any, pd.DataFrame]  # level → seed-averaged per-sample loss and correct
     notes: list[str]  # what a reader must know before the numbers (selection not confirmed, …)
+    family: int  # Holm's family: the compared levels the study file names
 
     def differences(self, level: Any) -> pd.Series:
         """Per-sample loss differences (arm − reference), paired by sample_idx."""
@@ -315,7 +186,10 @@ class Analysis:
         return {"study": self.study.name, "question": self.study.question, "factor": self.factor,
                 "split": self.split, "data_fingerprint": self.data_fingerprint,
                 "data_source": self.data_source, "alpha": ALPHA,
-                "holm_family": "the seed-level test of every compared level against the reference",
+                "margin": self.study.analysis.margin, "accuracy_margin": self.study.analysis.accuracy_margin,
+                "holm_family": f"the seed-level tests of the {self.family} level(s) the study file compares "
+                               "with the reference, one family per measure; a level without networks "
+                               "counts as not rejected",
                 "image_level": IMAGE_LEVEL, "notes": self.notes, "arms": records(self.arms),
                 "comparisons": records(self.comparisons), "subgroups": records(self.subgroups)}
 
@@ -389,9 +263,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
                      "ones that won the selection by validation loss, so their luck counts twice and "
                      "the seed-level difference is biased in their favour")
 
-    per_network = r.samples.groupby(["trial_id", "seed"])[["loss", "correct"]].mean()
-    networks = pd.concat([per_network.loc[arm.networks].assign(level=arm.level) for arm in arms])
-    networks = networks.reset_index().rename(columns={"loss": "test_loss", "correct": "test_exact_acc"})
+    networks = pd.concat([per_network(r.samples, arm.networks).assign(level=arm.level) for arm in arms])
     averaged = {arm.level: seed_average(r.samples, arm.networks, split) for arm in arms}
     of_level = {arm.level: networks[networks["level"] == arm.level] for arm in arms}
     arm_rows = []
@@ -402,8 +274,11 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
                          "mean_loss": float(mine["test_loss"].mean()),
                          "sd_loss": float(mine["test_loss"].std(ddof=1)) if len(mine) > 1 else np.nan,
                          "exact_acc": float(mine["test_exact_acc"].mean()),
+                         "digit_f1": float(mine["test_digit_f1"].mean()),
                          "networks": ",".join(f"{t}/{s}" for t, s in arm.networks)})
 
+    # Holm's family is fixed by the study file: every level but the reference, with or without networks.
+    family = len(study.space[factor].levels()) - 1
     reference, *others = arms
     theirs = of_level[reference.level]
     rows = []
@@ -412,10 +287,12 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         row = {"level": arm.level, "reference": reference.level, "seeds": len(arm.networks),
                "seeds_reference": len(reference.networks), "mean_loss": float(mine["test_loss"].mean()),
                "mean_loss_reference": float(theirs["test_loss"].mean())}
-        losses = mine["test_loss"].to_numpy(), theirs["test_loss"].to_numpy()
-        row |= seed_level(*losses, seed=seed) | power(*losses)
-        row |= seed_level(mine["test_exact_acc"].to_numpy(), theirs["test_exact_acc"].to_numpy(),
-                          prefix="acc_", seed=seed)
+        for measure, (prefix, margin, _) in MEASURES.items():
+            tested = seed_level(mine[measure].dropna().to_numpy(), theirs[measure].dropna().to_numpy(),
+                                getattr(study.analysis, margin), seed)
+            row |= {f"{prefix}{k}": v for k, v in tested.items()}
+        row |= power(mine["test_loss"].to_numpy(), theirs["test_loss"].to_numpy(),
+                     study.analysis.margin, family)
         if fingerprint[arm.level] == fingerprint[reference.level]:
             paired = averaged[arm.level].merge(averaged[reference.level], left_index=True,
                                                right_index=True, suffixes=("", "_ref"))
@@ -424,17 +301,22 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
             row |= dict.fromkeys(IMAGE_KEYS, np.nan)
         rows.append(row)
     comparisons = pd.DataFrame(rows)
-    comparisons.insert(comparisons.columns.get_loc("p") + 1, "p_holm", holm(comparisons["p"]))
-    comparisons.insert(comparisons.columns.get_loc("p_holm") + 1, "verdict",
-                       [reading(row) for row in comparisons.itertuples()])
-    subgroups = _subgroups(r.samples, arms, split, seed) if split else None
+    for prefix, _, lower_is_better in MEASURES.values():
+        after = comparisons.columns.get_loc(f"{prefix}p_equivalent") + 1
+        p_holm, equivalent_holm = (holm(comparisons[f"{prefix}{k}"], family) for k in ("p", "p_equivalent"))
+        comparisons.insert(after, f"{prefix}verdict", [
+            verdict(*values, lower_is_better=lower_is_better)
+            for values in zip(p_holm, equivalent_holm, comparisons[f"{prefix}diff"], strict=True)])
+        comparisons.insert(after, f"{prefix}p_equivalent_holm", equivalent_holm)
+        comparisons.insert(after, f"{prefix}p_holm", p_holm)
+    subgroups = _subgroups(r.samples, arms, split, study.analysis.margin, seed) if split else None
     sources = done["data_source"].dropna().unique() if "data_source" in done else []
     source = "; ".join(sources) if len(sources) else f"not recorded (data.source: {study.data.source})"
     fingerprints = sorted(set(fingerprint.values()))
     shown = fingerprints[0] if len(fingerprints) == 1 else ", ".join(
         f"{level}: {f}" for level, f in fingerprint.items())
     return Analysis(study, factor, split, shown, source, pd.DataFrame(arm_rows),
-                    comparisons, subgroups, arms, networks, averaged, notes)
+                    comparisons, subgroups, arms, networks, averaged, notes, family)
 
 
 def _fingerprint(trials: pd.DataFrame, arm: Arm, study_dir: Path) -> str:
@@ -447,7 +329,7 @@ def _fingerprint(trials: pd.DataFrame, arm: Arm, study_dir: Path) -> str:
     return str(seen[0])
 
 
-def _subgroups(samples: pd.DataFrame, arms: list[Arm], split: str, seed: int) -> pd.DataFrame:
+def _subgroups(samples: pd.DataFrame, arms: list[Arm], split: str, margin: float, seed: int) -> pd.DataFrame:
     """Seed-level differences within each value of ``split`` and the arm × subgroup interaction
     of every value against the first (see the module docstring)."""
     means = samples.groupby(["trial_id", "seed", split])["loss"].mean().unstack(split)
@@ -459,12 +341,12 @@ def _subgroups(samples: pd.DataFrame, arms: list[Arm], split: str, seed: int) ->
         for value in values:
             row = {"level": arm.level, "reference": reference.level, split: value,
                    "mean_loss": float(mine[value].mean()), "mean_loss_reference": float(theirs[value].mean())}
-            row |= seed_level(mine[value].dropna().to_numpy(), theirs[value].dropna().to_numpy(), seed=seed)
+            tested = seed_level(mine[value].dropna().to_numpy(), theirs[value].dropna().to_numpy(),
+                                margin, seed)
+            row |= {k: tested[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p")}
             if value != values[0]:  # the interaction: does the arm's advantage change in this subgroup?
                 contrast = seed_level((mine[value] - mine[values[0]]).dropna().to_numpy(),
-                                      (theirs[value] - theirs[values[0]]).dropna().to_numpy(),
-                                      prefix="interaction_", seed=seed)
-                row |= {k: contrast[k] for k in ("interaction_diff", "interaction_diff_ci_low",
-                                                 "interaction_diff_ci_high", "interaction_p")}
+                                      (theirs[value] - theirs[values[0]]).dropna().to_numpy(), margin, seed)
+                row |= {f"interaction_{k}": contrast[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p")}
             rows.append(row)
     return pd.DataFrame(rows)

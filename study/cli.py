@@ -274,6 +274,9 @@ def preview(
             typer.echo(f"source: {dataset.source}")
         images = sum(len(split.images) for split in dataset.splits.values())
         typer.echo(f"dataset {label + ' ' if label else ''}{dataset.fingerprint}: {images:,} images")
+        for imbalance in data_preview.imbalances(dataset):
+            typer.echo(f"warning: {imbalance}; a comparison across these splits also measures class "
+                       f"frequency (flagged above {data_preview.IMBALANCE:.0%} and beyond chance)")
 
     out = out or Path("results") / f"{study.name}-data"
     table = data_preview.write(study, out, built)

@@ -123,6 +123,17 @@ class ResourcesConfig(Section):
         return gpu
 
 
+class AnalysisConfig(Section):
+    """What ``study analyze`` counts as a difference worth finding: fixed with the study, before
+    any result is seen, as a pre-registration would."""
+
+    margin: float = Field(0.005, gt=0, description=(
+        "the smallest difference in mean test loss that matters: arms closer than this are "
+        "'equivalent' when two one-sided tests say so; power and seeds are given for it"))
+    accuracy_margin: float = Field(0.02, gt=0, lt=1, description=(
+        "the same for exact-set accuracy and digit F1, as proportions (0.02: two points)"))
+
+
 class Study(Section):
     # `name: 2024` or --set name=2024 is a folder name, not a number
     model_config = ConfigDict(**Section.model_config, coerce_numbers_to_str=True)
@@ -135,6 +146,7 @@ class Study(Section):
     space: dict[str, Distribution]
     search: SearchConfig = SearchConfig()
     compare: str | None = None
+    analysis: AnalysisConfig = AnalysisConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
     @field_validator("name")

@@ -37,11 +37,12 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from study import config
-from study.analysis import ALPHA, IMAGE_KEYS, IMAGE_LEVEL, Analysis, of_networks
+from study.analysis import IMAGE_LEVEL, Analysis, of_networks
 from study.data import build
 from study.files import atomic_write
 from study.models import AttConv, build_network
 from study.results import TRAINED, weights_path
+from study.stats import ALPHA, IMAGE_KEYS
 from study.storage import may_hold_trials, optuna_storage, study_name, study_names
 from study.train import as_images, as_inputs
 
@@ -258,32 +259,59 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, floatfmt=".4g")
 
 
-PRIMARY_COLUMNS = ["level", "reference", "seeds", "seeds_reference", "mean_loss", "mean_loss_reference",
-                   "diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "p_perm", "boot_ci_low",
-                   "boot_ci_high", "sd", "sd_reference", "detectable_diff", "seeds_needed", "acc_diff",
-                   "acc_diff_ci_low", "acc_diff_ci_high", "acc_p"]
+VERDICT_COLUMNS = ["level", "reference", "seeds", "seeds_reference", "mean_loss", "mean_loss_reference",
+                   "diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "p_equivalent_holm", "verdict"]
+CHECK_COLUMNS = ["level", "p_perm", "p_perm_min", "sd", "sd_reference", "power_at_margin", "seeds_for_margin"]
+SECONDARY_COLUMNS = ["level", *[f"{prefix}{k}" for prefix in ("acc_", "f1_")
+                                for k in ("diff", "diff_ci_low", "diff_ci_high", "p_holm", "verdict")]]
 IMAGE_COLUMNS = ["level", "reference", *IMAGE_KEYS]
+MEANING = {
+    "better": "lower loss than the reference, a difference unlikely to be chance",
+    "worse": "higher loss than the reference, a difference unlikely to be chance",
+    "equivalent": "the difference lies within ±{margin:g}, the study's margin",
+    "inconclusive": "neither a difference nor equivalence within ±{margin:g} is shown",
+}
 
 
 def reading(analysis: Analysis) -> list[str]:
     """Per compared level, the verdict in words: the seed-level result first (what the verdict
-    rests on), its power, then the image-level test labelled for what it is."""
+    rests on), its power at the margin, the secondary measures, then the image-level test
+    labelled for what it is."""
+    margin, family = analysis.study.analysis.margin, analysis.family
     lines = []
     for row in analysis.comparisons.itertuples():
         head = (f"{row.level} vs {row.reference}: mean test loss {row.mean_loss:.4f} vs "
                 f"{row.mean_loss_reference:.4f} over {row.seeds} vs {row.seeds_reference} networks")
-        if pd.isna(row.p):
-            lines.append(f"{head}: {row.verdict}.")
+        if row.verdict == "no test":
+            lines.append(f"{head}: no test (the seed-level tests need 2 networks per arm and some "
+                         "spread).")
         else:
+            meaning = MEANING[row.verdict].format(margin=margin)
+            if row.verdict == "better" and row.p_equivalent_holm < ALPHA:
+                meaning += f", and smaller than the margin ±{margin:g}"
             lines.append(
-                f"{head}; difference {row.diff:+.4f} "
-                f"[95 % CI {row.diff_ci_low:+.4f}, {row.diff_ci_high:+.4f}], Welch p = {row.p:.2g} "
-                f"(Holm {row.p_holm:.2g}; permutation p = {row.p_perm:.2g}): {row.verdict} at α = {ALPHA}.")
-            power = (f"  Seed-to-seed SD {row.sd:.4f} vs {row.sd_reference:.4f}; the smallest difference "
-                     f"this study detects with 80 % power is {row.detectable_diff:.4f}")
-            if row.p_holm >= ALPHA and not pd.isna(row.seeds_needed):
-                power += f"; the observed one would need about {row.seeds_needed:.0f} seeds per arm"
-            lines.append(power + ".")
+                f"{head}; difference {row.diff:+.4f} [95 % CI {row.diff_ci_low:+.4f}, "
+                f"{row.diff_ci_high:+.4f}], Welch p = {row.p:.2g} (Holm over {family}: {row.p_holm:.2g}); "
+                f"equivalence within ±{margin:g}: p = {row.p_equivalent_holm:.2g} (Holm): "
+                f"{row.verdict.upper()}: {meaning}.")
+            check = (f"exact permutation p = {row.p_perm:.2g}" if not pd.isna(row.p_perm)
+                     else "no permutation test (arms of unequal size)")
+            if not pd.isna(row.p_perm_min) and row.p_perm_min > ALPHA:
+                check += (f"; with {row.seeds} vs {row.seeds_reference} networks its smallest possible p "
+                          f"is {row.p_perm_min:.2g}, so it cannot reach α = {ALPHA}")
+            lines.append(f"  Check: {check}.")
+            lines.append(
+                f"  Power: seed SDs {row.sd:.4f} vs {row.sd_reference:.4f}; if these were the true SDs, "
+                f"the Welch test at Holm's first step (α/{family}) would find a true difference of "
+                f"±{margin:g} with probability {row.power_at_margin:.2f}, and "
+                + (f"{row.seeds_for_margin:.0f} networks per arm would give 80 %."
+                   if not pd.isna(row.seeds_for_margin) else "no arm size up to 10,000 would give 80 %."))
+        secondary = [f"{name} {getattr(row, prefix + 'diff'):+.4f} ({getattr(row, prefix + 'verdict')})"
+                     for name, prefix in (("exact-set accuracy", "acc_"), ("digit F1", "f1_"))
+                     if not pd.isna(getattr(row, prefix + "diff"))]
+        if secondary:
+            lines.append(f"  Higher is better: {'; '.join(secondary)}, margin "
+                         f"±{analysis.study.analysis.accuracy_margin:g}.")
         if not pd.isna(row.image_p):
             lines.append(
                 f"  {IMAGE_LEVEL.capitalize()} (the original study's test): Hodges–Lehmann shift "
@@ -314,7 +342,8 @@ def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
         *[f"> **Note.** {note}." for note in analysis.notes], "",
         "## Reading", "",
         "The unit is the trained network: each network's mean test loss is one observation, and the "
-        "verdict is Welch's t-test on those, Holm-adjusted over the compared levels (one family). "
+        "verdict is Welch's t-test on those, Holm-adjusted over the compared levels (one family), "
+        "with an equivalence test for the study's margin beside it. "
         "The image-level Wilcoxon test is conditional on these trained networks: it treats test "
         "images as replications, so it is reported for comparison with the original study, not as "
         "the verdict.", "",
@@ -322,12 +351,23 @@ def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
           for line in reading(analysis)], "",
         "## Arms", "", _table(analysis.arms.drop(columns="networks")), "",
         "## Seed level (primary)", "",
-        "`diff` = arm − reference in mean test loss over networks, with Welch's 95 % CI and p; `p_holm` "
-        "over the compared levels; `p_perm` a permutation test of the same difference; `boot_ci_*` a "
-        "percentile bootstrap over seeds; `sd*` seed-to-seed SDs; `detectable_diff` the smallest "
-        "|difference| detectable with 80 % power at α = 0.05; `seeds_needed` the seeds per arm the "
-        "observed difference needs; `acc_*` the same for exact-set accuracy.", "",
-        _table(analysis.comparisons[PRIMARY_COLUMNS]), "",
+        "`diff` = arm − reference in mean test loss over networks, with Welch's 95 % CI and p; "
+        f"`p_holm`, Holm's adjustment over the family of {analysis.family} compared level(s) the study "
+        "file names (a level without networks counts as not rejected); `p_equivalent_holm`, two "
+        f"one-sided Welch tests that |diff| < {study.analysis.margin:g} (`analysis.margin`), Holm-"
+        "adjusted the same way; `verdict`: better or worse where `p_holm` < α, else equivalent where "
+        "`p_equivalent_holm` < α, else inconclusive.", "",
+        _table(analysis.comparisons[VERDICT_COLUMNS]), "",
+        "`p_perm`: a permutation test of the Welch statistic (arms of equal size only), "
+        "`p_perm_min` the smallest p it can give with these arms; `sd*`: seed-to-seed SDs; "
+        "`power_at_margin`: the Welch test's power at Holm's first step against a true difference "
+        "of the margin, if the observed SDs were the truth; `seeds_for_margin`: the networks per arm "
+        "that would give 80 % there (both estimates: the SDs come from few networks).", "",
+        _table(analysis.comparisons[CHECK_COLUMNS]), "",
+        "Exact-set accuracy (`acc_*`: all three digits right) and digit F1 (`f1_*`: macro F1 over the "
+        "ten digits, which moves before exact sets do), tested the same way with margin "
+        f"±{study.analysis.accuracy_margin:g}; higher is better. All columns: `comparisons.csv`.", "",
+        _table(analysis.comparisons[SECONDARY_COLUMNS]), "",
         f"## {IMAGE_LEVEL.capitalize()}", "",
         "Per-sample losses averaged over each arm's networks, paired by `sample_idx`; d = arm − "
         "reference. Wilcoxon signed-rank (zero differences dropped), the Hodges–Lehmann shift "

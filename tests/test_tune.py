@@ -40,8 +40,8 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFra
     assert trials["trial_id"].nunique() == n_trials
     assert (trials.groupby("trial_id")["seed"].apply(sorted) == [list(range(seeds))] * n_trials).all()
     for column in ("trial_id", "status", "seed", "model.attention.layers", "n_params", "flops",
-                   "best_epoch", "best_val_loss", "test_loss", "test_exact_acc", "wall_s", "device",
-                   "data_fingerprint"):
+                   "best_epoch", "best_val_loss", "test_loss", "test_exact_acc", "test_digit_f1", "wall_s",
+                   "device", "data_fingerprint"):
         assert column in trials, column
     assert set(trials["model.attention.layers"]) == {"[]", "[0]"}
     n_params = trials.groupby("model.attention.layers")["n_params"].unique().map(list).to_dict()
@@ -67,6 +67,13 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFra
         t = by_network.loc[network]
         assert rows["loss"].mean() == pytest.approx(t["test_loss"], rel=1e-5)
         assert rows["correct"].mean() == pytest.approx(t["test_exact_acc"])
+        # Macro F1 over the digits, by hand: a digit present in the image against its logit > 0.
+        f1 = []
+        for d in range(10):
+            true, said = rows["digits"].str.contains(str(d)), rows[f"logit_{d}"] > 0
+            hits, wrong = (true & said).sum(), (true != said).sum()
+            f1.append(1.0 if hits + wrong == 0 else 2 * hits / (2 * hits + wrong))
+        assert np.mean(f1) == pytest.approx(t["test_digit_f1"], rel=1e-6)
     # Every network saw the same test images: the digits agree sample by sample.
     assert (samples.groupby("sample_idx")["digits"].nunique() == 1).all()
     assert (study_dir / "study.yaml").exists()

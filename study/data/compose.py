@@ -107,12 +107,21 @@ def compose(
     pairs = [(d, COLOURS.index(c)) for d, c in withheld_colours]
     if avoid_withheld:
         for _ in range(1000):
-            bad = _holds(classes, withheld) | _holds_pair(classes, colours, pairs)
+            bad = _holds(classes, withheld)
             if not bad.any():
                 break
-            classes[bad], colours[bad] = draw_classes(int(bad.sum())), draw_colours(int(bad.sum()))
+            classes[bad] = draw_classes(int(bad.sum()))
         else:
-            raise ValueError(f"cannot draw {k} digits avoiding withheld {withheld} {withheld_colours}")
+            raise ValueError(f"cannot draw {k} digits avoiding withheld {withheld}")
+        # A withheld digit–colour pair gets another colour, never other digits: redrawing the
+        # image would make the withheld digits rarer in training than in the test split.
+        for _ in range(1000):
+            bad = _pair_mask(classes, colours, pairs)
+            if not bad.any():
+                break
+            colours[bad] = rng.integers(0, len(COLOURS), int(bad.sum()))
+        else:
+            raise ValueError(f"cannot colour digits avoiding withheld {withheld_colours}")
     marked = _holds(classes, withheld) | _holds_pair(classes, colours, pairs)
 
     picks = (rng.random((n, k)) * counts[classes]).astype(np.int64)
@@ -150,12 +159,17 @@ def _holds(classes: np.ndarray, combinations: list[list[int]]) -> np.ndarray:
     return found
 
 
+def _pair_mask(classes: np.ndarray, colours: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """(n, k): the digits drawn in a withheld colour for them."""
+    found = np.zeros(classes.shape, dtype=bool)
+    for digit, colour in pairs:
+        found |= (classes == digit) & (colours == colour)
+    return found
+
+
 def _holds_pair(classes: np.ndarray, colours: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
     """Rows with a digit drawn in a withheld colour for it."""
-    found = np.zeros(len(classes), dtype=bool)
-    for digit, colour in pairs:
-        found |= ((classes == digit) & (colours == colour)).any(1)
-    return found
+    return _pair_mask(classes, colours, pairs).any(1)
 
 
 def _warp(digits, sources, scales, angles, box: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from study.data.dataset import SPLITS, Dataset, build
 from study.sections import DataConfig
 
 GRID = (4, 8)  # rows, columns of samples per split
+IMBALANCE = 0.01  # a digit's share of images differing by more than this between splits is flagged
 
 
 def statistics(dataset: Dataset) -> pd.DataFrame:
@@ -76,6 +77,26 @@ def settings(study: Study) -> dict[str, DataConfig]:
         label = ",".join(str(v) if len(keys) == 1 else f"{k}={v}" for k, v in params.items())
         found[label] = resolve(study, params).data
     return found
+
+
+def imbalances(dataset: Dataset) -> list[str]:
+    """Digits whose share of images differs between the training and the test split by more
+    than ``IMBALANCE`` and by more than chance explains (three binomial standard errors): a
+    comparison across those splits would also measure class frequency.
+
+    Example:
+        >>> from study.sections import DataConfig
+        >>> imbalances(build(DataConfig(n_images=3000), use_cache=False))
+        []
+    """
+    train, test = dataset["train"].targets.astype(bool), dataset["test"].targets.astype(bool)
+    flagged = []
+    for digit in range(N_CLASSES):
+        a, b = train[:, digit].mean(), test[:, digit].mean()
+        chance = 3 * np.sqrt(a * (1 - a) / len(train) + b * (1 - b) / len(test))
+        if abs(a - b) > max(IMBALANCE, chance):
+            flagged.append(f"digit {digit} is in {a:.1%} of training images but {b:.1%} of test images")
+    return flagged
 
 
 def write(study: Study, out: str | Path, report: Callable[[str, Dataset], None]) -> pd.DataFrame:

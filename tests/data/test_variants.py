@@ -4,10 +4,11 @@ import gzip
 
 import numpy as np
 import pytest
+from scipy import stats
 from typer.testing import CliRunner
 
 from study.cli import app
-from study.data import build, source
+from study.data import build, preview, source
 from study.data.compose import COLOURS, compose
 from study.errors import UserError
 from study.sections import PALETTE, DataConfig, Variant
@@ -115,3 +116,30 @@ def test_preview_writes_a_grid_per_split_and_statistics(tmp_path):
     for split in ("train", "val", "test"):
         assert (tmp_path / f"{split}.png").read_bytes()[:4] == b"\x89PNG"
     assert "withheld" in result.output and (tmp_path / "statistics.csv").exists()
+
+
+def test_withholding_colour_pairs_keeps_every_digit_as_frequent_in_training_as_in_test():
+    # Five withheld pairs: redrawing whole images made digits 0-4 rarer in training (28 % vs 32 %).
+    pairs = [(0, "red"), (1, "green"), (2, "blue"), (3, "yellow"), (4, "magenta")]
+    data = build(DataConfig(n_images=20000, train={"colour": True}, withheld_colours=pairs), use_cache=False)
+    train = data["train"]
+    shares = train.targets.mean(0)  # 3 of 10 digits per image: 0.3 each
+    assert np.abs(shares - 0.3).max() < 4 * np.sqrt(0.3 * 0.7 / len(train.targets))
+    for digit, colour in pairs:  # the withheld digit takes the other five colours evenly
+        drawn = np.bincount(train.colours[train.classes == digit], minlength=len(COLOURS))
+        assert drawn[COLOURS.index(colour)] == 0
+        others = np.delete(drawn, COLOURS.index(colour))
+        assert stats.chisquare(others).pvalue > 1e-3
+
+
+def test_preview_flags_a_digit_that_withholding_made_rarer_in_training(tmp_path):
+    config = DataConfig(n_images=3000, withheld=[[0, d] for d in range(1, 7)])
+    flags = preview.imbalances(build(config, use_cache=False))  # 0 rarer, so the others more frequent
+    assert flags[0].startswith("digit 0 is in") and "of training images but" in flags[0]
+    assert preview.imbalances(build(DataConfig(n_images=3000, withheld=[[0, 1]]), use_cache=False)) == []
+    space = str(ROOT / "searchspaces" / "data-withheld.yaml")
+    result = CliRunner().invoke(app, ["data", "preview", space, "--set", "data.n_images=3000",
+                                      "--set", f"data.withheld={[[0, d] for d in range(1, 7)]}",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: digit 0 is in" in result.output and "also measures class frequency" in result.output
