@@ -14,6 +14,7 @@ import typer
 
 from study import config
 from study.errors import UserError
+from study.words import counted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,6 +84,9 @@ def run(
         help="Optuna storage: journal:PATH or a SQLAlchemy URL (default: sqlite in the results)")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="continue an interrupted study in its folder (same file and --set)")] = False,
+    resume_or_start: Annotated[bool, typer.Option(
+        "--resume-or-start", help="--resume where the study's folder holds one, else start it: for "
+        "batch jobs that may run again (requeued, resubmitted)")] = False,
     download: Download = False,
 ) -> None:
     """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
@@ -95,6 +99,7 @@ def run(
         # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
         models = _models(study, space)
         study_dir = results / study.name
+        resume = resume or (resume_or_start and (study_dir / "study.yaml").exists())
         from study import preflight
 
         preflight.check_run(study, study_dir, address, n_params=int(models["n_params"].max()))
@@ -281,7 +286,7 @@ def preview(
     out = out or Path("results") / f"{study.name}-data"
     table = data_preview.write(study, out, built)
     index = ["setting", "split"] if "setting" in table else ["split"]
-    typer.echo(table.set_index(index).T.to_string())
+    typer.echo(table.set_index(index).astype(object).T.to_string())  # counts stay integers
     typer.echo(f"grids and statistics.csv in {out}")
 
 
@@ -307,7 +312,7 @@ def analyze(
     typer.echo(f"study {result.study.name}: {result.study.question}")
     typer.echo(f"data: {result.data_source} (fingerprint {result.data_fingerprint})")
     typer.echo(f"factor {result.factor}; seed level: Welch's t on each network's mean test loss, "
-               f"Holm over {len(result.comparisons)} level(s)")
+               f"Holm over {counted(result.family, 'level')}")
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     for line in report.reading(result):

@@ -30,6 +30,7 @@ from study.data.dataset import split_sizes
 from study.models import Stacked, build_network, n_params
 from study.preflight import PROCESS_BYTES, dataset_bytes
 from study.train import eval_chunk, inference, make_optimizer, pick_device, training_step
+from study.words import counted, duration
 
 TIMED_STEPS = 4  # after two untimed ones
 EVAL_TIMED = 64  # images whose evaluation is timed; the time per image scales to the splits
@@ -216,29 +217,20 @@ def lines(p: Plan) -> list[str]:
     """The plan as a person reads it."""
     study, out = p.study, []
     for stage in p.stages:
-        out.append(f"{stage.name}: {stage.trials} trial(s) × {stage.seeds} seed(s) = {stage.networks} "
-                   f"networks; {stage.steps:,} training steps per trial ({study.train.epochs} epochs)")
+        out.append(f"{stage.name}: {counted(stage.trials, 'trial')} × {counted(stage.seeds, 'seed')} = "
+                   f"{stage.networks} networks; {stage.steps:,} training steps per trial "
+                   f"({counted(study.train.epochs, 'epoch')})")
     out.append(f"memory: {dataset_bytes(study) / 2**20:,.0f} MiB of images per process; "
-               f"about {p.memory() / 2**30:.2f} GiB for the {p.slots} trial(s) at once")
+               f"about {p.memory() / 2**30:.2f} GiB for the {counted(p.slots, 'trial')} at once")
     for stage in p.stages:
         for a in p.architectures[stage.name]:
             how = "" if a.measured else " (projected)"
             compiled = (f", compiled{how} {a.compiled_ms:.1f} ms after {a.warmup_s:.0f} s of warm-up"
                         if a.compiled_ms is not None else ", eager")
-            out.append(f"  {stage.name} {a.label}: {a.step_ms:.1f} ms per step of {stage.seeds} seed(s)"
-                       f"{compiled}; a trial ≈ {duration(p.trial_s(stage, a))}")
+            out.append(f"  {stage.name} {a.label}: {a.step_ms:.1f} ms per step of "
+                       f"{counted(stage.seeds, 'seed')}{compiled}; a trial ≈ {duration(p.trial_s(stage, a))}")
     parts = {"start": STUDY_START_S, **{s.name: p.stage_s(s) for s in p.stages}}
     shown = " + ".join(f"{duration(t)} {name}" for name, t in parts.items())
-    out.append(f"estimated time on {p.device} ({int(study.resources.cpu)} thread(s) per trial, {p.slots} "
-               f"at once): {shown} = {duration(sum(parts.values()))}")
+    out.append(f"estimated time on {p.device} ({counted(int(study.resources.cpu), 'thread')} per trial, "
+               f"{p.slots} at once): {shown} = {duration(sum(parts.values()))}")
     return out
-
-
-def duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h07m``: elapsed and remaining time as a person reads it."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

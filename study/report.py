@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -36,7 +37,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from study import config
+from study import __version__, config
 from study.analysis import IMAGE_LEVEL, Analysis, of_networks
 from study.data import build
 from study.files import atomic_write
@@ -45,8 +46,11 @@ from study.results import TRAINED, weights_path
 from study.stats import ALPHA, IMAGE_KEYS
 from study.storage import may_hold_trials, optuna_storage, study_name, study_names
 from study.train import as_images, as_inputs
+from study.words import counted, duration
 
 N_ATTENTION_IMAGES = 4
+LOG_SPAN = 100  # a loss histogram goes to a log axis when its largest loss is this many times its smallest
+MIN_TRIALS = 5  # the fewest completed Optuna trials whose history or importances mean anything
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
@@ -65,7 +69,7 @@ def write(analysis: Analysis, study_dir: str | Path) -> Path:
         analysis.comparisons.to_csv(folder / "comparisons.csv", index=False)
         if analysis.subgroups is not None:
             analysis.subgroups.to_csv(folder / "subgroups.csv", index=False)
-        (folder / "report.md").write_text(markdown(analysis, notes))
+        (folder / "report.md").write_text(markdown(analysis, notes, run_record(analysis, study_dir)))
 
     atomic_write(study_dir / "report", fill)
     return study_dir / "report"
@@ -133,15 +137,20 @@ def loss_curves(analysis: Analysis, study_dir: Path, path: Path) -> str:
 
 
 def loss_distributions(analysis: Analysis, study_dir: Path, path: Path) -> str:
-    """Histograms (log-spaced bins) of the seed-averaged per-sample test loss of each arm."""
+    """Histograms of the seed-averaged per-sample test loss of each arm: linear bins, unless the
+    losses span more than ``LOG_SPAN`` (a trained network's many near-zero losses), then
+    log-spaced bins on a log axis."""
     losses = {arm.level: analysis.averaged[arm.level]["loss"].to_numpy() for arm in analysis.selected}
     low = max(min(v.min() for v in losses.values()), 1e-6)
-    bins = np.geomspace(low, max(v.max() for v in losses.values()) * 1.01, 50)
+    high = max(v.max() for v in losses.values()) * 1.01
+    log = high / low > LOG_SPAN
+    bins = np.geomspace(low, high, 50) if log else np.linspace(low, high, 50)
     fig, ax = plt.subplots(figsize=(7, 4))
     for level, values in losses.items():
         ax.hist(np.clip(values, low, None), bins=bins, histtype="step", linewidth=1.5,
                 label=f"{level} (mean {values.mean():.4f})")
-    ax.set(xscale="log", xlabel="per-sample test loss (mean BCE over 10 classes)", ylabel="test images")
+    ax.set(xscale="log" if log else "linear", xlabel="per-sample test loss (mean BCE over 10 classes)",
+           ylabel="test images")
     ax.legend(title=analysis.factor, fontsize=8)
     _save(fig, path)
     return ""
@@ -157,13 +166,19 @@ def _optuna_studies(study: config.Study, study_dir: Path) -> list[optuna.Study]:
 
 
 def optuna_history(analysis: Analysis, study_dir: Path, path: Path) -> str:
+    """The value of every Optuna trial in order, where a search had something to learn: a
+    grid's order is fixed, and a history of a few points shows nothing."""
+    if analysis.study.search.sampler == "grid":
+        return "a grid study tries every configuration in a fixed order: there is no search history"
     studies = [s for s in _optuna_studies(analysis.study, study_dir) if s.get_trials(states=[COMPLETE])]
-    if not studies:
-        return "optuna.db holds no completed Optuna trial"
+    completed = sum(len(s.get_trials(states=[COMPLETE])) for s in studies)
+    if completed < MIN_TRIALS:
+        return f"{counted(completed, 'completed Optuna trial')}; a history needs at least {MIN_TRIALS}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_optimization_history(
             studies if len(studies) > 1 else studies[0], target_name="mean best validation loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted, not measured
     ax.figure.set_size_inches(8, 4.5)
     _save(ax.figure, path)
     return ""
@@ -184,14 +199,33 @@ def optuna_importances(analysis: Analysis, study_dir: Path, path: Path) -> str:
                 params[key] = level_of[stored.study_name]
                 dists[key] = optuna.distributions.CategoricalDistribution(levels)
             merged.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=trial.value))
-    if len(merged.trials) < 2:
-        return f"{len(merged.trials)} completed Optuna trial(s); importances need at least 2"
+    if len(merged.trials) < MIN_TRIALS:
+        return (f"{counted(len(merged.trials), 'completed Optuna trial')}; importances need at least "
+                f"{MIN_TRIALS}")
+    varied = sorted({name for name in merged.trials[0].params
+                     if len({repr(t.params[name]) for t in merged.trials}) > 1})
+    if len(varied) < 2:
+        # fANOVA splits the variance among the parameters that varied: with one, it is all that
+        # one's by construction, and a parameter that never varied would get a share it cannot have.
+        return (f"only {', '.join(varied) or 'no parameter'} varied across the completed trials; "
+                "importances compare at least two varied parameters")
+    merged = _only(merged, varied)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_param_importances(merged)
     ax.figure.set_size_inches(8, 3 + 0.3 * len(merged.trials[0].params))
     _save(ax.figure, path)
     return ""
+
+
+def _only(study: optuna.Study, names: list[str]) -> optuna.Study:
+    """A copy of ``study`` whose trials keep only the parameters ``names``."""
+    kept = optuna.create_study()
+    for trial in study.trials:
+        kept.add_trial(optuna.trial.create_trial(
+            params={n: trial.params[n] for n in names},
+            distributions={n: trial.distributions[n] for n in names}, value=trial.value))
+    return kept
 
 
 def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
@@ -218,39 +252,48 @@ def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
     layer = next(m for m in net.modules() if isinstance(m, AttConv))
     if layer.iterations < 2:
         return f"{network}'s AttConv runs 1 iteration: its attention never changes"
-    images = build(trial_study.data)["test"].images[:N_ATTENTION_IMAGES]
+    test = build(trial_study.data)["test"]
+    images = test.images[:N_ATTENTION_IMAGES]
     seen = {}
     hook = layer.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
     with torch.no_grad():
-        net(as_inputs(as_images(images)))
+        logits = net(as_inputs(as_images(images)))
         hook.remove()
         steps = list(layer.steps(seen["x"]))
     out_h, out_w = steps[0][0].shape[-2:]
-    # What each window claims after iterations 1..T−1, against the even start: border windows
-    # cover pixels that fewer windows share, so raw claims would only show the border.
+    # What each window claims in iterations 2..T, against the even shares of iteration 1: border
+    # windows cover pixels that fewer windows share, so raw claims would only show the border.
     start = steps[0][1].sum(1)
     gains = [torch.log2(a.sum(1) / start).view(-1, out_h, out_w) for _, a, _ in steps[1:]]
-    limit = max(float(g.abs().max()) for g in gains) or 1.0
+    # The prediction where all k² windows overlap: at the edges a pixel has fewer windows to
+    # average, and their extremes would set the colour scale.
+    edge = layer.kernel_size - 1
     prediction = layer.prediction(steps[-1][1], steps[-2][2], *seen["x"].shape[-2:]).mean(1)
+    prediction = prediction[:, edge:-edge, edge:-edge]
+    digits = test.digit_strings()[:N_ATTENTION_IMAGES]
+    said = ["".join(str(d) for d in np.flatnonzero(row > 0)) or "none" for row in logits.numpy()]
 
     columns = 2 + len(gains)
-    fig, axes = plt.subplots(len(images), columns, figsize=(2.3 * columns, 2.2 * len(images)),
+    fig, axes = plt.subplots(len(images), columns, figsize=(2.4 * columns + 1.2, 2.3 * len(images)),
                              squeeze=False, layout="constrained")
     for b in range(len(images)):
         axes[b, 0].imshow(images[b] if images.ndim == 3 else images[b].transpose(1, 2, 0), cmap="gray")
+        axes[b, 0].set_title(f"true {digits[b]}, predicted {said[b]}", fontsize=8)
+        # One scale per image, symmetric about no change: rows differ by orders of magnitude.
+        limit = max(float(g[b].abs().max()) for g in gains) or 1.0
         for t, gain in enumerate(gains):
             shown = axes[b, 1 + t].imshow(gain[b], cmap="coolwarm", vmin=-limit, vmax=limit)
             if b == 0:
-                axes[b, 1 + t].set_title(f"log2 claim gain, iter {t + 1}", fontsize=9)
-        axes[b, -1].imshow(prediction[b], cmap="gray")
-    axes[0, 0].set_title("input", fontsize=9)
-    axes[0, -1].set_title("top-down prediction", fontsize=9)
+                axes[b, 1 + t].set_title(f"shares in iteration {t + 2}", fontsize=9)
+        fig.colorbar(shown, ax=axes[b, 1:-1], shrink=0.9, label="log2 of share / even share")
+        top_down = axes[b, -1].imshow(prediction[b], cmap="gray")
+        fig.colorbar(top_down, ax=axes[b, -1], shrink=0.9)
+    axes[0, -1].set_title(f"top-down prediction\n(inner {prediction.shape[-1]}² pixels)", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(shown, ax=axes[:, 1:-1], shrink=0.6, label="log2(share claimed / even share)")
     position = min(trial_study.model.attention.layers) + 1  # conv1 is position 0
-    fig.suptitle(f"{network}: AttConv at conv{position} ({layer.iterations} iterations)",
-                 fontsize=10)
+    fig.suptitle(f"{network}: AttConv at conv{position}, {layer.iterations} iterations (iteration 1 "
+                 "shares every pixel evenly among the windows covering it)", fontsize=10)
     _save(fig, path)
     return ""
 
@@ -332,7 +375,38 @@ def _selection(analysis: Analysis) -> str:
     return "Each arm is every network trained at its level."
 
 
-def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
+def run_record(analysis: Analysis, study_dir: Path) -> list[tuple[str, str]]:
+    """What was run, as a reader of the report needs it to judge and repeat the result: the
+    settings that matter, the devices, the compute, when, and with which versions."""
+    study, search = analysis.study, analysis.study.search
+    data, train = study.data, study.train
+    trials = pd.read_parquet(study_dir / "trials.parquet").drop_duplicates("trial_id")
+    tuned = [key for key in study.space if key != analysis.factor]
+    devices = sorted(trials["device"].dropna().unique()) if "device" in trials else []
+    compute = trials["wall_s"].dropna().sum() if "wall_s" in trials else 0.0
+    written = datetime.fromtimestamp((study_dir / "trials.parquet").stat().st_mtime)
+    fresh = counted(len(study.seeds("confirm")), "fresh seed") if study.confirms() else ""
+    seeds = counted(search.seeds, "seed") + " per configuration" + (
+        f"; each arm's selected configuration retrained on {fresh}" if fresh else "")
+    return [
+        ("data", f"{data.source} digits, {data.n_images:,} images split {data.split} (train, val, test), "
+                 f"{data.canvas}-pixel canvas, {data.digits} digits per image, seed {data.seed}"),
+        ("training", f"{counted(train.epochs, 'epoch')} (best validation epoch kept), batch "
+                     f"{train.batch_size}, {train.optimizer} at lr {train.lr:.4g}, compile {train.compile}"),
+        ("networks", seeds),
+        ("search", f"{search.sampler}, {counted(study.n_configurations(), 'configuration')}; tuned: "
+                   + (", ".join(tuned) if tuned else "nothing besides the compared factor")),
+        ("margins", f"test loss ±{study.analysis.margin:g}; accuracy and digit F1 ±"
+                    f"{study.analysis.accuracy_margin:g}"),
+        ("devices", ", ".join(devices) or "not recorded"),
+        ("compute", f"{duration(compute)} of trial time in all (trials that ran at once overlap)"),
+        ("results written", written.isoformat(sep=" ", timespec="minutes")),
+        ("analysed", f"{datetime.now().isoformat(sep=' ', timespec='minutes')} with study {__version__}, "
+                     f"torch {torch.__version__}, optuna {optuna.__version__}"),
+    ]
+
+
+def markdown(analysis: Analysis, notes: dict[str, str], run: list[tuple[str, str]]) -> str:
     study = analysis.study
     parts = [
         f"# {study.name}", "", f"**Question.** {study.question or '(none given)'}", "",
@@ -340,6 +414,7 @@ def markdown(analysis: Analysis, notes: dict[str, str]) -> str:
         f"{_selection(analysis)}", "",
         f"**Data.** {analysis.data_source}; fingerprint `{analysis.data_fingerprint}`.", "",
         *[f"> **Note.** {note}." for note in analysis.notes], "",
+        "## Run", "", "| | |", "|---|---|", *[f"| {what} | {value} |" for what, value in run], "",
         "## Reading", "",
         "The unit is the trained network: each network's mean test loss is one observation, and the "
         "verdict is Welch's t-test on those, Holm-adjusted over the compared levels (one family), "

@@ -49,8 +49,14 @@ def param_columns(columns: Iterable[str]) -> list[str]:
 
 
 def shown(params: dict[str, Any]) -> str:
-    """A configuration as a progress line shows it: ``layers=[0] lr=0.001``."""
-    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items())
+    """A configuration as a progress line shows it, numbers to 4 significant digits.
+
+    Example:
+        >>> shown({"model.attention.layers": "[0]", "train.lr": 0.0006466422717414558})
+        'layers=[0] lr=0.0006466'
+    """
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value:.4g}" if isinstance(value, float)
+                    else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items())
 
 
 def write_study(study_dir: Path, study: Study) -> None:
@@ -280,7 +286,10 @@ def _check_fingerprints(path: Path, trials: pd.DataFrame, samples: pd.DataFrame)
 
 
 def _read(path: Path, **options: Any) -> pd.DataFrame:
-    """A Parquet file or folder; a damaged one is a message, not a traceback."""
+    """A Parquet file or folder; a missing or damaged one is a message, not a traceback."""
+    if not Path(path).exists():
+        raise UserError(f"{path}: missing. Is {Path(path).parent} the results folder of a study that "
+                        "ran? (study run writes it; `ls results/` shows the studies there)")
     try:
         return pd.read_parquet(path, **options)
     except (pa.ArrowException, OSError) as err:

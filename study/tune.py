@@ -23,6 +23,7 @@ finished just before the driver died.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -56,10 +57,10 @@ from study.analysis import best_configurations
 from study.config import Study, combinations, resolve
 from study.data import build
 from study.errors import UserError
-from study.plan import duration
 from study.preflight import check_resources, disk_full
 from study.storage import optuna_storage, study_name, study_names
 from study.train import Snapshot, conclude, fit
+from study.words import counted, duration
 
 METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss
 RAY_TRIAL = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
@@ -195,7 +196,7 @@ class PerLevelASHA(FIFOScheduler):
         self._asha(trial).on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
-        return f"ASHA within each level of {self.key}; {len(self.stopped)} trial(s) stopped"
+        return f"ASHA within each level of {self.key}; {counted(len(self.stopped), 'trial')} stopped"
 
     def reason(self, trial_id: str) -> str:
         return (f"ASHA stopped it after {self.stopped[trial_id]} of {self.epochs} epochs: its mean "
@@ -238,17 +239,38 @@ def _finish(study: dict, study_dir: str, threads: int, stage: str, trial_id: str
 
 
 class _Progress:
-    """The running count over both stages and an estimate of the time left, from the trials
-    finished in this run (a resumed study's earlier trials took no time here)."""
+    """The running count over both stages and an estimate of the time left from measured epoch
+    times: each running trial's remaining epochs at its own last epoch's time, each trial not yet
+    started at the mean full-trial time of those measured, laid out over the ``slots`` trials
+    that run at once (each waiting trial takes the slot that frees first). A resumed study's
+    earlier trials took no time here and count only as done."""
 
-    def __init__(self, total: int, done_before: int) -> None:
-        self.total, self.done_before, self.start = total, done_before, time.perf_counter()
+    def __init__(self, total: int, done_before: int, epochs: int, slots: int) -> None:
+        self.total, self.done, self.epochs, self.slots = total, done_before, epochs, max(1, slots)
+        self.start = time.perf_counter()
+        self.epoch_s: dict[str, float] = {}  # trial → its last epoch's seconds
+        self.left: dict[str, int] = {}  # running trial → epochs it has left
+
+    def epoch(self, trial_id: str, epoch: int, seconds: float) -> None:
+        self.epoch_s[trial_id], self.left[trial_id] = seconds, self.epochs - epoch - 1
+
+    def finished(self, trial_id: str) -> None:
+        self.left.pop(trial_id, None)
+
+    def left_s(self, done: int) -> float | None:
+        if not self.epoch_s:
+            return None
+        free_at = sorted(n * self.epoch_s[t] for t, n in self.left.items())
+        free_at = [0.0] * max(0, self.slots - len(free_at)) + free_at
+        per_trial = self.epochs * sum(self.epoch_s.values()) / len(self.epoch_s)
+        for _ in range(max(0, self.total - done - len(self.left))):
+            heapq.heapreplace(free_at, free_at[0] + per_trial)  # free_at stays a sorted heap's list
+        return max(free_at)
 
     def __call__(self, done: int) -> str:
-        elapsed, finished = time.perf_counter() - self.start, done - self.done_before
-        left = f", ~{duration(elapsed / finished * (self.total - done))} left" \
-            if finished > 0 and done < self.total else ""
-        return f"[{done}/{self.total} {duration(elapsed)}{left}]"
+        left = self.left_s(done) if done < self.total else None
+        shown = f", ~{duration(left)} left" if left is not None else ""
+        return f"[{done}/{self.total} {duration(time.perf_counter() - self.start)}{shown}]"
 
 
 class _Recorder(tune.Callback):
@@ -259,9 +281,19 @@ class _Recorder(tune.Callback):
         self.study, self.study_dir, self.stage, self.progress = study, study_dir, stage, progress
         self.seeds, self.scheduler = study.seeds(stage), scheduler
 
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        """A line per trial per epoch: what a person watching wants to know is moving."""
+        if "epoch" not in result:
+            return
+        self.progress.epoch(trial.trial_id, result["epoch"], result["seconds"])
+        self._line(trial, f"epoch {result['epoch'] + 1}/{self.study.train.epochs}: val_loss "
+                   f"{result['val_loss']:.4f} (mean of {counted(len(self.seeds), 'seed')}), "
+                   f"{result['seconds']:.3g} s", consolidate=False)
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.progress.finished(trial.trial_id)
         last = trial.last_result
-        seeds = f"{len(self.seeds)} seeds" if len(self.seeds) > 1 else "1 seed"
+        seeds = counted(len(self.seeds), "seed")
         if self.scheduler and trial.trial_id in self.scheduler.stopped:
             self._line(trial, f"stopped: {self.scheduler.reason(trial.trial_id)}; its best epochs are "
                        "tested when the stage ends")
@@ -273,6 +305,7 @@ class _Recorder(tune.Callback):
             self._line(trial, f"done: best_val_loss={last[METRIC]:.4f} (mean of {seeds})")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.progress.finished(trial.trial_id)
         full = disk_full(self.study_dir)
         if full:  # not the networks' failure: the study stops, and --resume reruns the trial
             raise UserError(f"{full}: trial {trial.trial_id} could not write its results")
@@ -282,10 +315,15 @@ class _Recorder(tune.Callback):
                              _params(self.study, trial.config), reason)
         self._line(trial, f"FAILED: {reason}")
 
-    def _line(self, trial, what: str) -> None:
-        n = results.consolidate(self.study_dir)
+    def _line(self, trial, what: str, consolidate: bool = True) -> None:
+        if consolidate:
+            self.progress.done = results.consolidate(self.study_dir)
+        n = self.progress.done
         configuration = results.shown(_params(self.study, trial.config))
-        print(f"{self.progress(n)} {self.stage} trial {trial.trial_id} {configuration}: {what}", flush=True)
+        # A study that does not select has one stage: its trials are just trials.
+        label = {"tune": "tuning trial", "confirm": "confirmation trial"}[self.stage] \
+            if self.study.confirms() else "trial"
+        print(f"{self.progress(n)} {label} {trial.trial_id} {configuration}: {what}", flush=True)
 
 
 def gpu_share(trials: int) -> float:
@@ -380,8 +418,9 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
         if resume:
             gone = results.discard_unfinished(study_dir)
             told, failed = settle_interrupted(study, study_dir)
-            print(f"resuming {study_dir}: {len(gone)} unfinished trial(s) discarded; of the Optuna trials "
-                  f"left running, {told} told the value their finished rows hold, {failed} marked failed",
+            print(f"resuming {study_dir}: {counted(len(gone), 'unfinished trial')} discarded; of the "
+                  f"Optuna trials left running, {told} told the value their finished rows hold, "
+                  f"{failed} marked failed",
                   flush=True)
         results.write_study(study_dir, study)
         data = build(study.data)  # warm the cache once, before trials race to generate it
@@ -472,11 +511,15 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
     search = study.search
     finished = _finished(study_dir).drop_duplicates("trial_id")  # a row per configuration
     done = [{k: row[k] for k in study.space} for _, row in finished[finished["stage"] == "tune"].iterrows()]
-    progress = _Progress(study.n_trials(), len(finished))
-    gpu = study.resources.gpu
+    gpu, cluster = study.resources.gpu, ray.cluster_resources()
     if gpu == "auto":
-        gpu = gpu_share(study.n_configurations()) if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    print(f"study {study.name}: {study.n_configurations()} configurations × {search.seeds} seeds, "
+        gpu = gpu_share(study.n_configurations()) if cluster.get("GPU", 0) > 0 else 0
+    slots = int(cluster.get("CPU", 1) // study.resources.cpu) if study.resources.cpu else study.n_trials()
+    if gpu:
+        slots = min(slots, int(cluster.get("GPU", 0) // gpu))
+    progress = _Progress(study.n_trials(), len(finished), study.train.epochs, slots)
+    print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
+          f"{counted(search.seeds, 'seed')}, "
           f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
           f"and {gpu:g} GPU per trial", flush=True)
     missing = study.n_configurations() - len(done)
@@ -507,6 +550,9 @@ def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, tria
     # Ray's newer console output prints an experiment table and a TensorBoard hint at every
     # verbosity; its legacy reporter at verbosity 0 prints nothing, which quiet mode wants.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    # Tune warns when a callback takes over 0.5 s ("may be a performance bottleneck"): ours write
+    # the result tables after each trial, which is the point, not a bottleneck a user can act on.
+    logging.getLogger("ray.tune.utils.util").setLevel(logging.NOTSET if verbose else logging.ERROR)
     runs = study_dir / "ray"
     # A resumed study's Ray runs go beside the interrupted ones (tune, tune-2, ...).
     name = next(n for n in (stage, *(f"{stage}-{k}" for k in range(2, 1000))) if not (runs / n).exists())

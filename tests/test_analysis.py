@@ -158,7 +158,7 @@ def test_only_confirmation_networks_enter_when_the_study_selected(tmp_path):
     assert [arm.stage for arm in result.selected] == ["tune", "tune"]
     assert result.comparisons.loc[0, "seeds"] == 3
     assert "not confirmed on fresh seeds" in result.notes[0]
-    assert "**not confirmed**" in report.markdown(result, {})
+    assert "**not confirmed**" in report.markdown(result, {}, report.run_record(result, tmp_path))
 
 
 def test_subgroups_are_an_interaction_at_the_seed_level(tmp_path):
@@ -223,11 +223,15 @@ def test_report_json_and_csv_carry_the_same_numbers(tmp_path):
         assert shown["comparisons"][0][column] == pytest.approx(csv.loc[0, column]), column
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Does an AttConv layer" in text and "## Seed level (primary)" in text
+    # The run is recorded: settings, compute, dates and versions.
+    assert "| data | embedded digits, 3,000 images" in text and "| training | 2 epochs" in text
+    assert "| analysed |" in text and "with study 0.1.0, torch" in text
     assert text.index("## Seed level (primary)") < text.index("## Image level")
     for figure in ("networks", "qq", "loss_curves", "losses"):
         assert (tmp_path / "report" / f"{figure}.png").exists()
     # No optuna.db and no weights here: those figures say why they are missing.
-    assert "*Not drawn: optuna.db holds no completed Optuna trial.*" in text
+    assert "*Not drawn: a grid study tries every configuration in a fixed order: there is no search " \
+        "history.*" in text
     assert "no completed network with an AttConv layer and saved weights" in text
     plain = CliRunner().invoke(app, ["analyze", str(tmp_path)])
     lines = plain.output.splitlines()
@@ -248,7 +252,7 @@ def test_failed_networks_are_left_out_and_named(tmp_path):
     assert [arm.networks for arm in result.selected][1] == [("t3", 0), ("t4", 1), ("t5", 2)]
     (note,) = result.notes
     assert "[0]: 1 of 4 (diverged at epoch 2" in note and "compare 3 vs 3 networks" in note
-    assert "diverged at epoch 2" in report.markdown(result, {})
+    assert "diverged at epoch 2" in report.markdown(result, {}, [])
 
 
 def test_a_configuration_trained_again_on_the_same_seeds_counts_each_seed_once(tmp_path):

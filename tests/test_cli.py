@@ -122,6 +122,18 @@ def test_analyze_of_a_damaged_parquet_file_is_one_message(tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "report").exists()
 
 
+def test_analyze_of_a_folder_missing_a_result_file_says_missing(tmp_path):
+    import pandas as pd
+
+    from study import config
+
+    (tmp_path / "study.yaml").write_text(config.dump(config.load(SMOKE)))
+    pd.DataFrame({"trial_id": ["a"], "seed": [0]}).to_parquet(tmp_path / "trials.parquet")
+    result = runner.invoke(app, ["analyze", str(tmp_path)])
+    assert result.exit_code == 2 and "epochs.parquet: missing" in result.output, result.output
+    assert "damaged" not in result.output and not (tmp_path / "report").exists()
+
+
 def test_an_address_where_nothing_listens_is_a_message_within_seconds(tmp_path):
     import socket
     import time

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ import optuna
 import pandas as pd
 import pytest
 from scipy import stats
+
+from study import tune as tune_module
+from study.report import FIGURES
 
 from .conftest import SMOKE
 
@@ -104,10 +108,15 @@ def check_analysis(study_dir: Path, trials: pd.DataFrame) -> dict:
     csv = pd.read_csv(study_dir / "report" / "comparisons.csv")
     assert csv.loc[0, "image_p"] == pytest.approx(row["image_p"])
     report = (study_dir / "report" / "report.md").read_text()
-    for figure in ("networks", "qq", "loss_curves", "losses", "optuna_history", "optuna_importances",
-                   "attention"):
+    for figure in ("networks", "qq", "loss_curves", "losses", "attention"):
         assert (study_dir / "report" / f"{figure}.png").stat().st_size > 1000
         assert f"]({figure}.png)" in report
+    # Optuna's figures only where they mean something, else a sentence saying why not.
+    for figure, title, _ in FIGURES:
+        if figure.startswith("optuna_"):
+            drawn = (study_dir / "report" / figure).exists()
+            assert (f"]({figure})" in report) == drawn
+            assert drawn or f"### {title}\n\n*Not drawn: " in report
     text = study("analyze", str(study_dir))
     assert "[0] vs []" in text.stdout and "report.md" in text.stdout
     return shown
@@ -130,10 +139,62 @@ def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
     assert shown["comparisons"][0]["diff_ci_low"] < shown["comparisons"][0]["diff_ci_high"]
     progress = [line for line in run.stdout.splitlines() if " done: " in line]
     assert len(progress) == 2 and all("mean of 3 seeds" in line for line in progress)
-    assert "left] tune trial" in progress[0]  # a running count and an estimate of the time left
+    assert "left] trial" in progress[0]  # a running count and an estimate of the time left
     # Quiet by default: the model table, the plan, the dataset, one line per trial, the summary.
-    assert "estimated time on cpu (1 thread(s) per trial, 2 at once): " in run.stdout
-    assert len(run.stdout.splitlines()) <= 14 and "╭" not in run.stdout and "TensorBoard" not in run.stdout
+    assert "estimated time on cpu (1 thread per trial, 2 at once): " in run.stdout
+    epochs = [line for line in run.stdout.splitlines() if ": epoch " in line]
+    assert len(epochs) == 4 and "epoch 2/2: val_loss " in epochs[-1] and "(mean of 3 seeds)" in epochs[0]
+    assert len(run.stdout.splitlines()) - len(epochs) <= 14 and "╭" not in run.stdout
+    assert "TensorBoard" not in run.stdout and "WARNING" not in run.stdout
+    assert "performance bottleneck" not in run.stdout + run.stderr
+    # The README's Python block runs on the folder its first command creates.
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "cwd" / "results").mkdir(parents=True)
+    (tmp_path / "cwd" / "results" / "thesis-small").symlink_to(study_dir)
+    python = subprocess.run([sys.executable, "-c", block], cwd=tmp_path / "cwd", capture_output=True,
+                            text=True)
+    assert python.returncode == 0, python.stderr
+    assert "val_loss" in python.stdout and "[0]" in python.stdout
+    check_live_view(study_dir)
+
+
+def check_live_view(study_dir: Path) -> None:
+    """What the README's live view shows: TensorBoard's reading of Ray's event files (every
+    trial's mean train and validation loss per epoch) and Optuna's dashboard serving optuna.db."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    epochs = pd.read_parquet(study_dir / "epochs.parquet").groupby(["trial_id", "epoch"])[
+        ["train_loss", "val_loss"]].mean()
+    folders = sorted((study_dir / "ray" / "tune").glob("trainable_*"))
+    assert folders
+    for folder in folders:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        trial_id = folder.name.split("_")[1]
+        for metric in ("train_loss", "val_loss"):
+            shown = [(e.step - 1, e.value) for e in events.Scalars(f"ray/tune/{metric}")]
+            expected = [(epoch, pytest.approx(value, rel=1e-5))
+                        for (_, epoch), value in epochs.loc[[trial_id], metric].items()]
+            assert shown == expected
+    port, log = free_port(), study_dir.parent / "dashboard.log"
+    with log.open("w") as out:
+        dashboard = subprocess.Popen([str(BIN / "optuna-dashboard"), f"sqlite:///{study_dir / 'optuna.db'}",
+                                      "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    studies = json.load(answer)["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies] == ["smoke"]
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
 
 
 def free_port() -> int:
@@ -442,3 +503,30 @@ def test_asha_stops_trailing_tuning_trials_and_each_still_writes_its_rows(tmp_pa
     assert [t.state.name for t in ot.trials] == ["COMPLETE"] * 10  # with the value when stopped
     notes = json.loads(study("analyze", str(study_dir), "--json").stdout)["notes"]
     assert f"ASHA stopped {stopped['trial_id'].nunique()} of 10 tuning trials early" in " ".join(notes)
+
+
+def test_the_time_left_comes_from_measured_epochs(monkeypatch):
+    """Trials of 3 epochs, two at a time, on a fake clock: the estimate lays the remaining
+    epochs at their measured times over the two slots, each waiting trial in the slot that frees
+    first."""
+    clock = [0.0]
+    monkeypatch.setattr(tune_module.time, "perf_counter", lambda: clock[0])
+    progress = tune_module._Progress(total=4, done_before=0, epochs=3, slots=2)
+    assert progress(0) == "[0/4 0s]"  # nothing measured yet: no estimate
+    clock[0] = 10.0
+    progress.epoch("a", 0, 10.0)
+    progress.epoch("b", 0, 10.0)
+    # a and b: 20 s each left; c and d: 30 s each after them.
+    assert progress(0) == "[0/4 10s, ~50s left]"
+    clock[0] = 30.0
+    for trial in ("a", "b"):
+        progress.epoch(trial, 2, 10.0)
+        progress.finished(trial)
+    progress.epoch("c", 0, 40.0)  # a heavier architecture: its own epoch time counts for it
+    # c: 80 s left; d waits for no one (a free slot) and takes the mean trial time, 3 × 20 s.
+    assert progress(2) == "[2/4 30s, ~1m20s left]"
+    progress.epoch("d", 0, 10.0)
+    assert progress(2) == "[2/4 30s, ~1m20s left]"  # c is what the study waits for
+    progress = tune_module._Progress(total=3, done_before=0, epochs=2, slots=1)
+    progress.epoch("a", 0, 5.0)  # one slot: a's last epoch, then two more trials of 10 s
+    assert progress(0) == "[0/3 0s, ~25s left]"

@@ -1,0 +1,152 @@
+"""deploy/slurm/study.sbatch against a real Slurm: a one-node cluster on 127.0.0.1 (its daemons
+in the foreground, stopped by their process ids), the smoke study submitted with sbatch, cancelled
+in the middle and resumed by the same submission."""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, SMOKE
+from .test_tune import BIN, SMALL, check_contract, free_port
+
+pytestmark = pytest.mark.ray
+SCRIPT = ROOT / "deploy" / "slurm" / "study.sbatch"
+DAEMONS = ("slurmctld", "slurmd", "sbatch", "scancel", "squeue")
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+
+
+def installed() -> str | None:
+    """Why Slurm cannot be had here, or None: installs Debian's packages where they are missing
+    and this runs as root with apt-get at hand."""
+    if all(shutil.which(d) for d in DAEMONS):
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return f"Slurm is not installed (apt-get install {' '.join(PACKAGES)})"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        if done.returncode != 0:
+            return f"{' '.join(command)} failed: {done.stderr.strip()[-300:]}"
+    return None if all(shutil.which(d) for d in DAEMONS) else "Slurm's commands missing after apt-get"
+
+
+CONFIG = """\
+ClusterName=studytest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={controller}
+SlurmdPort={node}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/none
+CredType=cred/none
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd.pid
+SlurmctldLogFile={folder}/slurmctld.log
+SlurmdLogFile={folder}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+ReturnToService=2
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+KillWait=30
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
+PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A one-node Slurm on 127.0.0.1 (no munge: auth/none, on this machine only); yields the
+    environment its commands need."""
+    missing = installed()
+    if missing:
+        pytest.skip(missing)
+    folder = tmp_path_factory.mktemp("slurm")
+    (folder / "state").mkdir()
+    (folder / "spool").mkdir()
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    conf = folder / "slurm.conf"
+    conf.write_text(CONFIG.format(host=host, controller=free_port(), node=free_port(), folder=folder,
+                                  cpus=min(2, os.cpu_count() or 1)))
+    env = {**os.environ, "SLURM_CONF": str(conf), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    daemons = [subprocess.Popen([name, "-D", "-f", str(conf), *extra], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+               for name, extra in (("slurmctld", []), ("slurmd", ["-N", host]))]
+    try:
+        deadline = time.monotonic() + 60
+        while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
+                                           text=True).stdout:
+            assert time.monotonic() < deadline, (folder / "slurmctld.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield env
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+        for daemon in daemons:
+            daemon.wait(timeout=60)
+
+
+def submit(env: dict, out: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["sbatch", *(["--wait"] if wait else []), "--cpus-per-task=2", f"--output={out}",
+                           str(SCRIPT), str(SMOKE), *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+
+
+def job_processes(job: str) -> list[str]:
+    """Command lines of every process still using the job's Ray session folder."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"/tmp/ray-{job} " in text or f"/tmp/ray-{job}/" in text:
+            found.append(text[:200])
+    return found
+
+
+def test_a_study_runs_through_sbatch_and_leaves_nothing_running(slurm, tmp_path):
+    out = tmp_path / "job.out"
+    job = submit(slurm, out, *SMALL, "--set", "search.seeds=2", "--results", str(tmp_path))
+    log = out.read_text()
+    assert job.returncode == 0, job.stderr + log[-3000:]
+    number = job.stdout.split()[-1]
+    assert f"job {number}: Ray head on" in log and "at 127.0.0.1:" in log and "1 node(s)" in log
+    assert "ray: 1 node(s), 2 CPUs, 0 GPUs" in log
+    check_contract(tmp_path / "smoke", n_trials=2, seeds=2)
+    assert job_processes(number) == []
+
+
+def test_a_cancelled_job_leaves_nothing_and_the_same_submission_resumes_it(slurm, tmp_path):
+    args = [*SMALL, "--set", "search.seeds=2", "--results", str(tmp_path)]
+    out = tmp_path / "first.out"
+    number = submit(slurm, out, *args, wait=False).stdout.split()[-1]
+    deadline = time.monotonic() + 600
+    while " done: " not in (out.read_text() if out.exists() else ""):  # one trial finished
+        assert time.monotonic() < deadline, out.read_text() if out.exists() else "no output"
+        time.sleep(1)
+    subprocess.run(["scancel", number], env=slurm, check=True)
+    def queued() -> str:
+        return subprocess.run(["squeue", "-h", "-j", number], env=slurm, capture_output=True,
+                              text=True).stdout.strip()
+
+    while queued():
+        assert time.monotonic() < deadline, "the cancelled job did not end"
+        time.sleep(1)
+    assert job_processes(number) == []
+    again = submit(slurm, tmp_path / "second.out", *args)
+    log = (tmp_path / "second.out").read_text()
+    assert again.returncode == 0, again.stderr + log[-3000:]
+    assert f"resuming {tmp_path / 'smoke'}" in log
+    check_contract(tmp_path / "smoke", n_trials=2, seeds=2)  # exactly the planned networks
+    assert job_processes(again.stdout.split()[-1]) == []
