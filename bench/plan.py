@@ -7,7 +7,7 @@ of the measured time (it is reported apart). Then the progress lines' "~X left":
 time the run actually took after that line, over the lines printed once every architecture of the
 run (its ``layers=`` value) has finished an epoch: the median and the extremes of the ratio.
 
-Usage: python bench/plan.py [SPACE.yaml] [--set KEY=VALUE ...]
+Usage: python bench/plan.py [SPACE.yaml] [--set KEY=VALUE ...] [--results DIR]
        (default: the README's small run, thesis.yaml at 3,000 images, 2 epochs, 3 seeds, and a
        larger one at 12,000 images and 3 epochs)
 """
@@ -38,10 +38,11 @@ def seconds(text: str) -> float:
 PROGRESS = re.compile(r"^\[(\d+)/(\d+) (\S+?)(?:, ~(\S+) left)?\] .*?(layers=(?:\[[^\]]*\]|[^ :]+))")
 
 
-def measure(space: str, sets: list[str]) -> tuple[float, float, float, list[float]]:
+def measure(space: str, sets: list[str], keep: Path | None = None) -> tuple[float, float, float, list[float]]:
     """(estimated s, measured s after the plan, the plan's own s, the progress lines' ratios of
     estimated to actual time left once every architecture has run an epoch)."""
-    with tempfile.TemporaryDirectory() as results:
+    with tempfile.TemporaryDirectory() as temporary:
+        results = str(keep or temporary)
         command = [str(Path(sys.executable).parent / "study"), "run", space, "--results", results,
                    *(arg for s in sets for arg in ("--set", s))]
         start = time.perf_counter()
@@ -70,12 +71,13 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("space", nargs="?", default="searchspaces/thesis.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE")
+    parser.add_argument("--results", type=Path, help="keep the runs' results there (default: deleted)")
     args = parser.parse_args()
     settings = {"as given": args.sets} if args.sets else SETTINGS
     print(f"{'setting':<20}{'estimate':>10}{'actual':>10}{'ratio':>8}{'plan took':>11}"
           f"{'progress lines':>16}{'their ratio: median':>21}{'min':>6}{'max':>6}")
     for label, sets in settings.items():
-        estimate, actual, plan, ratios = measure(args.space, sets)
+        estimate, actual, plan, ratios = measure(args.space, sets, args.results)
         shown = (f"{len(ratios):>16}{statistics.median(ratios):>21.2f}{min(ratios):>6.2f}{max(ratios):>6.2f}"
                  if ratios else f"{0:>16}")
         print(f"{label:<20}{estimate:>9.0f}s{actual:>9.0f}s{estimate / actual:>8.2f}{plan:>10.0f}s{shown}",

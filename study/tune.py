@@ -239,32 +239,52 @@ def _finish(study: dict, study_dir: str, threads: int, stage: str, trial_id: str
 
 
 class _Progress:
-    """The running count over both stages and an estimate of the time left from measured epoch
-    times: each running trial's remaining epochs at its own last epoch's time, each trial not yet
-    started at the mean full-trial time of those measured, laid out over the ``slots`` trials
-    that run at once (each waiting trial takes the slot that frees first). A resumed study's
-    earlier trials took no time here and count only as done."""
+    """The running count over both stages and an estimate of the time left, from what this run
+    measured: a trial lasts its fixed part (start-up, test, writing: measured on the finished
+    ones) plus its epochs at its seed count times the measured seconds per epoch per seed (its
+    own, once it ran one); the trials left are laid out over the ``slots`` that run at once, each
+    waiting trial in the slot that frees first. ``stages``: (trials, seeds) of each stage, in
+    order: a stage starts when the one before has ended. A resumed study's earlier trials took no
+    time here and count only as done."""
 
-    def __init__(self, total: int, done_before: int, epochs: int, slots: int) -> None:
-        self.total, self.done, self.epochs, self.slots = total, done_before, epochs, max(1, slots)
+    def __init__(self, stages: list[tuple[int, int]], done_before: int, epochs: int, slots: int) -> None:
+        self.stages, self.epochs, self.slots = stages, epochs, max(1, slots)
+        self.total, self.done = sum(n for n, _ in stages), done_before
         self.start = time.perf_counter()
-        self.epoch_s: dict[str, float] = {}  # trial → its last epoch's seconds
+        self.began: dict[str, float] = {}  # running trial → when it started
+        self.seeds: dict[str, int] = {}  # trial → its networks
+        self.epoch_s: dict[str, float] = {}  # trial → its last epoch's seconds per seed
         self.left: dict[str, int] = {}  # running trial → epochs it has left
+        self.fixed: list[float] = []  # finished trials: their time beyond their epochs
 
-    def epoch(self, trial_id: str, epoch: int, seconds: float) -> None:
-        self.epoch_s[trial_id], self.left[trial_id] = seconds, self.epochs - epoch - 1
+    def epoch(self, trial_id: str, seeds: int, epoch: int, seconds: float, since_start: float) -> None:
+        """Trial ``trial_id`` (``seeds`` networks) finished ``epoch`` in ``seconds``, ``since_start``
+        seconds after it started."""
+        self.began.setdefault(trial_id, time.perf_counter() - since_start)
+        self.seeds[trial_id], self.epoch_s[trial_id] = seeds, seconds / seeds
+        self.left[trial_id] = self.epochs - epoch - 1
 
     def finished(self, trial_id: str) -> None:
+        if trial_id in self.began and trial_id in self.left:
+            took = time.perf_counter() - self.began.pop(trial_id)
+            ran = self.epochs - self.left[trial_id]
+            self.fixed.append(max(0.0, took - ran * self.epoch_s[trial_id] * self.seeds[trial_id]))
         self.left.pop(trial_id, None)
 
     def left_s(self, done: int) -> float | None:
         if not self.epoch_s:
             return None
-        free_at = sorted(n * self.epoch_s[t] for t, n in self.left.items())
+        now, fixed = time.perf_counter(), sum(self.fixed) / len(self.fixed) if self.fixed else 0.0
+        per_seed = sum(self.epoch_s.values()) / len(self.epoch_s)
+        free_at = sorted(max(0.0, fixed + self.epochs * self.epoch_s[t] * self.seeds[t]
+                             - (now - self.began[t])) for t in self.left)
         free_at = [0.0] * max(0, self.slots - len(free_at)) + free_at
-        per_trial = self.epochs * sum(self.epoch_s.values()) / len(self.epoch_s)
-        for _ in range(max(0, self.total - done - len(self.left))):
-            heapq.heapreplace(free_at, free_at[0] + per_trial)  # free_at stays a sorted heap's list
+        stage_of = [k for k, (trials, _) in enumerate(self.stages) for _ in range(trials)]
+        for index in range(done + len(self.left), self.total):  # the trials not started yet
+            if index and stage_of[index] != stage_of[index - 1]:
+                free_at = [max(free_at)] * len(free_at)  # a stage starts when the one before ends
+            seeds = self.stages[stage_of[index]][1]
+            heapq.heapreplace(free_at, free_at[0] + fixed + self.epochs * per_seed * seeds)
         return max(free_at)
 
     def __call__(self, done: int) -> str:
@@ -285,7 +305,8 @@ class _Recorder(tune.Callback):
         """A line per trial per epoch: what a person watching wants to know is moving."""
         if "epoch" not in result:
             return
-        self.progress.epoch(trial.trial_id, result["epoch"], result["seconds"])
+        self.progress.epoch(trial.trial_id, len(self.seeds), result["epoch"], result["seconds"],
+                            result.get("time_total_s", result["seconds"]))
         self._line(trial, f"epoch {result['epoch'] + 1}/{self.study.train.epochs}: val_loss "
                    f"{result['val_loss']:.4f} (mean of {counted(len(self.seeds), 'seed')}), "
                    f"{result['seconds']:.3g} s", consolidate=False)
@@ -517,7 +538,10 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
     slots = int(cluster.get("CPU", 1) // study.resources.cpu) if study.resources.cpu else study.n_trials()
     if gpu:
         slots = min(slots, int(cluster.get("GPU", 0) // gpu))
-    progress = _Progress(study.n_trials(), len(finished), study.train.epochs, slots)
+    stages = [(study.n_configurations(), search.seeds)]
+    if study.confirms():
+        stages.append((study.n_levels(), search.confirm_seeds))
+    progress = _Progress(stages, len(finished), study.train.epochs, slots)
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
           f"{counted(search.seeds, 'seed')}, "
           f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "

@@ -3,6 +3,7 @@ in the foreground, stopped by their process ids), the smoke study submitted with
 in the middle and resumed by the same submission."""
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -123,6 +124,8 @@ def test_a_study_runs_through_sbatch_and_leaves_nothing_running(slurm, tmp_path)
     number = job.stdout.split()[-1]
     assert f"job {number}: Ray head on" in log and "at 127.0.0.1:" in log and "1 node(s)" in log
     assert "ray: 1 node(s), 2 CPUs, 0 GPUs" in log
+    # Ray registers the one node on the loopback, not on the machine's own address.
+    assert "Local node IP: 127.0.0.1" in re.sub(r"\x1b\[[0-9;]*m", "", log)
     check_contract(tmp_path / "smoke", n_trials=2, seeds=2)
     assert job_processes(number) == []
 
