@@ -75,11 +75,12 @@ def main() -> None:
     args = parser.parse_args()
     settings = {"as given": args.sets} if args.sets else SETTINGS
     print(f"{'setting':<20}{'estimate':>10}{'actual':>10}{'ratio':>8}{'plan took':>11}"
-          f"{'progress lines':>16}{'their ratio: median':>21}{'min':>6}{'max':>6}")
+          f"{'progress lines':>16}{'within ±30 %':>14}{'their ratio: median':>21}{'min':>6}{'max':>6}")
     for label, sets in settings.items():
         estimate, actual, plan, ratios = measure(args.space, sets, args.results)
-        shown = (f"{len(ratios):>16}{statistics.median(ratios):>21.2f}{min(ratios):>6.2f}{max(ratios):>6.2f}"
-                 if ratios else f"{0:>16}")
+        within = sum(0.7 <= r <= 1.3 for r in ratios)
+        shown = (f"{len(ratios):>16}{within:>14}{statistics.median(ratios):>21.2f}{min(ratios):>6.2f}"
+                 f"{max(ratios):>6.2f}" if ratios else f"{0:>16}")
         print(f"{label:<20}{estimate:>9.0f}s{actual:>9.0f}s{estimate / actual:>8.2f}{plan:>10.0f}s{shown}",
               flush=True)
 

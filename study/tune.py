@@ -243,25 +243,33 @@ class _Progress:
     measured: a trial lasts its fixed part (start-up, test, writing: measured on the finished
     ones) plus its epochs at its seed count times the measured seconds per epoch per seed (its
     own, once it ran one); the trials left are laid out over the ``slots`` that run at once, each
-    waiting trial in the slot that frees first. ``stages``: (trials, seeds) of each stage, in
-    order: a stage starts when the one before has ended. A resumed study's earlier trials took no
-    time here and count only as done."""
+    waiting trial in the slot that frees first. ``stages``: each stage's trials in order, as the
+    level of the compared factor each will train (None where the sampler has yet to choose), and
+    its seeds; a waiting trial of a known level is costed at that level's measured seconds, else
+    at the mean. A stage starts when the one before has ended. A resumed study's earlier trials
+    took no time here and count only as done."""
 
-    def __init__(self, stages: list[tuple[int, int]], done_before: int, epochs: int, slots: int) -> None:
-        self.stages, self.epochs, self.slots = stages, epochs, max(1, slots)
-        self.total, self.done = sum(n for n, _ in stages), done_before
+    def __init__(self, stages: list[tuple[list[str | None], int]], done_before: int, epochs: int,
+                 slots: int) -> None:
+        # Every trial of the study in order: (its stage, its level, its seeds).
+        self.plan = [(k, level, seeds) for k, (levels, seeds) in enumerate(stages) for level in levels]
+        self.epochs, self.slots = epochs, max(1, slots)
+        self.total, self.done = len(self.plan), done_before
         self.start = time.perf_counter()
         self.began: dict[str, float] = {}  # running trial → when it started
         self.seeds: dict[str, int] = {}  # trial → its networks
         self.epoch_s: dict[str, float] = {}  # trial → its last epoch's seconds per seed
+        self.level_s: dict[str | None, float] = {}  # level → its last measured seconds per epoch and seed
         self.left: dict[str, int] = {}  # running trial → epochs it has left
         self.fixed: list[float] = []  # finished trials: their time beyond their epochs
 
-    def epoch(self, trial_id: str, seeds: int, epoch: int, seconds: float, since_start: float) -> None:
-        """Trial ``trial_id`` (``seeds`` networks) finished ``epoch`` in ``seconds``, ``since_start``
-        seconds after it started."""
+    def epoch(self, trial_id: str, level: str | None, seeds: int, epoch: int, seconds: float,
+              since_start: float) -> None:
+        """Trial ``trial_id`` (of ``level``, ``seeds`` networks) finished ``epoch`` in ``seconds``,
+        ``since_start`` seconds after it started."""
         self.began.setdefault(trial_id, time.perf_counter() - since_start)
         self.seeds[trial_id], self.epoch_s[trial_id] = seeds, seconds / seeds
+        self.level_s[level] = seconds / seeds
         self.left[trial_id] = self.epochs - epoch - 1
 
     def finished(self, trial_id: str) -> None:
@@ -279,12 +287,12 @@ class _Progress:
         free_at = sorted(max(0.0, fixed + self.epochs * self.epoch_s[t] * self.seeds[t]
                              - (now - self.began[t])) for t in self.left)
         free_at = [0.0] * max(0, self.slots - len(free_at)) + free_at
-        stage_of = [k for k, (trials, _) in enumerate(self.stages) for _ in range(trials)]
         for index in range(done + len(self.left), self.total):  # the trials not started yet
-            if index and stage_of[index] != stage_of[index - 1]:
+            stage, level, seeds = self.plan[index]
+            if index and stage != self.plan[index - 1][0]:
                 free_at = [max(free_at)] * len(free_at)  # a stage starts when the one before ends
-            seeds = self.stages[stage_of[index]][1]
-            heapq.heapreplace(free_at, free_at[0] + fixed + self.epochs * per_seed * seeds)
+            cost = fixed + self.epochs * self.level_s.get(level, per_seed) * seeds
+            heapq.heapreplace(free_at, free_at[0] + cost)
         return max(free_at)
 
     def __call__(self, done: int) -> str:
@@ -305,8 +313,9 @@ class _Recorder(tune.Callback):
         """A line per trial per epoch: what a person watching wants to know is moving."""
         if "epoch" not in result:
             return
-        self.progress.epoch(trial.trial_id, len(self.seeds), result["epoch"], result["seconds"],
-                            result.get("time_total_s", result["seconds"]))
+        level = trial.config.get(self.study.compare_key())
+        self.progress.epoch(trial.trial_id, None if level is None else str(level), len(self.seeds),
+                            result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]))
         self._line(trial, f"epoch {result['epoch'] + 1}/{self.study.train.epochs}: val_loss "
                    f"{result['val_loss']:.4f} (mean of {counted(len(self.seeds), 'seed')}), "
                    f"{result['seconds']:.3g} s", consolidate=False)
@@ -538,9 +547,11 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
     slots = int(cluster.get("CPU", 1) // study.resources.cpu) if study.resources.cpu else study.n_trials()
     if gpu:
         slots = min(slots, int(cluster.get("GPU", 0) // gpu))
-    stages = [(study.n_configurations(), search.seeds)]
+    # The confirmation stage retrains each level in the space's order; the tuning stage's order is
+    # the sampler's to choose.
+    stages: list[tuple[list[str | None], int]] = [([None] * study.n_configurations(), search.seeds)]
     if study.confirms():
-        stages.append((study.n_levels(), search.confirm_seeds))
+        stages.append(([str(v) for v in study.space[study.compare_key()].levels()], search.confirm_seeds))
     progress = _Progress(stages, len(finished), study.train.epochs, slots)
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
           f"{counted(search.seeds, 'seed')}, "
