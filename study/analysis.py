@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from study import config, results
+from study.data.compose import N_CLASSES
 from study.errors import UserError
 from study.stats import ALPHA, IMAGE_KEYS, holm, image_level, power, seed_level, verdict
 
@@ -128,10 +129,10 @@ def per_network(samples: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.Da
     chosen = of_networks(samples, networks)
     measures = chosen.groupby(["trial_id", "seed"], observed=True)[["loss", "correct"]].mean()
     measures = measures.rename(columns={"loss": "test_loss", "correct": "test_exact_acc"})
-    logits = [f"logit_{d}" for d in range(results.N_DIGITS)]
+    logits = [f"logit_{d}" for d in range(N_CLASSES)]
     if set(logits) <= set(chosen) and "digits" in chosen:
         present = np.stack([chosen["digits"].str.contains(str(d), regex=False)
-                            for d in range(results.N_DIGITS)], 1)
+                            for d in range(N_CLASSES)], 1)
         scores = chosen[logits].to_numpy()
         f1 = {key: results.digit_f1(scores[rows], present[rows])
               for key, rows in chosen.groupby(["trial_id", "seed"], observed=True).indices.items()}

@@ -38,7 +38,6 @@ TRIAL_COLUMNS_LAST = (
 )
 # A network with test results and weights: trained to the end, or stopped early by ASHA (tuning only).
 TRAINED = ("COMPLETED", "STOPPED")
-N_DIGITS = 10
 EPOCH_COLUMNS = ("trial_id", "seed", "epoch", "train_loss", "val_loss", "seconds")
 _STAGED = ".trials"
 
