@@ -50,6 +50,7 @@ import pandas as pd
 from study import config, results
 from study.data.compose import N_CLASSES
 from study.errors import UserError
+from study.sequential import Decision, equal_power, replay
 from study.stats import ALPHA, IMAGE_KEYS, holm, image_level, power, seed_level, verdict
 
 IMAGE_LEVEL = "image level, conditional on these trained networks"
@@ -123,6 +124,52 @@ def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[
     return arms
 
 
+def decisions(study: config.Study, trials: pd.DataFrame) -> dict[Any, Decision]:
+    """The sequential design's decision on every compared level so far (empty without a design),
+    from the mean test loss of each compared network in ``trials`` (``trials.parquet``): what
+    ``study run`` decides after each round, and what ``analyze`` replays to report where each
+    level stopped. The reference is the first level; a network that failed counts as spent.
+
+    Example (on a finished study whose file has ``search.seeds: {start: 2, step: 2, max: 6}``)::
+
+        decided = decisions(config.load("results/smoke/study.yaml"),
+                            pd.read_parquet("results/smoke/trials.parquet"))
+        {level: (d.verdict, d.look, d.p) for level, d in decided.items()}
+    """
+    design = study.design()
+    if design is None:
+        return {}
+    stage, key = "confirm" if study.confirms() else "tune", study.compare_key()
+    offset = study.seeds(stage)[0]
+    rows = trials[trials["stage"] == stage].drop_duplicates([key, "seed"])
+    values = {}
+    for level in study.space[key].levels():
+        mine = rows[rows[key] == level]
+        values[level] = np.full(int(mine["seed"].max()) - offset + 1 if len(mine) else 0, np.nan)
+        trained = mine[mine["status"].isin(results.TRAINED)]
+        values[level][trained["seed"].to_numpy() - offset] = trained["test_loss"].to_numpy()
+    reference, *levels = study.space[key].levels()
+    return replay({level: values[level] for level in levels}, values[reference], design,
+                  study.analysis.margin, family=len(levels))
+
+
+def planned_networks(study: config.Study, trials: pd.DataFrame) -> int:
+    """The networks ``study run`` trains, given the networks so far (``trials``): all of
+    ``study.n_networks()`` for a fixed number of seeds; with a sequential design, every compared
+    level's up to the look that settled it, or the next look's while it is undecided (the
+    reference's up to the latest of them), besides any tuning stage's."""
+    if study.design() is None:
+        return study.n_networks()
+    stage = "confirm" if study.confirms() else "tune"
+    looks, levels = study.looks(stage), study.space[study.compare_key()].levels()
+    decided = decisions(study, trials)
+    ends = [looks[decided[level].look - 1] if level in decided and decided[level].settled()
+            else looks[min(decided[level].look if level in decided else 0, len(looks) - 1)]
+            for level in levels[1:]]
+    tuning = study.n_configurations() * study.looks("tune")[-1] if study.confirms() else 0
+    return tuning + sum(ends) + max(ends)
+
+
 def per_network(samples: pd.DataFrame, networks: list[tuple[str, int]]) -> pd.DataFrame:
     """Per network (trial_id, seed): its mean test loss, exact-set accuracy and digit F1 (NaN
     where the samples hold no logits, as in results written before logits were kept)."""
@@ -171,6 +218,7 @@ class Analysis:
     averaged: dict[Any, pd.DataFrame]  # level → seed-averaged per-sample loss and correct
     notes: list[str]  # what a reader must know before the numbers (selection not confirmed, …)
     family: int  # Holm's family: the compared levels the study file names
+    decisions: dict[Any, Decision] = field(default_factory=dict)  # a sequential design's, by level
 
     def differences(self, level: Any) -> pd.Series:
         """Per-sample loss differences (arm − reference), paired by sample_idx."""
@@ -281,12 +329,26 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     # Holm's family is fixed by the study file: every level but the reference, with or without networks.
     family = len(study.space[factor].levels()) - 1
     reference, *others = arms
-    theirs = of_level[reference.level]
+    # A sequential design's reference trains while any level is undecided: each comparison takes
+    # its networks up to the look at which that comparison stopped.
+    decided = decisions(study, r.trials) if factor == study.compare_key() else {}
+    if decided and reference.level != study.space[factor].levels()[0]:
+        notes.append(f"every network of the design's reference {study.space[factor].levels()[0]} failed, "
+                     "so the sequential design could not decide; the comparisons below are fixed-size tests")
+        decided = {}
+    stage = "confirm" if study.confirms() else "tune"
     rows = []
     for arm in others:
-        mine = of_level[arm.level]
-        row = {"level": arm.level, "reference": reference.level, "seeds": len(arm.networks),
-               "seeds_reference": len(reference.networks), "mean_loss": float(mine["test_loss"].mean()),
+        mine, theirs = of_level[arm.level], of_level[reference.level]
+        averaged_reference = averaged[reference.level]
+        design = decided.get(arm.level)
+        if design is not None:
+            end = study.seeds(stage)[0] + study.looks(stage)[design.look - 1]
+            theirs = theirs[theirs["seed"] < end]
+            averaged_reference = seed_average(r.samples, list(zip(theirs["trial_id"], theirs["seed"],
+                                                                  strict=True)), split)
+        row = {"level": arm.level, "reference": reference.level, "seeds": len(mine),
+               "seeds_reference": len(theirs), "mean_loss": float(mine["test_loss"].mean()),
                "mean_loss_reference": float(theirs["test_loss"].mean())}
         for measure, (prefix, margin, _) in MEASURES.items():
             tested = seed_level(mine[measure].dropna().to_numpy(), theirs[measure].dropna().to_numpy(),
@@ -294,8 +356,15 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
             row |= {f"{prefix}{k}": v for k, v in tested.items()}
         row |= power(mine["test_loss"].to_numpy(), theirs["test_loss"].to_numpy(),
                      study.analysis.margin, family)
+        if design is not None:  # the design's numbers, valid whatever the look it stopped at
+            row |= {"diff": design.diff, "diff_ci_low": design.ci_low, "diff_ci_high": design.ci_high,
+                    "p": design.p, "p_equivalent": design.p_equivalent, "p_perm": np.nan,
+                    "p_perm_min": np.nan, "look": design.look,
+                    **dict(zip(("design_power_at_margin", "fixed_seeds_same_power"), equal_power(
+                        study.design(), row["sd"], row["sd_reference"], study.analysis.margin,
+                        ALPHA / max(family, 1)), strict=True))}
         if fingerprint[arm.level] == fingerprint[reference.level]:
-            paired = averaged[arm.level].merge(averaged[reference.level], left_index=True,
+            paired = averaged[arm.level].merge(averaged_reference, left_index=True,
                                                right_index=True, suffixes=("", "_ref"))
             row |= image_level(paired["loss"].to_numpy(), paired["loss_ref"].to_numpy())
         else:
@@ -310,6 +379,12 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
             for values in zip(p_holm, equivalent_holm, comparisons[f"{prefix}diff"], strict=True)])
         comparisons.insert(after, f"{prefix}p_equivalent_holm", equivalent_holm)
         comparisons.insert(after, f"{prefix}p_holm", p_holm)
+    if decided:  # the verdict the design reached, Holm over the levels at each look (a level's is final)
+        comparisons["verdict"] = [decided[level].verdict for level in comparisons["level"]]
+        undecided = [str(level) for level, d in decided.items() if not d.settled()]
+        if undecided:
+            notes.append(f"the sequential design has not finished: {', '.join(undecided)} still undecided "
+                         "after the last round that ran; `study run --resume` trains the next")
     subgroups = _subgroups(r.samples, arms, split, study.analysis.margin, seed) if split else None
     sources = done["data_source"].dropna().unique() if "data_source" in done else []
     source = "; ".join(sources) if len(sources) else f"not recorded (data.source: {study.data.source})"
@@ -317,7 +392,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     shown = fingerprints[0] if len(fingerprints) == 1 else ", ".join(
         f"{level}: {f}" for level, f in fingerprint.items())
     return Analysis(study, factor, split, shown, source, pd.DataFrame(arm_rows),
-                    comparisons, subgroups, arms, networks, averaged, notes, family)
+                    comparisons, subgroups, arms, networks, averaged, notes, family, decided)
 
 
 def _fingerprint(trials: pd.DataFrame, arm: Arm, study_dir: Path) -> str:

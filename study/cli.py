@@ -141,9 +141,13 @@ def _run(study: config.Study, study_dir: Path, address: str | None, verbose: boo
 
 def _outcome(study: config.Study, study_dir: Path) -> None:
     """What the run leaves: the next command, or how to resume, and the networks that failed."""
+    import pandas as pd
+
+    from study.analysis import planned_networks
     from study.results import failures, status_counts
 
-    expected = study.n_networks()
+    trials = study_dir / "trials.parquet"
+    expected = planned_networks(study, pd.read_parquet(trials)) if trials.exists() else study.n_networks()
     counts = status_counts(study_dir)
     completed = counts.get("COMPLETED", 0) + counts.get("STOPPED", 0)
     failed = counts.get("ERROR", 0)

@@ -18,13 +18,23 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from study.errors import UserError
 from study.sections import DataConfig, ModelConfig, Section, TrainConfig, feature_side
+from study.sequential import Design, looks
 
 TUNABLE_SECTIONS = ("data", "model", "train")
 
@@ -79,6 +89,17 @@ class Distribution(Section):
         return self.levels() or list(self.uniform or self.loguniform or self.int_)
 
 
+SEED_FORMS = ("number", "design")  # the tags of _seeds' two forms, left out of a key's name
+
+
+def _seeds(least: int) -> Any:
+    """A number of seeds (at least ``least``) or a sequential ``Design``, told apart by their form,
+    so that a mistake in either is reported against that form alone."""
+    number, design = SEED_FORMS
+    return Annotated[Annotated[int, Field(ge=least), Tag(number)] | Annotated[Design, Tag(design)],
+                     Discriminator(lambda v: design if isinstance(v, dict | Design) else number)]
+
+
 class SearchConfig(Section):
     """How Optuna chooses configurations.
 
@@ -89,9 +110,12 @@ class SearchConfig(Section):
 
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     trials: int | None = Field(None, ge=1, description="configurations to try (per compared level)")
-    seeds: int = Field(1, ge=1, description="networks per configuration (seeds 0..S−1), trained together")
-    confirm_seeds: int = Field(10, ge=2, description="fresh seeds (S..S+C−1) retraining each level's "
-                               "selected configuration after tuning")
+    seeds: _seeds(1) = Field(1, description=(
+        "networks per configuration (seeds 0..S−1), trained together; or, in a study that does not "
+        "select, a sequential design {start, step, max} for its compared networks (study.sequential)"))
+    confirm_seeds: _seeds(2) = Field(10, description=(
+        "fresh seeds (S..S+C−1) retraining each level's selected configuration after tuning; or a "
+        "sequential design {start, step, max} of them"))
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
     storage: str | None = Field(None, description="Optuna storage: a SQLAlchemy URL or journal:PATH; "
                                 "default sqlite:///<results>/optuna.db (see study.storage)")
@@ -196,6 +220,7 @@ class Study(Section):
                 "a key to tune (e.g. train.lr)"
             )
         self._check_scheduler()
+        self._check_design()
         feature_side(self.data.canvas, self.model)
         return self
 
@@ -216,6 +241,22 @@ class Study(Section):
         if search.grace_period >= self.train.epochs:
             raise ValueError(f"search.grace_period ({search.grace_period}) must be below train.epochs "
                              f"({self.train.epochs}), or no trial can be stopped early")
+
+    def _check_design(self) -> None:
+        search = self.search
+        if isinstance(search.seeds, Design) and self.confirms():
+            raise ValueError(
+                "search.seeds: a sequential design trains the compared networks in rounds, and this "
+                "study's compared networks are the confirmation stage's (its space varies more than "
+                f"the compared factor {self.compare_key()!r}): give the design as search.confirm_seeds "
+                f"and a number as search.seeds, e.g. seeds: {search.seeds.start}")
+        if isinstance(search.confirm_seeds, Design) and not self.confirms():
+            raise ValueError(
+                "search.confirm_seeds: this study has no confirmation stage (its space varies only the "
+                f"compared factor {self.compare_key()!r}); give the sequential design as search.seeds")
+        if self.design() is not None and self.n_levels() < 2:
+            raise ValueError(f"a sequential design compares levels, and {self.compare_key()!r} has "
+                             f"{self.n_levels()}: compare a 'choice' key with two or more")
 
     def grid_size(self) -> int:
         return math.prod(len(d.choice or ()) for d in self.space.values())
@@ -247,17 +288,27 @@ class Study(Section):
         return self.n_configurations() + (self.n_levels() if self.confirms() else 0)
 
     def n_networks(self) -> int:
-        """Networks the study trains: every configuration once per seed, and each level's
-        selected configuration once per confirmation seed."""
-        confirming = self.n_levels() * self.search.confirm_seeds if self.confirms() else 0
-        return self.n_configurations() * self.search.seeds + confirming
+        """Networks the study trains at most: every configuration once per seed, and each level's
+        selected configuration once per confirmation seed (a sequential design's ``max``)."""
+        confirming = self.n_levels() * self.looks("confirm")[-1] if self.confirms() else 0
+        return self.n_configurations() * self.looks("tune")[-1] + confirming
 
-    def seeds(self, stage: str = "tune") -> list[int]:
-        """The training seeds of a stage: 0..S−1 for tuning, the next ``confirm_seeds`` after
-        them for confirmation (fresh: no network of the selection is retrained)."""
-        if stage == "tune":
-            return list(range(self.search.seeds))
-        return list(range(self.search.seeds, self.search.seeds + self.search.confirm_seeds))
+    def design(self) -> Design | None:
+        """The sequential design of the compared networks, where the study file gives one."""
+        seeds = self.search.confirm_seeds if self.confirms() else self.search.seeds
+        return seeds if isinstance(seeds, Design) else None
+
+    def looks(self, stage: str = "tune") -> list[int]:
+        """Networks per configuration of ``stage`` after each round: one round unless sequential."""
+        return looks(self.search.seeds if stage == "tune" else self.search.confirm_seeds)
+
+    def seeds(self, stage: str = "tune", look: int = 1) -> list[int]:
+        """The training seeds of a stage's round ``look``: 0..S−1 for tuning, the ones after them
+        for confirmation (fresh: no network of the selection is retrained); a sequential design's
+        later rounds continue where the round before ended."""
+        offset = 0 if stage == "tune" else self.looks("tune")[-1]
+        ends = [0, *self.looks(stage)]
+        return list(range(offset + ends[look - 1], offset + ends[look]))
 
     def compare_key(self) -> str:
         """The factor ``study analyze`` compares by default: ``compare``, else the first key."""
@@ -451,7 +502,7 @@ def _describe(err: ValidationError, path: Path, context: str = "",
               given: dict[str, str] | None = None) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-") and p not in SEED_FORMS)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check its spelling against README.md's search-space reference"

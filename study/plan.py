@@ -68,12 +68,17 @@ def stages(study: Study) -> list[Stage]:
     batch = study.train.batch_size
     per_epoch = math.ceil((n_train - (n_train % batch == 1)) / batch)  # a last batch of one is skipped
     steps = per_epoch * study.train.epochs
-    out = [Stage("tune", study.n_configurations(), study.search.seeds,
-                 study.n_configurations() * study.search.seeds, steps)]
+    out = _rounds("tune", study.n_configurations(), study.looks("tune"), steps)
     if study.confirms():
-        out.append(Stage("confirm", study.n_levels(), study.search.confirm_seeds,
-                         study.n_levels() * study.search.confirm_seeds, steps))
+        out += _rounds("confirm", study.n_levels(), study.looks("confirm"), steps)
     return out
+
+
+def _rounds(name: str, trials: int, looks: list[int], steps: int) -> list[Stage]:
+    """A stage's rounds: one, or a sequential design's, each as if every level went on."""
+    ends = [0, *looks]
+    return [Stage(name if k == 1 else f"{name} round {k} (if undecided)", trials, ends[k] - ends[k - 1],
+                  trials * (ends[k] - ends[k - 1]), steps) for k in range(1, len(ends))]
 
 
 def architectures(study: Study, seeds: int, compile_here: bool) -> list[Architecture]:
@@ -209,7 +214,8 @@ def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
     device = pick_device(study.train.device)
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     parts = stages(study)
-    timed = {s.name: architectures(study, s.seeds, compile_here) for s in parts}
+    by_seeds = {seeds: architectures(study, seeds, compile_here) for seeds in {s.seeds for s in parts}}
+    timed = {s.name: by_seeds[s.seeds] for s in parts}
     return Plan(study, parts, timed, slots, name)
 
 

@@ -43,6 +43,7 @@ from study.data import build
 from study.files import atomic_write
 from study.models import AttConv, build_network
 from study.results import TRAINED, weights_path
+from study.sequential import describe
 from study.stats import ALPHA, IMAGE_KEYS
 from study.storage import may_hold_trials, optuna_storage, study_name, study_names
 from study.train import as_images, as_inputs
@@ -313,6 +314,7 @@ MEANING = {
     "worse": "higher loss than the reference, a difference unlikely to be chance",
     "equivalent": "the difference lies within ±{margin:g}, the study's margin",
     "inconclusive": "neither a difference nor equivalence within ±{margin:g} is shown",
+    "continue": "undecided so far: the sequential design's next round has not run",
 }
 
 
@@ -321,6 +323,7 @@ def reading(analysis: Analysis) -> list[str]:
     rests on), its power at the margin, the secondary measures, then the image-level test
     labelled for what it is."""
     margin, family = analysis.study.analysis.margin, analysis.family
+    interval, test = ("repeated 95 % CI", "repeated p") if analysis.decisions else ("95 % CI", "Welch p")
     lines = []
     for row in analysis.comparisons.itertuples():
         head = (f"{row.level} vs {row.reference}: mean test loss {row.mean_loss:.4f} vs "
@@ -333,12 +336,13 @@ def reading(analysis: Analysis) -> list[str]:
             if row.verdict == "better" and row.p_equivalent_holm < ALPHA:
                 meaning += f", and smaller than the margin ±{margin:g}"
             lines.append(
-                f"{head}; difference {row.diff:+.4f} [95 % CI {row.diff_ci_low:+.4f}, "
-                f"{row.diff_ci_high:+.4f}], Welch p = {row.p:.2g} (Holm over {family}: {row.p_holm:.2g}); "
+                f"{head}; difference {row.diff:+.4f} [{interval} {row.diff_ci_low:+.4f}, "
+                f"{row.diff_ci_high:+.4f}], {test} = {row.p:.2g} (Holm over {family}: {row.p_holm:.2g}); "
                 f"equivalence within ±{margin:g}: p = {row.p_equivalent_holm:.2g} (Holm): "
                 f"{row.verdict.upper()}: {meaning}.")
             check = (f"exact permutation p = {row.p_perm:.2g}" if not pd.isna(row.p_perm)
-                     else "no permutation test (arms of unequal size)")
+                     else "no permutation test (a test of the last look alone would ignore the looks "
+                     "before it)" if analysis.decisions else "no permutation test (arms of unequal size)")
             if not pd.isna(row.p_perm_min) and row.p_perm_min > ALPHA:
                 check += (f"; with {row.seeds} vs {row.seeds_reference} networks its smallest possible p "
                           f"is {row.p_perm_min:.2g}, so it cannot reach α = {ALPHA}")
@@ -364,6 +368,52 @@ def reading(analysis: Analysis) -> list[str]:
     return lines
 
 
+def sequential_section(analysis: Analysis) -> list[str]:
+    """The sequential design, where the study has one: how it decides, where each level stopped,
+    what the reported numbers are, and the networks it spent against a fixed design."""
+    design = analysis.study.design()
+    if not analysis.decisions or design is None:
+        return []
+    study, rows = analysis.study, analysis.comparisons
+    key = "search.confirm_seeds" if study.confirms() else "search.seeds"
+    spent = int(analysis.arms["seeds"].sum())
+    fixed = np.ceil(rows["fixed_seeds_same_power"].to_numpy(dtype=float))
+    fixed_all = fixed.sum() + fixed.max() if len(fixed) and not np.isnan(fixed).any() else np.nan
+    looks = design.looks()
+    table = rows[["level", "verdict", "look", "seeds", "seeds_reference", "diff", "diff_ci_low",
+                  "diff_ci_high", "p", "p_holm", "p_equivalent_holm", "design_power_at_margin",
+                  "fixed_seeds_same_power"]]
+    return [
+        "## Sequential design", "",
+        f"`{key}: {{start: {design.start}, step: {design.step}, max: {design.max}}}`: {design.start} "
+        f"networks per arm, then {design.step} more per round for every level still undecided (and "
+        f"the reference while any is), looks at {', '.join(map(str, looks))} networks per arm. "
+        f"Boundaries by Lan–DeMets alpha spending ({design.spending} form) over the information "
+        "fraction, for the Welch test of a difference and for each one-sided test of equivalence "
+        f"within ±{study.analysis.margin:g}, so that over all looks each error rate stays ≤ α = {ALPHA}; "
+        "Holm over the levels at every look, on repeated p-values; a level's verdict is final once "
+        "made (`study.sequential` explains each step).", "",
+        "What is reported: `look` is the look at which the level stopped (or the last that ran), "
+        "`seeds`/`seeds_reference` the networks compared there; `diff` the difference of their means "
+        "(after an early stop this overstates the difference on average: it is the estimate at a "
+        "look chosen because the difference looked large); `diff_ci_*` the repeated 95 % confidence "
+        "interval, which covers the true difference with probability ≥ 95 % whatever the look the "
+        "design stopped at; `p` and `p_equivalent` the repeated p-values (the smallest level whose "
+        "boundary the test crossed at some look), `*_holm` adjusted over the family. "
+        "`design_power_at_margin`: this design's power against a true difference of the margin at "
+        "Holm's first step, if the observed seed SDs were the truth; `fixed_seeds_same_power`: the "
+        "networks per arm a fixed design needs for the same power (normal theory).", "",
+        _table(table), "",
+        f"Networks spent: {spent} compared networks in all ("
+        + ", ".join(f"{arm.level}: {len(arm.networks)}" for arm in analysis.selected) + "), "
+        + (f"against {fixed_all:.0f} for a fixed design with the same power at the margin "
+           f"({', '.join(f'{n:.0f}' for n in fixed)} per compared level, the reference at the most "
+           f"of these) and {len(analysis.selected) * design.max} at the design's maximum."
+           if not np.isnan(fixed_all) else f"against {len(analysis.selected) * design.max} at the "
+           "design's maximum (no fixed design to compare: the seed SDs are unknown)."), "",
+    ]
+
+
 def _selection(analysis: Analysis) -> str:
     stages = {arm.stage for arm in analysis.selected}
     if stages == {"confirm"}:
@@ -385,9 +435,9 @@ def run_record(analysis: Analysis, study_dir: Path) -> list[tuple[str, str]]:
     devices = sorted(trials["device"].dropna().unique()) if "device" in trials else []
     compute = trials["wall_s"].dropna().sum() if "wall_s" in trials else 0.0
     written = datetime.fromtimestamp((study_dir / "trials.parquet").stat().st_mtime)
-    fresh = counted(len(study.seeds("confirm")), "fresh seed") if study.confirms() else ""
-    seeds = counted(search.seeds, "seed") + " per configuration" + (
-        f"; each arm's selected configuration retrained on {fresh}" if fresh else "")
+    seeds = describe(search.seeds, per="configuration") + (
+        f"; each arm's selected configuration retrained on fresh seeds: {describe(search.confirm_seeds)}"
+        if study.confirms() else "")
     return [
         ("data", f"{data.source} digits, {data.n_images:,} images split {data.split} (train, val, test), "
                  f"{data.canvas}-pixel canvas, {data.digits} digits per image, seed {data.seed}"),
@@ -443,6 +493,7 @@ def markdown(analysis: Analysis, notes: dict[str, str], run: list[tuple[str, str
         "ten digits, which moves before exact sets do), tested the same way with margin "
         f"±{study.analysis.accuracy_margin:g}; higher is better. All columns: `comparisons.csv`.", "",
         _table(analysis.comparisons[SECONDARY_COLUMNS]), "",
+        *sequential_section(analysis),
         f"## {IMAGE_LEVEL.capitalize()}", "",
         "Per-sample losses averaged over each arm's networks, paired by `sample_idx`; d = arm − "
         "reference. Wilcoxon signed-rank (zero differences dropped), the Hodges–Lehmann shift "

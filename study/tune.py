@@ -10,6 +10,11 @@ and ``epochs.parquet`` current and prints one line per trial. When the study sel
 varies more than the compared factor), a confirmation stage follows: each level's selected
 configuration is one more trial, trained on fresh seeds and marked ``stage: confirm``.
 
+With a sequential design (``study.sequential``), the compared networks (the confirmation stage,
+or the trials of a study that does not select) come in rounds: after each, the design's decisions
+(``study.analysis.decisions``, from the result files alone) say which levels train ``step`` more
+seeds, as one more trial per level.
+
 With ``search.scheduler: asha``, ``PerLevelASHA`` stops tuning trials that trail their level;
 each such trial's report carried a snapshot (a Ray checkpoint), from which its networks are
 tested at their best epoch so far and written as STOPPED when the stage ends.
@@ -53,11 +58,12 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study import results
-from study.analysis import best_configurations
+from study.analysis import best_configurations, decisions
 from study.config import Study, combinations, resolve
 from study.data import build
 from study.errors import UserError
 from study.preflight import check_resources, disk_full
+from study.sequential import describe
 from study.storage import optuna_storage, study_name, study_names
 from study.train import Snapshot, conclude, fit
 from study.words import counted, duration
@@ -208,16 +214,16 @@ def _params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int, stage: str,
-              snapshots: bool) -> None:
-    """One Ray trial: resolve the chosen parameters, fit every seed of ``stage``, write the
-    result files. With ``snapshots``, every epoch's report carries the trial so far as a Ray
+              seeds: list[int], snapshots: bool) -> None:
+    """One Ray trial: resolve the chosen parameters, fit ``seeds`` at once, write the result
+    files (marked ``stage``). With ``snapshots``, every epoch's report carries the trial so far as a Ray
     checkpoint, from which the driver finishes the trial if a scheduler stops it."""
     torch.set_num_threads(threads)
     base = Study.model_validate(study)
     params = _params(base, config)
     trial_id = tune.get_context().get_trial_id()
     report = _report_with_snapshot if snapshots else lambda metrics, _: tune.report(metrics)
-    result = fit(resolve(base, params), base.seeds(stage), report=report)
+    result = fit(resolve(base, params), seeds, report=report)
     results.write_trial(Path(study_dir), trial_id, stage, params, result)
 
 
@@ -228,8 +234,8 @@ def _report_with_snapshot(metrics: dict, snapshot: Callable[[], Snapshot]) -> No
 
 
 @ray.remote
-def _finish(study: dict, study_dir: str, threads: int, stage: str, trial_id: str, params: dict[str, Any],
-            checkpoint: tune.Checkpoint, reason: str) -> None:
+def _finish(study: dict, study_dir: str, threads: int, stage: str, seeds: list[int], trial_id: str,
+            params: dict[str, Any], checkpoint: tune.Checkpoint, reason: str) -> None:
     """A trial a scheduler stopped: each seed's best epoch so far, tested and written (STOPPED)."""
     torch.set_num_threads(threads)
     with checkpoint.as_directory() as folder:
@@ -262,6 +268,13 @@ class _Progress:
         self.level_s: dict[str | None, float] = {}  # level → its last measured seconds per epoch and seed
         self.left: dict[str, int] = {}  # running trial → epochs it has left
         self.fixed: list[float] = []  # finished trials: their time beyond their epochs
+
+    def extend(self, levels: list[str], seeds: int) -> None:
+        """Another round of a sequential design: a trial of ``seeds`` networks per level, after
+        everything planned so far."""
+        stage = self.plan[-1][0] + 1 if self.plan else 0
+        self.plan += [(stage, level, seeds) for level in levels]
+        self.total = len(self.plan)
 
     def epoch(self, trial_id: str, level: str | None, seeds: int, epoch: int, seconds: float,
               since_start: float) -> None:
@@ -304,10 +317,10 @@ class _Progress:
 class _Recorder(tune.Callback):
     """Driver side: consolidate the result tables and print a line after every trial."""
 
-    def __init__(self, study: Study, study_dir: Path, stage: str, progress: _Progress,
+    def __init__(self, study: Study, study_dir: Path, stage: str, seeds: list[int], progress: _Progress,
                  scheduler: PerLevelASHA | None) -> None:
         self.study, self.study_dir, self.stage, self.progress = study, study_dir, stage, progress
-        self.seeds, self.scheduler = study.seeds(stage), scheduler
+        self.seeds, self.scheduler = seeds, scheduler
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         """A line per trial per epoch: what a person watching wants to know is moving."""
@@ -549,39 +562,72 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
         slots = min(slots, int(cluster.get("GPU", 0) // gpu))
     # The confirmation stage retrains each level in the space's order; the tuning stage's order is
     # the sampler's to choose.
-    stages: list[tuple[list[str | None], int]] = [([None] * study.n_configurations(), search.seeds)]
+    stages: list[tuple[list[str | None], int]] = [([None] * study.n_configurations(), study.looks()[0])]
     if study.confirms():
-        stages.append(([str(v) for v in study.space[study.compare_key()].levels()], search.confirm_seeds))
+        levels = [str(v) for v in study.space[study.compare_key()].levels()]
+        stages.append((levels, study.looks("confirm")[0]))
     progress = _Progress(stages, len(finished), study.train.epochs, slots)
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
-          f"{counted(search.seeds, 'seed')}, "
+          f"{describe(search.seeds)}, "
           f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
           f"and {gpu:g} GPU per trial", flush=True)
     missing = study.n_configurations() - len(done)
     if missing > 0:
         _stage(study, study_dir, "tune", searcher(study, study_dir, done), missing, gpu, progress, None,
-               verbose)
-    if not study.confirms():
-        return
-    trials = pd.read_parquet(study_dir / "trials.parquet")
-    tuned = trials[trials["stage"] == "tune"]
-    if tuned["trial_id"].nunique() < study.n_configurations():
-        return  # interrupted: the CLI reports what is missing
-    confirmed = set(trials.loc[trials["stage"] == "confirm", study.compare_key()])
-    chosen = {level: params for level, params in
-              best_configurations(study, tuned, study.compare_key()).items() if level not in confirmed}
-    if not chosen:
-        return
-    seeds = study.seeds("confirm")
-    print(f"confirmation: each level's selected configuration retrained on fresh seeds "
-          f"{seeds[0]}..{seeds[-1]}", flush=True)
-    # The points are the whole configurations; the param space only names the keys they fill.
-    _stage(study, study_dir, "confirm", BasicVariantGenerator(points_to_evaluate=list(chosen.values())),
-           len(chosen), gpu, progress, dict.fromkeys(study.space), verbose)
+               verbose, study.seeds("tune"))
+    if study.confirms():
+        tuned = _finished(study_dir)
+        tuned = tuned[tuned["stage"] == "tune"]
+        if tuned["trial_id"].nunique() < study.n_configurations():
+            return  # interrupted: the CLI reports what is missing
+        print("confirmation: each level's selected configuration retrained on fresh seeds", flush=True)
+        _rounds(study, study_dir, "confirm", best_configurations(study, tuned, study.compare_key()), gpu,
+                progress, verbose)
+    elif study.design() is not None:
+        _rounds(study, study_dir, "tune", {level: {study.compare_key(): level}
+                                           for level in study.space[study.compare_key()].levels()},
+                gpu, progress, verbose)
+
+
+def _rounds(study: Study, study_dir: Path, stage: str, configurations: dict[Any, dict[str, Any]],
+            gpu: float, progress: _Progress, verbose: bool) -> None:
+    """The compared networks of ``stage``, round by round: each round trains, for every level still
+    undecided (and the reference while any is), the round's seeds it lacks, as one trial per
+    level; an interrupted round's trials run again. With a sequential design, the decisions after
+    each round (``study.analysis.decisions``) say which levels go on."""
+    key, design = study.compare_key(), study.design()
+    going = list(configurations)
+    for look in range(1, len(study.looks(stage)) + 1):
+        if look > 1:
+            progress.extend([str(level) for level in going], len(study.seeds(stage, look)))
+        rows = _finished(study_dir)
+        rows = rows[rows["stage"] == stage]
+        seeds, lacking = study.seeds(stage, look), {}
+        for level in going:
+            have = set(rows.loc[rows[key] == level, "seed"])
+            lacking.setdefault(tuple(s for s in seeds if s not in have), []).append(level)
+        for needed, levels in lacking.items():
+            if needed:
+                print(f"round {look}: {', '.join(map(str, levels))} on seeds {needed[0]}..{needed[-1]}",
+                      flush=True)
+                # The points are the whole configurations; the param space only names the keys they fill.
+                _stage(study, study_dir, stage, BasicVariantGenerator(
+                    points_to_evaluate=[configurations[level] for level in levels]), len(levels), gpu,
+                    progress, dict.fromkeys(study.space), verbose, list(needed))
+        if design is None or look == len(study.looks(stage)):
+            return
+        decided = decisions(study, _finished(study_dir))
+        print(f"look {look} of {len(study.looks(stage))}: " + "; ".join(
+            f"{level}: {d.verdict} (diff {d.diff:+.4g}, repeated p {d.p:.3g}, {d.n} vs {d.n_reference})"
+            for level, d in decided.items()), flush=True)
+        going = [level for level, d in decided.items() if not d.settled()]
+        if not going:
+            return
+        going.insert(0, next(iter(configurations)))  # the reference trains while any level is undecided
 
 
 def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, trials: int, gpu: float,
-           progress: _Progress, param_space: dict | None, verbose: bool) -> None:
+           progress: _Progress, param_space: dict | None, verbose: bool, seeds: list[int]) -> None:
     # Ray's newer console output prints an experiment table and a TensorBoard hint at every
     # verbosity; its legacy reporter at verbosity 0 prints nothing, which quiet mode wants.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
@@ -598,7 +644,7 @@ def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, tria
     if scheduler:  # a snapshot every epoch makes Ray save its experiment state as often, and warn
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir),
-                "threads": max(1, int(study.resources.cpu)), "stage": stage}
+                "threads": max(1, int(study.resources.cpu)), "stage": stage, "seeds": seeds}
     fn = tune.with_parameters(trainable, **settings, snapshots=scheduler is not None)
     grid = tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
@@ -608,7 +654,7 @@ def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, tria
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=str(runs), verbose=2 if verbose else 0,
-            callbacks=[_Recorder(study, study_dir, stage, progress, scheduler)],
+            callbacks=[_Recorder(study, study_dir, stage, seeds, progress, scheduler)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=study.resources.retries)),
     ).fit()

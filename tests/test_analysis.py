@@ -288,3 +288,32 @@ def test_the_attention_figure_draws_from_weights_saved_with_the_retired_top_down
     path = tmp_path / "attention.png"
     assert report.attention_maps(analysis.analyze(tmp_path), tmp_path, path) == ""
     assert path.stat().st_size > 1000
+
+
+def test_a_sequential_design_reports_where_each_level_stopped_against_the_reference_then(tmp_path):
+    """[0] is clearly better and stops at look 2; [1] is like the reference and goes on to look 3,
+    so the reference has 6 networks, of which [0]'s comparison takes the 4 of its look."""
+    space = "space={model.attention.layers: {choice: [[], [0], [1]]}}"
+    study = config.load(SMOKE, [space, "search.seeds={start: 2, step: 2, max: 6}"])
+    fake_study(tmp_path, [("[]", 0.0, s) for s in range(6)] + [("[0]", -0.05, s) for s in range(4)]
+               + [("[1]", 0.0, s) for s in range(6)], study=study)
+    result = analysis.analyze(tmp_path)
+    rows = result.comparisons.set_index("level")
+    assert rows.loc["[0]", ["verdict", "look", "seeds", "seeds_reference"]].tolist() == ["better", 2, 4, 4]
+    assert rows.loc["[1]", ["look", "seeds", "seeds_reference"]].tolist() == [3, 6, 6]
+    assert rows.loc["[1]", "verdict"] in ("inconclusive", "equivalent")
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    assert analysis.planned_networks(study, trials) == 16  # what the run trains: nothing is missing
+    assert analysis.planned_networks(study, trials[trials["seed"] < 4]) == 16  # round 3 is still to come
+    # The repeated interval is wider than the plain Welch interval of the same networks.
+    ours = rows.loc["[0]"]
+    welch = stats.ttest_ind(*(trials.loc[(trials[LAYERS] == level) & (trials["seed"] < 4), "test_loss"]
+                              for level in ("[0]", "[]")), equal_var=False).confidence_interval()
+    assert ours["diff_ci_low"] < welch.low and ours["diff_ci_high"] > welch.high
+    text = report.markdown(result, {}, [])
+    assert "## Sequential design" in text and "Networks spent: 16" in text
+    # A failed network is spent: its arm is one smaller at the look, and the look spends less.
+    failed = trials.assign(status=np.where((trials[LAYERS] == "[1]") & (trials["seed"] == 5), "ERROR",
+                                           trials["status"]))
+    decided = analysis.decisions(study, failed)["[1]"]
+    assert (decided.look, decided.n, decided.n_reference) == (3, 5, 6)

@@ -388,6 +388,38 @@ def test_resume_is_exact_from_any_moment(tmp_path):
     assert shown["notes"] == []
 
 
+def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(tmp_path):
+    """Two labels of one learning rate (identical arms, the same networks) and a margin no
+    difference can show: the design goes on to its maximum, round by round. Killed once round 2
+    has begun, resumed: each level ends with seeds 0..5 in three trials of two, nothing twice."""
+    args = ["run", str(SMOKE), *SMALL, "--set", "model.attention.layers=[]",
+            "--set", "space={train.lr: {choice: {a: 0.001, b: 0.001}}}", "--set", "compare=train.lr",
+            "--set", "search.seeds={start: 2, step: 2, max: 6}", "--set", "analysis.margin=1e-9",
+            "--set", "resources.cpu=2", "--results", str(tmp_path)]
+    study_dir, log = tmp_path / "smoke", tmp_path / "1.log"
+
+    def staged() -> int:
+        return len(list((study_dir / ".trials").glob("*.json")))
+
+    interrupt(args, log, lambda: "round 2:" in log.read_text() and staged() == 3)
+    assert "look 1 of 3: b: continue" in log.read_text()
+    resumed = study(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "look 2 of 3: b: continue" in resumed.stdout and "round 3: a, b on seeds 4..5" in resumed.stdout
+
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    assert (trials["status"] == "COMPLETED").all() and (trials["stage"] == "tune").all()
+    for level, rows in trials.groupby("train.lr"):
+        assert sorted(rows["seed"]) == list(range(6)), level
+        assert sorted(rows.groupby("trial_id")["seed"].apply(sorted).tolist()) == [[0, 1], [2, 3], [4, 5]]
+    shown = json.loads(study("analyze", str(study_dir), "--json").stdout)
+    (row,) = shown["comparisons"]
+    assert (row["look"], row["verdict"], row["seeds"], row["seeds_reference"]) == (3, "inconclusive", 6, 6)
+    assert row["diff"] == 0 and row["p"] == 1  # the same networks in both arms
+    text = (study_dir / "report" / "report.md").read_text()
+    assert "## Sequential design" in text and "`search.seeds: {start: 2, step: 2, max: 6}`" in text
+
+
 def test_a_full_disk_is_a_message_and_the_study_resumes_once_there_is_room(tmp_path):
     from .test_preflight import tmpfs
 
