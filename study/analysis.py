@@ -139,7 +139,7 @@ def decisions(study: config.Study, trials: pd.DataFrame) -> dict[Any, Decision]:
     design = study.design()
     if design is None:
         return {}
-    stage, key = "confirm" if study.confirms() else "tune", study.compare_key()
+    stage, key = study.compared_stage(), study.compare_key()
     offset = study.seeds(stage)[0]
     rows = trials[trials["stage"] == stage].drop_duplicates([key, "seed"])
     values = {}
@@ -160,8 +160,7 @@ def planned_networks(study: config.Study, trials: pd.DataFrame) -> int:
     reference's up to the latest of them), besides any tuning stage's."""
     if study.design() is None:
         return study.n_networks()
-    stage = "confirm" if study.confirms() else "tune"
-    looks, levels = study.looks(stage), study.space[study.compare_key()].levels()
+    looks, levels = study.looks(study.compared_stage()), study.space[study.compare_key()].levels()
     decided = decisions(study, trials)
     ends = [looks[decided[level].look - 1] if level in decided and decided[level].settled()
             else looks[min(decided[level].look if level in decided else 0, len(looks) - 1)]
@@ -336,7 +335,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         notes.append(f"every network of the design's reference {study.space[factor].levels()[0]} failed, "
                      "so the sequential design could not decide; the comparisons below are fixed-size tests")
         decided = {}
-    stage = "confirm" if study.confirms() else "tune"
+    stage = study.compared_stage()
     rows = []
     for arm in others:
         mine, theirs = of_level[arm.level], of_level[reference.level]

@@ -293,6 +293,10 @@ class Study(Section):
         confirming = self.n_levels() * self.looks("confirm")[-1] if self.confirms() else 0
         return self.n_configurations() * self.looks("tune")[-1] + confirming
 
+    def compared_stage(self) -> str:
+        """The stage whose networks ``study analyze`` compares: confirm where the study selects."""
+        return "confirm" if self.confirms() else "tune"
+
     def design(self) -> Design | None:
         """The sequential design of the compared networks, where the study file gives one."""
         seeds = self.search.confirm_seeds if self.confirms() else self.search.seeds

@@ -228,7 +228,11 @@ def lines(p: Plan) -> list[str]:
                    f"({counted(study.train.epochs, 'epoch')})")
     out.append(f"memory: {dataset_bytes(study) / 2**20:,.0f} MiB of images per process; "
                f"about {p.memory() / 2**30:.2f} GiB for the {counted(p.slots, 'trial')} at once")
+    timed_seeds = set()
     for stage in p.stages:
+        if stage.seeds in timed_seeds:
+            continue  # as many seeds as a stage above (a later round, say): the same steps
+        timed_seeds.add(stage.seeds)
         for a in p.architectures[stage.name]:
             how = "" if a.measured else " (projected)"
             compiled = (f", compiled{how} {a.compiled_ms:.1f} ms after {a.warmup_s:.0f} s of warm-up"

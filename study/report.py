@@ -347,12 +347,18 @@ def reading(analysis: Analysis) -> list[str]:
                 check += (f"; with {row.seeds} vs {row.seeds_reference} networks its smallest possible p "
                           f"is {row.p_perm_min:.2g}, so it cannot reach α = {ALPHA}")
             lines.append(f"  Check: {check}.")
-            lines.append(
-                f"  Power: seed SDs {row.sd:.4f} vs {row.sd_reference:.4f}; if these were the true SDs, "
-                f"the Welch test at Holm's first step (α/{family}) would find a true difference of "
-                f"±{margin:g} with probability {row.power_at_margin:.2f}, and "
-                + (f"{row.seeds_for_margin:.0f} networks per arm would give 80 %."
-                   if not pd.isna(row.seeds_for_margin) else "no arm size up to 10,000 would give 80 %."))
+            eighty = (f"{row.seeds_for_margin:.0f} networks per arm would give 80 %"
+                      if not pd.isna(row.seeds_for_margin) else "no arm size up to 10,000 would give 80 %")
+            power = (f"this design (up to {analysis.study.design().max} networks per arm) would find a true "
+                     f"difference of ±{margin:g} at Holm's first step (α/{family}) with probability "
+                     f"{row.design_power_at_margin:.2f} (normal theory, a little above what Welch's test "
+                     f"reaches at a few networks per arm), as would a fixed design of "
+                     f"{row.fixed_seeds_same_power:.1f} networks per arm; in a fixed design, {eighty}"
+                     if analysis.decisions else
+                     f"the Welch test at Holm's first step (α/{family}) would find a true difference of "
+                     f"±{margin:g} with probability {row.power_at_margin:.2f}, and {eighty}")
+            lines.append(f"  Power: seed SDs {row.sd:.4f} vs {row.sd_reference:.4f}; if these were the true "
+                         f"SDs, {power}.")
         secondary = [f"{name} {getattr(row, prefix + 'diff'):+.4f} ({getattr(row, prefix + 'verdict')})"
                      for name, prefix in (("exact-set accuracy", "acc_"), ("digit F1", "f1_"))
                      if not pd.isna(getattr(row, prefix + "diff"))]
@@ -375,14 +381,14 @@ def sequential_section(analysis: Analysis) -> list[str]:
     if not analysis.decisions or design is None:
         return []
     study, rows = analysis.study, analysis.comparisons
-    key = "search.confirm_seeds" if study.confirms() else "search.seeds"
+    key = "search.confirm_seeds" if study.compared_stage() == "confirm" else "search.seeds"
     spent = int(analysis.arms["seeds"].sum())
     fixed = np.ceil(rows["fixed_seeds_same_power"].to_numpy(dtype=float))
     fixed_all = fixed.sum() + fixed.max() if len(fixed) and not np.isnan(fixed).any() else np.nan
     looks = design.looks()
-    table = rows[["level", "verdict", "look", "seeds", "seeds_reference", "diff", "diff_ci_low",
-                  "diff_ci_high", "p", "p_holm", "p_equivalent_holm", "design_power_at_margin",
-                  "fixed_seeds_same_power"]]
+    table = rows.reindex(columns=["level", "verdict", "look", "seeds", "seeds_reference", "diff",
+                                  "diff_ci_low", "diff_ci_high", "p", "p_holm", "p_equivalent_holm",
+                                  "design_power_at_margin", "fixed_seeds_same_power"])
     return [
         "## Sequential design", "",
         f"`{key}: {{start: {design.start}, step: {design.step}, max: {design.max}}}`: {design.start} "

@@ -192,7 +192,8 @@ def test_a_training_step_replayed_as_a_cuda_graph_trains_the_same_networks(layer
 def test_the_compiled_step_trains_the_same_networks_as_the_eager_one():
     """``train.compile: true`` (inductor, from the first step; the short last batch and evaluation
     chunk eager) against ``false``: the same best epochs and epoch losses to 1e-4 relative; every
-    test sample's loss and logits to 2e-3 (float32 sums in another order, grown over 27 steps)."""
+    test sample's loss to 2e-3 relative and logit to 5e-3 (float32 sums in another order, grown
+    over 27 steps: inductor's AVX-512 kernels on a Xeon moved logits by up to 2.3e-3)."""
     sets = ["data.n_images=300", "train.epochs=3", "train.batch_size=25"]  # 240 images: a short last batch
     eager, compiled = (fit(config.load(SMOKE, [*sets, f"train.compile={c}"]), seeds=[0, 1])
                        for c in ("false", "true"))
@@ -202,7 +203,7 @@ def test_the_compiled_step_trains_the_same_networks_as_the_eager_one():
         assert [e["train_loss"] for e in a.epochs] == pytest.approx([e["train_loss"] for e in b.epochs],
                                                                     rel=1e-4)
         np.testing.assert_allclose(a.test_loss, b.test_loss, rtol=2e-3)
-        np.testing.assert_allclose(a.test_logits, b.test_logits, atol=2e-3)
+        np.testing.assert_allclose(a.test_logits, b.test_logits, atol=5e-3)
 
 
 def test_auto_leaves_a_short_trial_eager(monkeypatch):
