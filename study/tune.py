@@ -261,6 +261,7 @@ class _Progress:
         self.plan = [(k, level, seeds) for k, (levels, seeds) in enumerate(stages) for level in levels]
         self.epochs, self.slots = epochs, max(1, slots)
         self.total, self.done = len(self.plan), done_before
+        self.rounds_may_follow = False  # a sequential design may call for rounds not planned yet
         self.start = time.perf_counter()
         self.began: dict[str, float] = {}  # running trial → when it started
         self.seeds: dict[str, int] = {}  # trial → its networks
@@ -310,7 +311,8 @@ class _Progress:
 
     def __call__(self, done: int) -> str:
         left = self.left_s(done) if done < self.total else None
-        shown = f", ~{duration(left)} left" if left is not None else ""
+        shown = "" if left is None else f", ~{duration(left)} left" + (
+            " in this round" if self.rounds_may_follow else "")
         return f"[{done}/{self.total} {duration(time.perf_counter() - self.start)}{shown}]"
 
 
@@ -572,6 +574,7 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
           f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
           f"and {gpu:g} GPU per trial", flush=True)
     missing = study.n_configurations() - len(done)
+    progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
     if missing > 0:
         _stage(study, study_dir, "tune", searcher(study, study_dir, done), missing, gpu, progress, None,
                verbose, study.seeds("tune"))
@@ -598,6 +601,7 @@ def _rounds(study: Study, study_dir: Path, stage: str, configurations: dict[Any,
     key, design = study.compare_key(), study.design()
     going = list(configurations)
     for look in range(1, len(study.looks(stage)) + 1):
+        progress.rounds_may_follow = design is not None and look < len(study.looks(stage))
         if look > 1:
             progress.extend([str(level) for level in going], len(study.seeds(stage, look)))
         rows = _finished(study_dir)

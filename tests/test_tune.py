@@ -403,6 +403,7 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
 
     interrupt(args, log, lambda: "round 2:" in log.read_text() and staged() == 3)
     assert "look 1 of 3: b: continue" in log.read_text()
+    assert "left in this round]" in log.read_text()  # a later round is not in the estimate
     resumed = study(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "look 2 of 3: b: continue" in resumed.stdout and "round 3: a, b on seeds 4..5" in resumed.stdout
