@@ -216,8 +216,8 @@ def _params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
 def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int, stage: str,
               seeds: list[int], snapshots: bool) -> None:
     """One Ray trial: resolve the chosen parameters, fit ``seeds`` at once, write the result
-    files (marked ``stage``). With ``snapshots``, every epoch's report carries the trial so far as a Ray
-    checkpoint, from which the driver finishes the trial if a scheduler stops it."""
+    files (marked ``stage``). With ``snapshots``, every epoch's report carries the trial so far as
+    a Ray checkpoint, from which the driver finishes the trial if a scheduler stops it."""
     torch.set_num_threads(threads)
     base = Study.model_validate(study)
     params = _params(base, config)
@@ -234,8 +234,8 @@ def _report_with_snapshot(metrics: dict, snapshot: Callable[[], Snapshot]) -> No
 
 
 @ray.remote
-def _finish(study: dict, study_dir: str, threads: int, stage: str, seeds: list[int], trial_id: str,
-            params: dict[str, Any], checkpoint: tune.Checkpoint, reason: str) -> None:
+def _finish(study: dict, study_dir: str, threads: int, stage: str, trial_id: str, params: dict[str, Any],
+            checkpoint: tune.Checkpoint, reason: str) -> None:
     """A trial a scheduler stopped: each seed's best epoch so far, tested and written (STOPPED)."""
     torch.set_num_threads(threads)
     with checkpoint.as_directory() as folder:
@@ -648,8 +648,8 @@ def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, tria
     if scheduler:  # a snapshot every epoch makes Ray save its experiment state as often, and warn
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir),
-                "threads": max(1, int(study.resources.cpu)), "stage": stage, "seeds": seeds}
-    fn = tune.with_parameters(trainable, **settings, snapshots=scheduler is not None)
+                "threads": max(1, int(study.resources.cpu)), "stage": stage}
+    fn = tune.with_parameters(trainable, **settings, seeds=seeds, snapshots=scheduler is not None)
     grid = tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
         param_space=param_space,
