@@ -162,8 +162,10 @@ def planned_networks(study: config.Study, trials: pd.DataFrame) -> int:
         return study.n_networks()
     looks, levels = study.looks(study.compared_stage()), study.space[study.compare_key()].levels()
     decided = decisions(study, trials)
-    ends = [looks[decided[level].look - 1] if level in decided and decided[level].settled()
-            else looks[min(decided[level].look if level in decided else 0, len(looks) - 1)]
+    # A settled level ends at its look; an undecided one goes on to the next (a "continue" is
+    # never the last look's), and one not looked at yet has its first round to come.
+    ends = [looks[0] if level not in decided
+            else looks[decided[level].look - (1 if decided[level].settled() else 0)]
             for level in levels[1:]]
     tuning = study.n_configurations() * study.looks("tune")[-1] if study.confirms() else 0
     return tuning + sum(ends) + max(ends)
@@ -340,10 +342,9 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     for arm in others:
         mine, theirs = of_level[arm.level], of_level[reference.level]
         averaged_reference = averaged[reference.level]
-        design = decided.get(arm.level)
-        if design is not None:
-            end = study.seeds(stage)[0] + study.looks(stage)[design.look - 1]
-            theirs = theirs[theirs["seed"] < end]
+        stop = decided.get(arm.level)
+        if stop is not None:
+            theirs = theirs[theirs["seed"] <= study.seeds(stage, stop.look)[-1]]
             averaged_reference = seed_average(r.samples, list(zip(theirs["trial_id"], theirs["seed"],
                                                                   strict=True)), split)
         row = {"level": arm.level, "reference": reference.level, "seeds": len(mine),
@@ -355,10 +356,10 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
             row |= {f"{prefix}{k}": v for k, v in tested.items()}
         row |= power(mine["test_loss"].to_numpy(), theirs["test_loss"].to_numpy(),
                      study.analysis.margin, family)
-        if design is not None:  # the design's numbers, valid whatever the look it stopped at
-            row |= {"diff": design.diff, "diff_ci_low": design.ci_low, "diff_ci_high": design.ci_high,
-                    "p": design.p, "p_equivalent": design.p_equivalent, "p_perm": np.nan,
-                    "p_perm_min": np.nan, "look": design.look,
+        if stop is not None:  # the design's numbers, valid whatever the look it stopped at
+            row |= {"diff": stop.diff, "diff_ci_low": stop.ci_low, "diff_ci_high": stop.ci_high,
+                    "p": stop.p, "p_equivalent": stop.p_equivalent, "p_perm": np.nan,
+                    "p_perm_min": np.nan, "look": stop.look,
                     **dict(zip(("design_power_at_margin", "fixed_seeds_same_power"), equal_power(
                         study.design(), row["sd"], row["sd_reference"], study.analysis.margin,
                         ALPHA / max(family, 1)), strict=True))}

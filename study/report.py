@@ -382,7 +382,7 @@ def sequential_section(analysis: Analysis) -> list[str]:
         return []
     study, rows = analysis.study, analysis.comparisons
     key = "search.confirm_seeds" if study.compared_stage() == "confirm" else "search.seeds"
-    spent = int(analysis.arms["seeds"].sum())
+    spent = sum(len(arm.networks) for arm in analysis.selected)
     fixed = np.ceil(rows["fixed_seeds_same_power"].to_numpy(dtype=float))
     fixed_all = fixed.sum() + fixed.max() if len(fixed) and not np.isnan(fixed).any() else np.nan
     looks = design.looks()

@@ -265,9 +265,10 @@ class Decision:
         return self.verdict != "continue"
 
 
-def _fractions(trained: list[tuple[int, int]], design: Design) -> tuple[float, ...]:
+def _fractions(tested: list[tuple[int, int]], design: Design) -> tuple[float, ...]:
+    """The information fraction of each tested look, from its trained networks per arm."""
     top = design.max / 2
-    return tuple(round(min(1.0, 1 / (1 / n + 1 / r) / top), 6) for n, r in trained)
+    return tuple(round(min(1.0, 1 / (1 / n + 1 / r) / top), 6) for n, r in tested)
 
 
 def decide(arm: Sequence[float], reference: Sequence[float], design: Design, margin: float) -> Decision:
@@ -287,34 +288,35 @@ def decide(arm: Sequence[float], reference: Sequence[float], design: Design, mar
     if not reached:
         raise ValueError(f"the first look needs {planned[0]} networks per arm; got "
                          f"{len(arm)} and {len(reference)}")
-    trained, p_diff, p_equivalent = [], math.inf, math.inf
-    for k, n in enumerate(reached):
-        a, r = arm[:n][~np.isnan(arm[:n])], reference[:n][~np.isnan(reference[:n])]
-        last = n == planned[-1]
+    tested, p_diff, p_equivalent, ci_low, ci_high = [], math.inf, math.inf, math.nan, math.nan
+    for n in reached:
+        a, r = _trained(arm, n), _trained(reference, n)
         if min(len(a), len(r)) < MIN_SEEDS or (np.ptp(a) == 0 and np.ptp(r) == 0):
             continue
-        if trained and trained[-1] == (len(a), len(r)):
+        if tested and tested[-1] == (len(a), len(r)):
             continue  # the round's networks all failed: no new information, no new look
-        trained.append((len(a), len(r)))
-        fractions = _fractions(trained, design)
+        tested.append((len(a), len(r)))
+        fractions, last = _fractions(tested, design), n == planned[-1]
         welch = stats.ttest_ind(a, r, equal_var=False)
         tost, _, _ = ttost_ind(a, r, -margin, margin, usevar="unequal")
         p_diff = min(p_diff, repeated_p(float(welch.pvalue), fractions, 2, design.spending, last))
         p_equivalent = min(p_equivalent, repeated_p(float(tost), fractions, 1, design.spending, last))
         ci = welch.confidence_interval(1 - nominal(ALPHA, fractions, 2, design.spending, last))
-        numbers = dict(look=k + 1, n=len(a), n_reference=len(r), diff=float(a.mean() - r.mean()),
-                       ci_low=float(ci.low), ci_high=float(ci.high), last=last)
-    if not trained:
-        a, r = arm[:reached[-1]], reference[:reached[-1]]
-        n, n_reference = int((~np.isnan(a)).sum()), int((~np.isnan(r)).sum())
-        diff = float(np.nanmean(a) - np.nanmean(r)) if n and n_reference else math.nan
-        numbers = dict(look=len(reached), n=n, n_reference=n_reference, diff=diff, ci_low=math.nan,
-                       ci_high=math.nan, last=reached[-1] == planned[-1])
+        ci_low, ci_high = float(ci.low), float(ci.high)
+    if not tested:
         p_diff = p_equivalent = math.nan
-    numbers["look"] = len(reached)  # the decision is made now, on every look so far
-    numbers["last"] = reached[-1] == planned[-1]
-    decision = Decision("continue", p=p_diff, p_equivalent=p_equivalent, **numbers)
+    a, r = _trained(arm, reached[-1]), _trained(reference, reached[-1])
+    # The decision is made now, on every look so far, from the networks trained so far.
+    decision = Decision("continue", look=len(reached), n=len(a), n_reference=len(r),
+                        diff=float(a.mean() - r.mean()) if len(a) and len(r) else math.nan,
+                        ci_low=ci_low, ci_high=ci_high, p=p_diff, p_equivalent=p_equivalent,
+                        last=reached[-1] == planned[-1])
     return replace(decision, verdict=_verdict(p_diff, p_equivalent, decision))
+
+
+def _trained(values: np.ndarray, n: int) -> np.ndarray:
+    """The values of the first ``n`` networks that trained (failed ones are NaN)."""
+    return values[:n][~np.isnan(values[:n])]
 
 
 def _verdict(p: float, p_equivalent: float, decision: Decision) -> str:

@@ -598,15 +598,14 @@ def _rounds(study: Study, study_dir: Path, stage: str, configurations: dict[Any,
     undecided (and the reference while any is), the round's seeds it lacks, as one trial per
     level; an interrupted round's trials run again. With a sequential design, the decisions after
     each round (``study.analysis.decisions``) say which levels go on."""
-    key, design = study.compare_key(), study.design()
-    going = list(configurations)
-    for look in range(1, len(study.looks(stage)) + 1):
-        progress.rounds_may_follow = design is not None and look < len(study.looks(stage))
+    key, design, looks = study.compare_key(), study.design(), study.looks(stage)
+    going, finished = list(configurations), _finished(study_dir)
+    for look in range(1, len(looks) + 1):
+        seeds = study.seeds(stage, look)
+        progress.rounds_may_follow = design is not None and look < len(looks)
         if look > 1:
-            progress.extend([str(level) for level in going], len(study.seeds(stage, look)))
-        rows = _finished(study_dir)
-        rows = rows[rows["stage"] == stage]
-        seeds, lacking = study.seeds(stage, look), {}
+            progress.extend([str(level) for level in going], len(seeds))
+        rows, lacking = finished[finished["stage"] == stage], {}
         for level in going:
             have = set(rows.loc[rows[key] == level, "seed"])
             lacking.setdefault(tuple(s for s in seeds if s not in have), []).append(level)
@@ -618,10 +617,11 @@ def _rounds(study: Study, study_dir: Path, stage: str, configurations: dict[Any,
                 _stage(study, study_dir, stage, BasicVariantGenerator(
                     points_to_evaluate=[configurations[level] for level in levels]), len(levels), gpu,
                     progress, dict.fromkeys(study.space), verbose, list(needed))
-        if design is None or look == len(study.looks(stage)):
+        if design is None or look == len(looks):
             return
-        decided = decisions(study, _finished(study_dir))
-        print(f"look {look} of {len(study.looks(stage))}: " + "; ".join(
+        finished = _finished(study_dir)
+        decided = decisions(study, finished)
+        print(f"look {look} of {len(looks)}: " + "; ".join(
             f"{level}: {d.verdict} (diff {d.diff:+.4g}, repeated p {d.p:.3g}, {d.n} vs {d.n_reference})"
             for level, d in decided.items()), flush=True)
         going = [level for level, d in decided.items() if not d.settled()]
