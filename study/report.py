@@ -261,11 +261,10 @@ def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
         logits = net(as_inputs(as_images(images)))
         hook.remove()
         steps = list(layer.steps(seen["x"]))
-    out_h, out_w = steps[0][0].shape[-2:]
     # What each window claims in iterations 2..T, against the even shares of iteration 1: border
     # windows cover pixels that fewer windows share, so raw claims would only show the border.
-    start = steps[0][1].sum(1)
-    gains = [torch.log2(a.sum(1) / start).view(-1, out_h, out_w) for _, a, _ in steps[1:]]
+    start = steps[0][1].sum((1, 2))
+    gains = [torch.log2(a.sum((1, 2)) / start) for _, a, _ in steps[1:]]
     # The prediction where all k² windows overlap: at the edges a pixel has fewer windows to
     # average, and their extremes would set the colour scale.
     edge = layer.kernel_size - 1

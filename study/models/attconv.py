@@ -1,9 +1,10 @@
 """AttConv: a convolution whose windows compete, iteratively, for the input pixels they explain.
 
-Notation as in the design: x is B×C×H×W, k the kernel, L the number of windows, O the output
-channels, T the iterations. ``X = unfold(x)`` is B×(C·k²)×L. The attention ``a`` (B×k²×L) is the
-share of each in-window pixel that a window claims, shared across input channels; ``N`` divides
-every share by the sum of the shares of all windows covering that pixel.
+Notation as in the design: x is B×C×H×W, k the kernel, L = H'·W' the number of windows, O the
+output channels, T the iterations. ``X = unfold(x)`` is B×(C·k²)×L, held as B×C×k×k×H'×W' (the
+same memory). The attention ``a`` (B×k×k×H'×W') is the share of each in-window pixel that a window
+claims, shared across input channels; ``N`` divides every share by the sum of the shares of all
+windows covering that pixel.
 
     a ← N(1)
     repeat T times:
@@ -89,27 +90,25 @@ class AttConv(nn.Module):
 
     def steps(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Yield, per iteration, the output ``y`` (B×O×H'×W'), the shares ``a`` it used
-        (B×k²×L) and the top-down prediction ``x̂`` (B×(C·k²)×L; None after the last)."""
+        (B×k×k×H'×W') and the top-down prediction ``x̂`` (B×C×k×k×H'×W'; None after the last)."""
         B, C, H, W = x.shape
-        k2 = self.kernel_size**2
-        out_h, out_w = self._out_size(H), self._out_size(W)
-        X = self._windows(x)  # B×C×k²×L
-        L = X.shape[-1]
-        a = self._normalise(x.new_ones(B, k2, L), H, W)
+        X = self._windows(x)  # B×C×k×k×H'×W'
+        shape, L = X.shape[2:], X.shape[-2] * X.shape[-1]
+        a = self._normalise(x.new_ones(B, *shape), H, W)
         # One product per image with the windows last, as X and the output lie: matmul would
         # fold the images into one product and copy X transposed to do so, several times slower.
         bottom_up, top_down = self.weight_bu.T.expand(B, -1, -1), self.weight_td.expand(B, -1, -1)
         for t in range(self.iterations):
-            attended = (X * a.unsqueeze(1)).view(B, C * k2, L)
+            attended = (X * a.unsqueeze(1)).view(B, -1, L)
             y = torch.bmm(bottom_up, attended) + self.bias_bu.unsqueeze(-1)  # B×O×L
             if self.relu_inside:
                 y = F.relu(y)
-            out = y.view(B, self.out_channels, out_h, out_w)
+            out = y.view(B, self.out_channels, *shape[-2:])
             if t == self.iterations - 1:
                 yield out, a, None
                 return
-            x_hat = torch.bmm(top_down, y)  # B×(C·k²)×L
-            e = (x_hat.view(B, C, k2, L) * X).sum(1) / math.sqrt(C)
+            x_hat = torch.bmm(top_down, y).view(X.shape)
+            e = (x_hat * X).sum(1) / math.sqrt(C)
             yield out, a, x_hat
             a = self._normalise(self._stable_exp(e, H, W), H, W)
 
@@ -117,7 +116,7 @@ class AttConv(nn.Module):
         return (side - self.kernel_size) // self.stride + 1
 
     def _pixel_sums(self, a: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        return pixel_sums(a, H, W, self.kernel_size, self.stride)
+        return pixel_sums(a, H, W, self.stride)
 
     def _windows(self, per_pixel: torch.Tensor) -> torch.Tensor:
         return windows(per_pixel, self.kernel_size, self.stride)
@@ -132,15 +131,13 @@ class AttConv(nn.Module):
         ``N``, but every pixel keeps one share of exactly 1, so nothing overflows and no
         denominator is 0, whatever the weights."""
         with torch.no_grad():  # a shift shared by a pixel's windows cancels in N
-            shift = self._windows(pixel_max(e, H, W, self.kernel_size, self.stride))
+            shift = self._windows(pixel_max(e, H, W, self.stride))
         return torch.exp(e - shift)
 
     def prediction(self, a: torch.Tensor, x_hat: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Each input pixel's top-down prediction (B×C×H×W): the windows' predictions ``x_hat``
-        (B×(C·k²)×L) weighted by the shares ``a`` (B×k²×L) with which they claim the pixel."""
-        B, L = a.shape[0], a.shape[-1]
-        weighted = x_hat.view(B, self.in_channels, -1, L) * a.unsqueeze(1)
-        return self._pixel_sums(weighted, height, width)
+        (B×C×k×k×H'×W') weighted by the shares ``a`` (B×k×k×H'×W') with which they claim it."""
+        return self._pixel_sums(x_hat * a.unsqueeze(1), height, width)
 
     def attention_per_pixel(self, a: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Each input pixel's shares summed over the windows covering it (B×1×H×W): 1 wherever

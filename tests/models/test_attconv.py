@@ -158,7 +158,7 @@ def test_prediction_of_a_perfect_top_down_pass_is_the_input():
     layer = AttConv(2, 4, 3, iterations=3)
     x = torch.rand(2, 2, 9, 7)
     *_, (_, a, _) = layer.steps(x)
-    X = F.unfold(x, 3)
+    X = F.unfold(x, 3).view(2, 2, 3, 3, 7, 5)  # every window's own pixels, B×C×k×k×H'×W'
     torch.testing.assert_close(layer.prediction(a, X, 9, 7), x)
 
 
