@@ -112,9 +112,6 @@ class AttConv(nn.Module):
             yield out, a, x_hat
             a = self._normalise(self._stable_exp(e, H, W), H, W)
 
-    def _out_size(self, side: int) -> int:
-        return (side - self.kernel_size) // self.stride + 1
-
     def _pixel_sums(self, a: torch.Tensor, H: int, W: int) -> torch.Tensor:
         return pixel_sums(a, H, W, self.stride)
 
