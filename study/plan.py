@@ -68,17 +68,17 @@ def stages(study: Study) -> list[Stage]:
     batch = study.train.batch_size
     per_epoch = math.ceil((n_train - (n_train % batch == 1)) / batch)  # a last batch of one is skipped
     steps = per_epoch * study.train.epochs
-    out = _rounds("tune", study.n_configurations(), study.looks("tune"), steps)
+    out = _rounds(study, "tune", study.n_configurations(), steps)
     if study.confirms():
-        out += _rounds("confirm", study.n_levels(), study.looks("confirm"), steps)
+        out += _rounds(study, "confirm", study.n_levels(), steps)
     return out
 
 
-def _rounds(name: str, trials: int, looks: list[int], steps: int) -> list[Stage]:
+def _rounds(study: Study, name: str, trials: int, steps: int) -> list[Stage]:
     """A stage's rounds: one, or a sequential design's, each as if every level went on."""
-    ends = [0, *looks]
-    return [Stage(name if k == 1 else f"{name} round {k} (if undecided)", trials, ends[k] - ends[k - 1],
-                  trials * (ends[k] - ends[k - 1]), steps) for k in range(1, len(ends))]
+    sizes = [len(study.seeds(name, look)) for look in range(1, len(study.looks(name)) + 1)]
+    return [Stage(name if k == 1 else f"{name} round {k} (if undecided)", trials, seeds,
+                  trials * seeds, steps) for k, seeds in enumerate(sizes, start=1)]
 
 
 def architectures(study: Study, seeds: int, compile_here: bool) -> list[Architecture]:

@@ -578,28 +578,31 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
     if missing > 0:
         _stage(study, study_dir, "tune", searcher(study, study_dir, done), missing, gpu, progress, None,
                verbose, study.seeds("tune"))
+    if not study.confirms() and study.design() is None:
+        return
+    finished = _finished(study_dir)  # with the tuning stage's trials
     if study.confirms():
-        tuned = _finished(study_dir)
-        tuned = tuned[tuned["stage"] == "tune"]
+        tuned = finished[finished["stage"] == "tune"]
         if tuned["trial_id"].nunique() < study.n_configurations():
             return  # interrupted: the CLI reports what is missing
         print("confirmation: each level's selected configuration retrained on fresh seeds", flush=True)
-        _rounds(study, study_dir, "confirm", best_configurations(study, tuned, study.compare_key()), gpu,
-                progress, verbose)
-    elif study.design() is not None:
+        _rounds(study, study_dir, "confirm", best_configurations(study, tuned, study.compare_key()),
+                finished, gpu, progress, verbose)
+    else:
         _rounds(study, study_dir, "tune", {level: {study.compare_key(): level}
                                            for level in study.space[study.compare_key()].levels()},
-                gpu, progress, verbose)
+                finished, gpu, progress, verbose)
 
 
 def _rounds(study: Study, study_dir: Path, stage: str, configurations: dict[Any, dict[str, Any]],
-            gpu: float, progress: _Progress, verbose: bool) -> None:
+            finished: pd.DataFrame, gpu: float, progress: _Progress, verbose: bool) -> None:
     """The compared networks of ``stage``, round by round: each round trains, for every level still
-    undecided (and the reference while any is), the round's seeds it lacks, as one trial per
-    level; an interrupted round's trials run again. With a sequential design, the decisions after
-    each round (``study.analysis.decisions``) say which levels go on."""
+    undecided (and the reference while any is), the round's seeds it lacks (``finished``: the
+    network rows so far), as one trial per level; an interrupted round's trials run again. With a
+    sequential design, the decisions after each round (``study.analysis.decisions``) say which
+    levels go on."""
     key, design, looks = study.compare_key(), study.design(), study.looks(stage)
-    going, finished = list(configurations), _finished(study_dir)
+    going = list(configurations)
     for look in range(1, len(looks) + 1):
         seeds = study.seeds(stage, look)
         progress.rounds_may_follow = design is not None and look < len(looks)
