@@ -4,9 +4,12 @@ The textbook layer is the design's equations written with PyTorch's own operator
 for the windows, ``F.fold`` then ``F.unfold`` for the per-pixel normalisation, products in the
 equations' orientation (y as B×L×O) and an unshifted exp. ``study.models.AttConv`` computes the
 same numbers (the script checks the outputs agree) with its own window operators, products that
-keep the windows last and a stabilised exp. Prints milliseconds per forward and backward at
-conv1 of the thesis network (1 → 6 channels, 5×5, 48×48) for T = 1, 4, 8 and each batch, and
-the ratio textbook ÷ AttConv. A batch of 320 stands for 10 stacked seeds of 32.
+keep the windows last and a stabilised exp (``AttConv.steps``: the tensor operations, as on a
+GPU), and on a CPU in float32 with its C kernel (``study.models.attconv_cpu``). Prints
+milliseconds per forward and backward at conv1 of the thesis network (1 → 6 channels, 5×5,
+48×48) for T = 1, 4, 8 and each batch, and the ratios textbook ÷ AttConv and tensor operations ÷
+AttConv (1× where AttConv is the tensor operations). A batch of 320 stands for 10 stacked seeds
+of 32.
 
 Usage: python bench/attconv.py [--device cuda] [--batch 32 320] [--steps 10]
 """
@@ -47,6 +50,11 @@ def textbook(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
         a = normalise(torch.exp(e))
 
 
+def tensor_operations(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
+    *_, (y, _, _) = layer.steps(x)
+    return y
+
+
 def ms_per_pass(forward, x: torch.Tensor, steps: int, device: torch.device) -> float:
     def one() -> None:
         forward(x).sum().backward()
@@ -74,7 +82,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), threads {torch.get_num_threads()}, AttConv 1→6 channels, 5×5, "
           f"48×48; ms per forward + backward, {args.steps} timed passes")
-    print(f"{'T':>3}{'batch':>7}{'textbook':>10}{'AttConv':>9}{'ratio':>8}{'max |diff|':>12}")
+    print(f"{'T':>3}{'batch':>7}{'textbook':>10}{'tensor ops':>12}{'AttConv':>9}{'textbook÷':>11}"
+          f"{'tensor ops÷':>13}{'max |diff|':>12}")
     for iterations in (1, 4, 8):
         torch.manual_seed(0)
         layer = AttConv(1, 6, 5, iterations=iterations).to(device)
@@ -83,9 +92,10 @@ def main() -> None:
             with torch.no_grad():
                 diff = (textbook(layer, x) - layer(x)).abs().max().item()
             book = ms_per_pass(partial(textbook, layer), x, args.steps, device)
+            ops = ms_per_pass(partial(tensor_operations, layer), x, args.steps, device)
             ours = ms_per_pass(layer, x, args.steps, device)
-            print(f"{iterations:>3}{batch:>7}{book:>10.2f}{ours:>9.2f}{book / ours:>7.2f}×{diff:>12.2e}",
-                  flush=True)
+            print(f"{iterations:>3}{batch:>7}{book:>10.2f}{ops:>12.2f}{ours:>9.2f}{book / ours:>10.2f}×"
+                  f"{ops / ours:>12.2f}×{diff:>12.2e}", flush=True)
 
 
 if __name__ == "__main__":

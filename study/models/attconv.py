@@ -32,6 +32,11 @@ products keep the windows last (W_buᵀ·X rather than Xᵀ·W_bu), the layout o
 so no operand is copied to be transposed. Windows, per-pixel sums and maxima come from
 ``study.models.windows``: a constant number of kernels whatever the batch, also when
 ``torch.func.vmap`` stacks several seeds' layers.
+
+On the CPU in float32, ``forward`` runs the same equations as one compiled C kernel per image
+(``study.models.attconv_cpu``), which keeps an image's windows in cache through every iteration
+instead of streaming the batch's through memory at each step; ``steps`` (the shares and
+predictions, for figures) and every other device and dtype use the tensor operations below.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study.models import attconv_cpu
 from study.models.windows import pixel_max, pixel_sums, windows
 
 
@@ -76,7 +82,8 @@ class AttConv(nn.Module):
         fan_in = in_channels * kernel_size**2
         # Same initialisation as nn.Conv2d, so T=1 starts where a plain convolution starts.
         reference = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride)
-        self.weight_bu = nn.Parameter(reference.weight.detach().reshape(out_channels, fan_in).T.clone())
+        # Contiguous, as the CPU kernel writes their gradients (compiled code checks the layout).
+        self.weight_bu = nn.Parameter(reference.weight.detach().reshape(out_channels, fan_in).T.contiguous())
         self.weight_td = nn.Parameter(self.weight_bu.detach().clone())
         self.bias_bu = nn.Parameter(reference.bias.detach().clone())
 
@@ -85,6 +92,12 @@ class AttConv(nn.Module):
                 f"stride={self.stride}, iterations={self.iterations}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and attconv_cpu.available():
+            # The same equations as ``steps``, in one kernel per image (attconv_cpu.c).
+            return attconv_cpu.attconv(x.unsqueeze(0), self.weight_bu.unsqueeze(0),
+                                       self.weight_td.unsqueeze(0), self.bias_bu.unsqueeze(0),
+                                       self.kernel_size, self.stride, self.iterations,
+                                       self.relu_inside).squeeze(0)
         *_, (y, _, _) = self.steps(x)
         return y
 

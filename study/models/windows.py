@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 
-def _sides(height: int, width: int, kernel: int, stride: int) -> tuple[int, int]:
+def sides(height: int, width: int, kernel: int, stride: int) -> tuple[int, int]:
     """Windows per column and per row."""
     return (height - kernel) // stride + 1, (width - kernel) // stride + 1
 
@@ -71,7 +71,7 @@ def pixel_max(shares: Tensor, height: int, width: int, stride: int) -> Tensor:
 
 @windows.register_fake
 def _(x: Tensor, kernel: int, stride: int) -> Tensor:
-    h, w = _sides(x.shape[-2], x.shape[-1], kernel, stride)
+    h, w = sides(x.shape[-2], x.shape[-1], kernel, stride)
     return x.new_empty(*x.shape[:-2], kernel, kernel, h, w)
 
 

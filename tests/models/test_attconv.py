@@ -131,9 +131,10 @@ def test_large_weights_give_no_inf_or_nan(dtype):
 
 
 def test_no_tensor_of_size_batch_by_windows_by_outputs_by_inputs():
-    """The layer uses matrix products, never materialising B×(C·k²)×L×O."""
+    """The tensor operations (float64 here; float32 CPU runs the kernel, which holds one image's
+    windows at a time) use matrix products, never materialising B×(C·k²)×L×O."""
     B, C, k, out_channels, side = 4, 3, 5, 8, 16
-    layer = AttConv(C, out_channels, k, iterations=3)
+    layer = AttConv(C, out_channels, k, iterations=3).double()
     unfolded = B * C * k * k * (side - k + 1) ** 2
     largest = 0
 
@@ -147,7 +148,7 @@ def test_no_tensor_of_size_batch_by_windows_by_outputs_by_inputs():
             return out
 
     with Watch():
-        layer(torch.rand(B, C, side, side)).sum().backward()
+        layer(torch.rand(B, C, side, side, dtype=torch.float64)).sum().backward()
     assert largest == unfolded  # the unfolded input X is the largest tensor; X·O never exists
 
 

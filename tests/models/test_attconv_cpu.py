@@ -1,0 +1,164 @@
+"""AttConv's CPU kernel against the equations: the tensor operations in float64 (themselves checked
+against a loop over windows in test_attconv.py), the loop itself, stacked seeds, torch.compile,
+threads, and the fallback where no compiler builds it."""
+
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+
+from study.models import AttConv, LeNet, Stacked, attconv_cpu
+from study.sections import ModelConfig
+from tests.models.test_attconv import loop_reference
+
+# Where there is a compiler the kernel must build: a failed build fails these tests, not skips them.
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
+                                reason="no C compiler on this machine")
+
+
+def reference(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
+    """The tensor operations in float64, whatever the layer's dtype."""
+    *_, (y, _, _) = layer.steps(x)
+    return y
+
+
+def gradients(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Tensor):
+    y = fn(x)
+    return y.detach(), torch.autograd.grad((y * weight).sum(), [x, *params], allow_unused=True)
+
+
+@pytest.mark.parametrize(("C", "H", "W", "k", "s", "T", "relu", "outputs"), [
+    (1, 48, 48, 5, 1, 4, False, 6),   # conv1 of a 48-pixel canvas
+    (6, 22, 22, 5, 1, 4, False, 16),  # conv2
+    (3, 9, 11, 3, 2, 3, True, 4),     # stride that does not tile, ReLU inside, not square
+    (2, 10, 10, 3, 1, 1, False, 5),   # one iteration: no top-down pass at all
+    (1, 12, 12, 5, 1, 8, False, 9),   # more outputs than a register block holds
+])
+def test_output_and_every_gradient_match_the_equations_in_float64(C, H, W, k, s, T, relu, outputs):
+    torch.manual_seed(0)
+    assert attconv_cpu.available()
+    layer = AttConv(C, outputs, k, iterations=T, stride=s, relu_inside=relu)
+    with torch.no_grad():
+        layer.weight_td.add_(0.5 * torch.randn_like(layer.weight_td))  # top-down differs
+    x = torch.rand(3, C, H, W, requires_grad=True)
+    weight = torch.randn(3, outputs, (H - k) // s + 1, (W - k) // s + 1, dtype=torch.float64)
+    y, grads = gradients(layer, x, list(layer.parameters()), weight.float())
+    exact = layer.double()
+    y64, grads64 = gradients(lambda v: reference(exact, v), x.detach().double().requires_grad_(),
+                             list(exact.parameters()), weight)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    for name, got, want in zip(["x", "weight_bu", "weight_td", "bias_bu"], grads, grads64, strict=True):
+        if want is None:  # W_td at T = 1 never reaches the output
+            assert got is None, name
+            continue
+        scale = want.abs().max().clamp(min=1e-12)
+        assert (got.double() - want).abs().max() / scale < 1e-5, name
+
+
+def test_matches_the_loop_over_windows():
+    torch.manual_seed(1)
+    layer = AttConv(2, 3, 3, iterations=3)
+    with torch.no_grad():
+        layer.weight_td.mul_(-2.0)
+    x = torch.rand(1, 2, 7, 8)
+    expected = loop_reference(layer, x)
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shares_far_apart_stay_finite_and_match():
+    """Large weights spread e over hundreds: the kernel's exp must neither overflow nor lose the
+    winning window, as the tensor operations' shift guarantees."""
+    torch.manual_seed(3)
+    layer = AttConv(2, 4, 5, iterations=4)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(30)
+    x = torch.rand(2, 2, 14, 14) * 10
+    y = layer(x)
+    assert torch.isfinite(y).all()
+    expected = reference(layer.double(), x.double())
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-3 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_stacked_seeds_are_each_their_own_network(shared):
+    """Under vmap, weights of their own per seed (and the images shared or not) give what each
+    network gives alone, gradients included."""
+    torch.manual_seed(2)
+    config = ModelConfig(attention={"layers": [0, 1], "iterations": 3})
+    nets = [LeNet(config, 28) for _ in range(3)]
+    stack = Stacked(nets)
+    x = torch.rand(4, 1, 28, 28) if shared else torch.rand(3, 4, 1, 28, 28)
+    logits = stack(x, shared=shared)
+    logits.square().sum().backward()
+    for n, net in enumerate(nets):
+        alone = net.double()(x.double() if shared else x[n].double())
+        alone.square().sum().backward()
+        torch.testing.assert_close(logits[n].double(), alone, rtol=1e-5, atol=1e-5)
+        for name, p in net.named_parameters():
+            # A bias before batch norm cancels in it: its exact gradient is 0, its float32 one noise.
+            torch.testing.assert_close(stack.params[name].grad[n].double(), p.grad, rtol=1e-4,
+                                       atol=max(1e-5, 1e-5 * p.grad.abs().max().item()), msg=name)
+
+
+def test_compiled_without_a_graph_break_gives_the_same_numbers():
+    torch.manual_seed(5)
+    layer = AttConv(1, 6, 5, iterations=4)
+    x = torch.rand(4, 1, 20, 20, requires_grad=True)
+
+    def loss(v):
+        return layer(v).square().sum()
+
+    eager = torch.autograd.grad(loss(x), [x, *layer.parameters()])
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), [x, *layer.parameters()])
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_threads_split_the_images_not_the_numbers():
+    torch.manual_seed(6)
+    layer = AttConv(3, 4, 3, iterations=3)
+    x = torch.rand(7, 3, 12, 12, requires_grad=True)  # 7 images over threads: uneven parts
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            y = layer(x)
+            results.append((y, *torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])))
+    finally:
+        torch.set_num_threads(threads)
+    for one, several in zip(*results, strict=True):
+        torch.testing.assert_close(one, several)
+
+
+def test_without_a_compiler_attconv_says_so_once_and_computes_the_same(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setenv("STUDY_CACHE", str(tmp_path))  # nothing built yet
+    attconv_cpu._library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="study.models.attconv_cpu"):
+            assert not attconv_cpu.available()
+            assert not attconv_cpu.available()
+        assert len(caplog.records) == 1 and "no-such-compiler" in caplog.text
+        torch.manual_seed(7)
+        layer = AttConv(1, 3, 3, iterations=2)
+        x = torch.rand(2, 1, 8, 8)
+        torch.testing.assert_close(layer(x), reference(layer, x))
+        assert not (tmp_path / "kernels").exists() or not list((tmp_path / "kernels").glob("*.so"))
+    finally:
+        attconv_cpu._library.cache_clear()
+
+
+def test_flops_are_counted_as_for_the_tensor_operations():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = AttConv(6, 16, 5, iterations=4)
+    counts = []
+    for dtype in (torch.float32, torch.float64):  # the kernel, then the tensor operations
+        with FlopCounterMode(display=False) as counter:
+            layer.to(dtype)(torch.rand(2, 6, 12, 12, dtype=dtype))
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
