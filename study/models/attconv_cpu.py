@@ -27,7 +27,7 @@ import platform
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -112,7 +112,7 @@ def _run(calls: list) -> None:
         codes = [call() for call in calls]
     else:
         with ThreadPoolExecutor(threads) as pool:
-            codes = list(pool.map(lambda call: call(), calls))
+            codes = [future.result() for future in [pool.submit(call) for call in calls]]
     if any(codes):
         raise MemoryError("AttConv's CPU kernel could not allocate its scratch memory")
 
@@ -122,19 +122,26 @@ def _dims(x: Tensor, w_bu: Tensor, kernel: int, stride: int, iterations: int, re
     return (ctypes.c_int * 8)(C, H, W, kernel, stride, w_bu.shape[-1], iterations, int(relu))
 
 
+def _parts_of(x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor):
+    """For every part of every group: the group, the part's index and images, and the kernel's
+    arguments they share (the count of images, then pointers to them and the group's weights)."""
+    parts = _parts(x.shape[1])
+    for g in range(x.shape[0]):
+        for n, (lo, hi) in enumerate(parts):
+            yield g, n, slice(lo, hi), (hi - lo, _pointer(x[g, lo:hi]), _pointer(w_bu[g]),
+                                        _pointer(w_td[g]), _pointer(b_bu[g]))
+
+
 @torch.library.custom_op("study::attconv_cpu", mutates_args=(), device_types="cpu")
 def attconv(x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor, kernel: int, stride: int,
             iterations: int, relu: bool) -> Tensor:
     """AttConv's output, G×B×O×h×w, for G groups of images G×B×C×H×W, each with its own weights
     (G×(C·k²)×O, G×O). A group is a seed of a stack; a single layer is one group."""
     x, w_bu, w_td, b_bu = (t.contiguous() for t in (x, w_bu, w_td, b_bu))
-    G, B = x.shape[:2]
-    out = x.new_empty(G, B, w_bu.shape[-1], *sides(*x.shape[-2:], kernel, stride))
+    out = x.new_empty(*x.shape[:2], w_bu.shape[-1], *sides(*x.shape[-2:], kernel, stride))
     dims, library = _dims(x, w_bu, kernel, stride, iterations, relu), _library()
-    _run([lambda g=g, lo=lo, hi=hi: library.attconv_forward(
-              dims, hi - lo, _pointer(x[g, lo:hi]), _pointer(w_bu[g]), _pointer(w_td[g]),
-              _pointer(b_bu[g]), _pointer(out[g, lo:hi]))
-          for g in range(G) for lo, hi in _parts(B)])
+    _run([partial(library.attconv_forward, dims, *shared, _pointer(out[g, images]))
+          for g, _, images, shared in _parts_of(x, w_bu, w_td, b_bu)])
     return out
 
 
@@ -145,19 +152,16 @@ def attconv_backward(grad: Tensor, x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: 
     """Gradients of ``attconv``'s four tensors given its output's; the input's is empty unless
     ``input_grad``."""
     grad, x, w_bu, w_td, b_bu = (t.contiguous() for t in (grad, x, w_bu, w_td, b_bu))
-    G, B = x.shape[:2]
-    parts = _parts(B)
     # Every part adds into weight gradients of its own; they are summed after.
-    gw_bu, gw_td = (w_bu.new_zeros(G, len(parts), *w_bu.shape[1:]) for _ in range(2))
-    gb_bu = b_bu.new_zeros(G, len(parts), b_bu.shape[-1])
+    G, count = x.shape[0], len(_parts(x.shape[1]))
+    gw_bu, gw_td = (w.new_zeros(G, count, *w.shape[1:]) for w in (w_bu, w_td))
+    gb_bu = b_bu.new_zeros(G, count, b_bu.shape[-1])
     gx = torch.empty_like(x) if input_grad else None
     dims, library = _dims(x, w_bu, kernel, stride, iterations, relu), _library()
-    _run([lambda g=g, n=n, lo=lo, hi=hi: library.attconv_backward(
-              dims, hi - lo, _pointer(x[g, lo:hi]), _pointer(w_bu[g]), _pointer(w_td[g]),
-              _pointer(b_bu[g]), _pointer(grad[g, lo:hi]),
-              None if gx is None else _pointer(gx[g, lo:hi]),
-              _pointer(gw_bu[g, n]), _pointer(gw_td[g, n]), _pointer(gb_bu[g, n]))
-          for g in range(G) for n, (lo, hi) in enumerate(parts)])
+    _run([partial(library.attconv_backward, dims, *shared, _pointer(grad[g, images]),
+                  _pointer(None if gx is None else gx[g, images]),
+                  _pointer(gw_bu[g, n]), _pointer(gw_td[g, n]), _pointer(gb_bu[g, n]))
+          for g, n, images, shared in _parts_of(x, w_bu, w_td, b_bu)])
     return (x.new_empty(0) if gx is None else gx), gw_bu.sum(1), gw_td.sum(1), gb_bu.sum(1)
 
 

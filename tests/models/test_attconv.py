@@ -177,11 +177,12 @@ class Dispatched(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def dispatched(seeds: int, batch: int) -> list[tuple[str, tuple]]:
+    """The tensor operations' calls (float64: float32 on a CPU would run the kernel instead)."""
     torch.manual_seed(0)
-    stack = Stacked([LeNet(ModelConfig(attention={"layers": [0, 1], "iterations": 3}), 28)
+    stack = Stacked([LeNet(ModelConfig(attention={"layers": [0, 1], "iterations": 3}), 28).double()
                      for _ in range(seeds)])
     with Dispatched() as mode:
-        stack(torch.rand(seeds, batch, 1, 28, 28)).sum().backward()
+        stack(torch.rand(seeds, batch, 1, 28, 28, dtype=torch.float64)).sum().backward()
     return mode.calls
 
 
