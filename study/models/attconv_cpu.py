@@ -46,9 +46,8 @@ log = logging.getLogger(__name__)
 _float_p, _int_p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
 
 
-def _machine() -> str:
+def _machine(compiler: str) -> str:
     """What the build depends on besides the source: the compiler and this CPU's features."""
-    compiler = os.environ.get("CC", "cc")
     flags = ""
     if Path("/proc/cpuinfo").exists():
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -56,8 +55,7 @@ def _machine() -> str:
     return f"{compiler} {platform.machine()} {flags}"
 
 
-def _build(target: Path) -> None:
-    compiler = os.environ.get("CC", "cc")
+def _build(target: Path, compiler: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, lib = Path(tmp) / "attconv.o", Path(tmp) / target.name
@@ -69,12 +67,13 @@ def _build(target: Path) -> None:
 
 @cache
 def _library() -> ctypes.CDLL | None:
+    compiler = os.environ.get("CC", "cc")
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE + LINK).encode()
-                            + _machine().encode()).hexdigest()[:16]
+                            + _machine(compiler).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"attconv-{digest}.so"
     try:
         if not target.exists():
-            _build(target)
+            _build(target, compiler)
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
