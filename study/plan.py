@@ -27,7 +27,7 @@ import torch
 from study.compiled import GAIN, WARMUP_S, ShapeSpecialised, pays, use_cache
 from study.config import Study, combinations, resolve, section_keys
 from study.data.dataset import split_sizes
-from study.models import Stacked, build_network, n_params
+from study.models import Stacked, attconv_cpu, build_network, n_params
 from study.preflight import PROCESS_BYTES, dataset_bytes
 from study.train import eval_chunk, inference, make_optimizer, pick_device, training_step
 from study.words import counted, duration
@@ -174,6 +174,7 @@ class Plan:
     architectures: dict[str, list[Architecture]]  # per stage
     slots: int  # trials at once
     device: str
+    attconv_path: str | None  # how AttConv runs here, where the space has it and trains on the CPU
 
     def trial_s(self, stage: Stage, arch: Architecture) -> float:
         """One trial of ``stage`` on ``arch``: start, every epoch's steps and validation, the test."""
@@ -216,7 +217,10 @@ def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
     parts = stages(study)
     by_seeds = {seeds: architectures(study, seeds, compile_here) for seeds in {s.seeds for s in parts}}
     timed = {s.name: by_seeds[s.seeds] for s in parts}
-    return Plan(study, parts, timed, slots, name)
+    keys = section_keys(study, "model")
+    attention = any(resolve(study, params).model.attention.layers for params in combinations(study, keys))
+    path = attconv_cpu.path() if attention and device.type == "cpu" else None
+    return Plan(study, parts, timed, slots, name, path)
 
 
 def lines(p: Plan) -> list[str]:
@@ -226,6 +230,8 @@ def lines(p: Plan) -> list[str]:
         out.append(f"{stage.name}: {counted(stage.trials, 'trial')} × {counted(stage.seeds, 'seed')} = "
                    f"{stage.networks} networks; {stage.steps:,} training steps per trial "
                    f"({counted(study.train.epochs, 'epoch')})")
+    if p.attconv_path:
+        out.append(p.attconv_path)
     out.append(f"memory: {dataset_bytes(study) / 2**20:,.0f} MiB of images per process; "
                f"about {p.memory() / 2**30:.2f} GiB for the {counted(p.slots, 'trial')} at once")
     timed_seeds = set()

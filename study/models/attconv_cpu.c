@@ -11,15 +11,21 @@
    are (C·k²)×O as the module holds them; the output is O×L. Inside, rows of L are padded (Lp).
 
    The backward recomputes the forward of each image, keeping every iteration's shares and
-   outputs (T·(k²+O)·L floats), then runs the iterations in reverse. Nothing is saved between
-   the two calls but the inputs, so autograd holds no window-sized tensor.
+   outputs (T·(k²+O)·L floats), then runs the iterations in reverse; the forward alone keeps two
+   iterations' shares and one output. Nothing is saved between the two calls but the inputs, so
+   autograd holds no window-sized tensor.
 
-   Sums run in a different order than the tensor operations' (and -ffast-math lets the compiler
-   reorder them further): the numbers agree to float32 rounding, which the tests check against
-   float64. Built by study/models/attconv_cpu.py with the machine's C compiler; float32,
-   contiguous. */
+   Sums run in a different order than the tensor operations' (and the build lets the compiler
+   reassociate them): the numbers agree to float32 rounding, which the tests check against
+   float64. NaN and infinity propagate as they do in the tensor operations: the build does not
+   assume finite math, the per-pixel maximum keeps a NaN, and padding lanes hold zeros at every
+   step, so no garbage reaches a sum over lanes.
 
-#include <float.h>
+   Work is split into tasks, a range of images of one group (seed) each, run side by side on
+   the OpenMP threads torch itself uses (the same libgomp), so the kernel never competes with
+   torch's own threads waiting for their next parallel region. Built by
+   study/models/attconv_cpu.py with the machine's C compiler; float32, contiguous. */
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +33,9 @@
 /* Window rows are padded to a multiple of LB floats and output channels to a multiple of OB, so
    the products below run on fixed-size blocks the compiler keeps in vector registers: per block
    of LB windows, the OB outputs' accumulators stay in registers while the k² (times C) window
-   entries stream past once. Padding holds zeros and is never read as a result. */
+   entries stream past once. Padding lanes are zero in every plane of windows and shares, so
+   products and sums over lanes add exact zeros for them (and stay zero whatever was computed
+   there: every step that writes a padded plane clears its padding). */
 #define LB 16
 #define OB 8
 
@@ -39,16 +47,23 @@ static inline void store(float *p, vec v) { *(vec *)p = v; }
 
 typedef int ivec __attribute__((vector_size(4 * LB)));
 
-/* exp(x) for x ≤ 0, LB at a time: x = n·ln 2 + r with |r| ≤ ln 2 / 2, exp(r) by the Cephes
-   polynomial (relative error about 2e-7), 2ⁿ written into the exponent bits. Below −87, where
-   exp(x) would leave the normal floats, it is 0. Inline, where a library's vector expf is a
-   call per 8 entries that costs more than the rest of the iteration. */
+/* Lanes where `mask` is set take `yes`, the others `no`. */
+static inline vec choose(ivec mask, vec yes, vec no) {
+    return (vec)(((ivec)yes & mask) | ((ivec)no & ~mask));
+}
+
+/* exp(x) for x ≤ 0 (or NaN), LB at a time: x = n·ln 2 + r with |r| ≤ ln 2 / 2, exp(r) by the
+   Cephes polynomial (relative error about 2e-7), 2ⁿ written into the exponent bits. Below −87,
+   where exp(x) would leave the normal floats, it is 0 (−∞ too); a NaN stays NaN. The integer
+   steps only ever see x in [−87, 0], so no conversion or shift leaves its range. Inline, where
+   a library's vector expf is a call per 8 entries that costs more than the rest of the
+   iteration. */
 static inline vec exp_nonpositive(vec x) {
-    ivec gone = x < -87.0f;
-    x = (vec)(((ivec)x & ~gone) | ((ivec)((vec){0} - 87.0f) & gone));
-    ivec n = -__builtin_convertvector(0.5f - 1.44269504f * x, ivec); /* round to nearest */
+    ivec normal = x >= -87.0f, nan = x != x;
+    vec safe = choose(normal, x, (vec){0} - 87.0f);
+    ivec n = -__builtin_convertvector(0.5f - 1.44269504f * safe, ivec); /* round to nearest */
     vec nf = __builtin_convertvector(n, vec);
-    vec r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    vec r = safe - nf * 0.693359375f + nf * 2.12194440e-4f;
     vec p = 1.9875691500e-4f * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
@@ -56,7 +71,7 @@ static inline vec exp_nonpositive(vec x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     vec scale = (vec)((n + 127) << 23);
-    return (vec)((ivec)(p * scale) & ~gone);
+    return choose(nan, x, choose(normal, p * scale, (vec){0}));
 }
 
 typedef struct {
@@ -67,7 +82,8 @@ typedef struct {
 static int round_up(int n, int to) { return (n + to - 1) / to * to; }
 
 static Shape shape_of(const int *dims) {
-    Shape g = {dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7]};
+    Shape g = {.C = dims[0], .H = dims[1], .W = dims[2], .k = dims[3], .s = dims[4], .O = dims[5],
+               .T = dims[6], .relu = dims[7]};
     g.h = (g.H - g.k) / g.s + 1;
     g.w = (g.W - g.k) / g.s + 1;
     g.K = g.k * g.k;
@@ -78,15 +94,12 @@ static Shape shape_of(const int *dims) {
     return g;
 }
 
-/* Scratch handed out in pieces of whole cache lines, zeroed once, so padding stays 0. */
-typedef struct {
-    float *next;
-} Arena;
-
-static float *take(Arena *arena, size_t floats) {
-    float *piece = arena->next;
-    arena->next += (floats + LB - 1) / LB * LB;
-    return piece;
+/* Zeroes the padding of `rows` padded rows (of Lp floats) from `first` on, and every row from
+   `valid` to `rows` whole: after a step that may have computed something there. */
+static void clear_padding(const Shape *g, float *first, int valid, int rows) {
+    for (int row = 0; row < valid; row++)
+        memset(first + (size_t)row * g->Lp + g->L, 0, (size_t)(g->Lp - g->L) * sizeof(float));
+    memset(first + (size_t)valid * g->Lp, 0, (size_t)(rows - valid) * g->Lp * sizeof(float));
 }
 
 /* Loops over the valid entries of the k² planes of window entries (k×k×Lp), a row of windows
@@ -98,16 +111,16 @@ static float *take(Arena *arena, size_t floats) {
             for (int r_ = 0, entry = (i_ * (g)->k + j_) * (g)->Lp, pixel = i_ * (g)->W + j_; \
                  r_ < (g)->h; r_++, entry += (g)->w, pixel += s * (g)->W)
 
-/* Runs `body` with the stride in `s`, a constant where it is 1 (every network here), so the
+/* Runs the code given with the stride in `s`, a constant where it is 1 (every network here), so the
    compiler reads a row's pixels with contiguous vector loads rather than element by element. */
-#define WITH_STRIDE(g, body)              \
+#define WITH_STRIDE(g, ...)               \
     do {                                  \
         if ((g)->s == 1) {                \
             const int s = 1;              \
-            body;                         \
+            __VA_ARGS__;                  \
         } else {                          \
             const int s = (g)->s;         \
-            body;                         \
+            __VA_ARGS__;                  \
         }                                 \
     } while (0)
 
@@ -125,30 +138,38 @@ static void pixel_sums(const Shape *g, const float *planes, float *pixels) {
     WITH_STRIDE(g, FOR_WINDOW_ROWS(g, e, p) for (int q = 0; q < g->w; q++) pixels[p + q * s] += planes[e + q]);
 }
 
-/* a = N(a): every window entry times the reciprocal of its pixel's sum. pixels: H·W floats. */
+/* a = N(a): every window entry times the reciprocal of its pixel's sum. pixels: H·W floats. A
+   pixel no window covers is never read. */
 static void normalise(const Shape *g, float *a, float *pixels) {
     int HW = g->H * g->W;
     memset(pixels, 0, HW * sizeof(float));
     pixel_sums(g, a, pixels);
-    for (int p = 0; p < HW; p++) pixels[p] = pixels[p] > 0.0f ? 1.0f / pixels[p] : 0.0f;
+    for (int p = 0; p < HW; p++) pixels[p] = 1.0f / pixels[p];
     WITH_STRIDE(g, FOR_WINDOW_ROWS(g, e, p) for (int q = 0; q < g->w; q++) a[e + q] *= pixels[p + q * s]);
 }
 
 /* a = N(exp(e − shift)), the shift each pixel's largest e: it cancels in N and leaves every
-   pixel one share of exactly 1, so nothing overflows. pixels: H·W floats. */
+   pixel one share of exactly 1, so nothing overflows. A NaN among a pixel's e is its maximum,
+   as torch.maximum takes it, so it reaches every share of that pixel. The exp runs over whole
+   planes in vectors (a row of windows at a time, fused with the shift and the sums, measured
+   slower: a row is 44 windows at conv1, not a multiple of LB), then the padding is cleared.
+   pixels: H·W floats. */
 static void softmax(const Shape *g, const float *e, float *a, float *pixels) {
-    for (int p = 0; p < g->H * g->W; p++) pixels[p] = -FLT_MAX;
+    int HW = g->H * g->W;
+    for (int p = 0; p < HW; p++) pixels[p] = -INFINITY;
     WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++) {
-        float *d = pixels + p + q * s;
-        *d = e[n + q] > *d ? e[n + q] : *d;
+        float *d = pixels + p + q * s, v = e[n + q];
+        *d = v > *d || v != v ? v : *d;
     });
     WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++) a[n + q] = e[n + q] - pixels[p + q * s]);
     for (int n = 0; n < g->K * g->Lp; n += LB) store(a + n, exp_nonpositive(load(a + n)));
+    clear_padding(g, a, g->K, g->K);
     normalise(g, a, pixels);
 }
 
-/* y = Wᵀ (X ⊙ a) + b (Op×Lp), then the ReLU if asked: the bottom-up product, and in the
-   backward the top-down product's gradient with respect to y. */
+/* y = Wᵀ (X ⊙ a) + b (Op×Lp), then the ReLU if asked (NaN passes, as in torch): the bottom-up
+   product, and in the backward the top-down product's gradient with respect to y. The padded
+   outputs and lanes are cleared: a NaN or infinity in X would otherwise put 0·∞ there. */
 static void product(const Shape *g, const float *X, const float *a, const float *w,
                     const float *bias, float *y, int relu) {
     for (int l0 = 0; l0 < g->Lp; l0 += LB)
@@ -163,7 +184,8 @@ static void product(const Shape *g, const float *X, const float *a, const float 
             for (int o = 0; o < OB; o++) store(y + (size_t)(o0 + o) * g->Lp + l0, acc[o]);
         }
     if (relu)
-        for (size_t n = 0; n < (size_t)g->Op * g->Lp; n++) y[n] = y[n] > 0.0f ? y[n] : 0.0f;
+        for (size_t n = 0; n < (size_t)g->O * g->Lp; n++) y[n] = y[n] < 0.0f ? 0.0f : y[n];
+    clear_padding(g, y, g->O, g->Op);
 }
 
 /* sums[ck][o] += X[ck] ⊙ a[ij] · rows[o] over the windows, in LB lanes (CK×Op×LB): the weight
@@ -212,149 +234,203 @@ static void agreement(const Shape *g, const float *X, const float *wtd, const fl
         }
 }
 
+/* One task's scratch: the group's weights padded to Op, N(1), the windows, the shares and outputs
+   of every iteration (`kept`, for the backward) or of the two the forward needs at a time, e, a
+   pixel plane; and the backward's own. */
 typedef struct {
-    const float *x, *wbu, *wtd, *bias; /* one image; the weights padded to Op */
-    float *a0, *X, *a, *y, *e, *pixels;
-} Forward;
+    float *wbu, *wtd, *bias, *a0, *X, *a, *y, *e, *pixels;
+    float *sum_bu, *sum_td, *sum_b, *gX, *gz, *gy, *zeros;
+    int kept;
+} Scratch;
 
-/* Runs the T iterations of one image, keeping iteration t's shares at a + t·K·Lp and its output
-   at y + t·Op·Lp. The first shares, N(1), are the same for every image: copied from a0. */
-static void image_forward(const Shape *g, const Forward *f) {
-    size_t KL = (size_t)g->K * g->Lp, OL = (size_t)g->Op * g->Lp;
-    cut(g, f->x, f->X);
-    memcpy(f->a, f->a0, KL * sizeof(float));
+/* The one description of the scratch: carves it out of `base`, or only counts it when `base` is
+   NULL, and returns its size in floats. Every piece starts on a whole vector of LB floats. */
+static size_t carve(const Shape *g, int backward, float *base, Scratch *sc) {
+    size_t used = 0, KL = (size_t)g->K * g->Lp, OL = (size_t)g->Op * g->Lp;
+    size_t WO = (size_t)g->CK * g->Op, HW = (size_t)g->H * g->W, CKL = (size_t)g->CK * g->Lp;
+    int shares = backward ? g->T : (g->T > 1 ? 2 : 1), outputs = backward ? g->T : 1;
+#define TAKE(piece, floats) \
+    (sc->piece = base ? base + used : NULL, used += ((size_t)(floats) + LB - 1) / LB * LB)
+    TAKE(wbu, WO), TAKE(wtd, WO), TAKE(bias, g->Op), TAKE(a0, KL), TAKE(X, CKL);
+    TAKE(a, KL * shares), TAKE(y, OL * outputs), TAKE(e, KL), TAKE(pixels, HW);
+    if (backward) {
+        /* The weight gradients are summed in vectors of LB lanes, added across lanes at the end. */
+        TAKE(sum_bu, WO * LB), TAKE(sum_td, WO * LB), TAKE(sum_b, (size_t)g->Op * LB);
+        TAKE(gX, CKL), TAKE(gz, OL), TAKE(gy, OL), TAKE(zeros, g->Op);
+    }
+#undef TAKE
+    sc->kept = backward;
+    return used;
+}
+
+/* Where iteration t's shares and output lie. */
+static float *shares_at(const Shape *g, const Scratch *sc, int t) {
+    return sc->a + (size_t)(sc->kept ? t : t % 2) * g->K * g->Lp;
+}
+static float *output_at(const Shape *g, const Scratch *sc, int t) {
+    return sc->y + (size_t)(sc->kept ? t : 0) * g->Op * g->Lp;
+}
+
+/* Runs the T iterations of image x. The first shares, N(1), are the same for every image:
+   copied from a0. */
+static void image_forward(const Shape *g, const float *x, const Scratch *sc) {
+    cut(g, x, sc->X);
+    memcpy(sc->a, sc->a0, (size_t)g->K * g->Lp * sizeof(float));
     for (int t = 0; t < g->T; t++) {
-        product(g, f->X, f->a + t * KL, f->wbu, f->bias, f->y + t * OL, g->relu);
+        product(g, sc->X, shares_at(g, sc, t), sc->wbu, sc->bias, output_at(g, sc, t), g->relu);
         if (t == g->T - 1) break;
-        agreement(g, f->X, f->wtd, f->y + t * OL, f->e);
-        softmax(g, f->e, f->a + (t + 1) * KL, f->pixels);
+        agreement(g, sc->X, sc->wtd, output_at(g, sc, t), sc->e);
+        float *next = shares_at(g, sc, t + 1);
+        softmax(g, sc->e, next, sc->pixels);
     }
 }
 
-/* The scratch both directions share: padded weights, N(1), the windows, every iteration's
-   shares and outputs, e, a pixel plane. NULL when memory ran out. */
-static float *prepare(const Shape *g, size_t extra, const float *wbu, const float *wtd,
-                      const float *bias, Forward *f, Arena *arena) {
-    size_t KL = (size_t)g->K * g->Lp, OL = (size_t)g->Op * g->Lp, WO = (size_t)g->CK * g->Op;
-    size_t floats = 3 * (WO + LB) + (g->Op + LB) + KL * (g->T + 2) + (size_t)g->CK * g->Lp
-                    + OL * g->T + g->H * g->W + LB + extra;
+/* A task's scratch, zeroed, with its group's weights padded and N(1) in place; NULL when memory
+   ran out. */
+static float *prepare(const Shape *g, int backward, const float *wbu, const float *wtd,
+                      const float *bias, Scratch *sc) {
+    size_t floats = carve(g, backward, NULL, sc);
     float *block = calloc(floats, sizeof(float));
     if (!block) return NULL;
-    arena->next = block;
-    float *wb = take(arena, WO), *wt = take(arena, WO), *b = take(arena, g->Op);
+    if (carve(g, backward, block, sc) != floats) abort(); /* one description, counted twice */
     for (int ck = 0; ck < g->CK; ck++)
         for (int o = 0; o < g->O; o++) {
-            wb[(size_t)ck * g->Op + o] = wbu[(size_t)ck * g->O + o];
-            wt[(size_t)ck * g->Op + o] = wtd[(size_t)ck * g->O + o];
+            sc->wbu[(size_t)ck * g->Op + o] = wbu[(size_t)ck * g->O + o];
+            sc->wtd[(size_t)ck * g->Op + o] = wtd[(size_t)ck * g->O + o];
         }
-    memcpy(b, bias, g->O * sizeof(float));
-    f->wbu = wb, f->wtd = wt, f->bias = b;
-    f->a0 = take(arena, KL), f->X = take(arena, (size_t)g->CK * g->Lp);
-    f->a = take(arena, KL * g->T), f->y = take(arena, OL * g->T), f->e = take(arena, KL);
-    f->pixels = take(arena, (size_t)g->H * g->W);
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++) f->a0[n + q] = 1.0f);
-    normalise(g, f->a0, f->pixels);
+    memcpy(sc->bias, bias, g->O * sizeof(float));
+    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++) sc->a0[n + q] = 1.0f);
+    normalise(g, sc->a0, sc->pixels);
     return block;
 }
 
-/* out (images×O×L) for images×C×H×W inputs. Returns 0, or 1 when memory ran out. */
-int attconv_forward(const int *dims, int images, const float *x, const float *wbu,
-                    const float *wtd, const float *bias, float *out) {
-    Shape g = shape_of(dims);
-    Forward f;
-    Arena arena;
-    float *block = prepare(&g, 0, wbu, wtd, bias, &f, &arena);
-    if (!block) return 1;
-    const float *last = f.y + (size_t)(g.T - 1) * g.Op * g.Lp;
-    for (int b = 0; b < images; b++) {
-        f.x = x + (size_t)b * g.C * g.H * g.W;
-        image_forward(&g, &f);
-        for (int o = 0; o < g.O; o++)
-            memcpy(out + ((size_t)b * g.O + o) * g.L, last + (size_t)o * g.Lp, g.L * sizeof(float));
-    }
-    free(block);
-    return 0;
+/* The images of one task: part `part` of `parts` of a group of `images`. */
+static void task_images(int images, int parts, int part, int *first, int *end) {
+    *first = (int)((long long)images * part / parts);
+    *end = (int)((long long)images * (part + 1) / parts);
 }
 
-/* Gradients of the inputs and weights given the output's gradient gout (images×O×L). The weight
-   gradients are added to gwbu, gwtd ((C·k²)×O) and gbias (O); gx (images×C×H×W) is written
-   unless it is NULL. Returns 0, or 1 when memory ran out. */
-int attconv_backward(const int *dims, int images, const float *x, const float *wbu,
-                     const float *wtd, const float *bias, const float *gout, float *gx,
-                     float *gwbu, float *gwtd, float *gbias) {
+/* The output (groups×images×O×L) of groups×images×C×H×W inputs, each group with its own weights
+   (groups×(C·k²)×O, groups×O); groups×parts tasks on `threads` threads. Returns how many tasks
+   ran out of memory (their images are not computed). */
+int attconv_forward(const int *dims, int groups, int images, int parts, int threads,
+                    const float *x, const float *wbu, const float *wtd, const float *bias,
+                    float *out) {
     Shape g = shape_of(dims);
-    int K = g.K, Lp = g.Lp, Op = g.Op;
-    size_t KL = (size_t)K * Lp, OL = (size_t)Op * Lp, CKL = (size_t)g.CK * Lp;
-    size_t WO = (size_t)g.CK * Op, HW = (size_t)g.H * g.W;
-    float scale = 1.0f / sqrtf((float)g.C);
-    Forward f;
-    Arena arena;
-    /* The weight gradients are summed in vectors of LB lanes, added across lanes at the end. */
-    float *block = prepare(&g, 2 * WO * LB + Op * LB + CKL + 2 * OL + Op + 5 * LB, wbu, wtd, bias, &f,
-                           &arena);
-    if (!block) return 1;
-    float *sum_bu = take(&arena, WO * LB), *sum_td = take(&arena, WO * LB);
-    float *sum_b = take(&arena, (size_t)Op * LB), *gX = take(&arena, CKL);
-    float *gz = take(&arena, OL), *gy = take(&arena, OL), *zeros = take(&arena, Op), *ga = f.e;
-    for (int b = 0; b < images; b++) {
-        f.x = x + (size_t)b * g.C * HW;
-        image_forward(&g, &f);
-        memset(gz, 0, OL * sizeof(float));
-        for (int o = 0; o < g.O; o++)
-            memcpy(gz + (size_t)o * Lp, gout + ((size_t)b * g.O + o) * g.L, g.L * sizeof(float));
-        memset(gX, 0, CKL * sizeof(float));
-        for (int t = g.T - 1; t >= 0; t--) {
-            const float *at = f.a + t * KL, *yt = f.y + t * OL;
-            /* Through the ReLU (y > 0 exactly where it passed) to the bottom-up product. */
-            for (size_t n = 0; n < OL; n++) gy[n] = g.relu && yt[n] <= 0.0f ? 0.0f : gz[n];
-            for (int o = 0; o < Op; o++) {
-                vec acc = {0};
-                for (int l0 = 0; l0 < Lp; l0 += LB) acc += load(gy + (size_t)o * Lp + l0);
-                store(sum_b + o * LB, load(sum_b + o * LB) + acc);
-            }
-            weight_sums(&g, f.X, at, gy, sum_bu);
-            /* The attended input's gradient, W_bu gy, into the shares' and the windows'. */
-            memset(ga, 0, KL * sizeof(float));
-            for (int l0 = 0; l0 < Lp; l0 += LB)
-                for (int ck = 0; ck < g.CK; ck++) {
-                    float *gar = ga + (ck % K) * Lp + l0, *gXr = gX + (size_t)ck * Lp + l0;
-                    vec gxa = predict(&g, ck, l0, f.wbu, gy);
-                    store(gar, load(gar) + gxa * load(f.X + (size_t)ck * Lp + l0));
-                    if (gx) store(gXr, load(gXr) + gxa * load(at + (ck % K) * Lp + l0));
-                }
-            if (t == 0) break; /* N(1) depends on nothing */
-            /* Through the softmax of each pixel's windows, ge = a ⊙ (ga − Σ_pixel a ⊙ ga), and
-               the 1/√C of e; ge overwrites ga. */
-            for (size_t n = 0; n < KL; n++) ga[n] *= at[n];
-            memset(f.pixels, 0, HW * sizeof(float));
-            pixel_sums(&g, ga, f.pixels);
-            WITH_STRIDE(&g, FOR_WINDOW_ROWS(&g, n, p) for (int q = 0; q < g.w; q++)
-                ga[n + q] = scale * (ga[n + q] - at[n + q] * f.pixels[p + q * s]));
-            /* ... then through e = Σ_c x̂ ⊙ X and x̂ = W_td y of the iteration before. */
-            const float *yp = f.y + (t - 1) * OL;
-            weight_sums(&g, f.X, ga, yp, sum_td);
-            product(&g, f.X, ga, f.wtd, zeros, gz, 0);
-            if (gx)
-                for (int l0 = 0; l0 < Lp; l0 += LB)
-                    for (int ck = 0; ck < g.CK; ck++) {
-                        float *gXr = gX + (size_t)ck * Lp + l0;
-                        store(gXr, load(gXr) + load(ga + (ck % K) * Lp + l0) * predict(&g, ck, l0, f.wtd, yp));
-                    }
+    size_t HW = (size_t)g.H * g.W, WO = (size_t)g.CK * g.O;
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic) num_threads(threads) reduction(+ : failed)
+    for (int task = 0; task < groups * parts; task++) {
+        int group = task / parts, first, end;
+        task_images(images, parts, task % parts, &first, &end);
+        Scratch sc;
+        float *block = prepare(&g, 0, wbu + group * WO, wtd + group * WO, bias + group * g.O, &sc);
+        if (!block) {
+            failed++;
+            continue;
         }
-        if (gx) {
-            float *gxb = gx + (size_t)b * g.C * HW;
-            memset(gxb, 0, g.C * HW * sizeof(float));
-            for (int c = 0; c < g.C; c++) pixel_sums(&g, gX + (size_t)c * KL, gxb + (size_t)c * HW);
+        const float *last = output_at(&g, &sc, g.T - 1);
+        for (int b = first; b < end; b++) {
+            size_t image = (size_t)group * images + b;
+            image_forward(&g, x + image * g.C * HW, &sc);
+            for (int o = 0; o < g.O; o++)
+                memcpy(out + (image * g.O + o) * g.L, last + (size_t)o * g.Lp, g.L * sizeof(float));
         }
+        free(block);
     }
-    for (int ck = 0; ck < g.CK; ck++)
-        for (int o = 0; o < g.O; o++)
-            for (int l = 0; l < LB; l++) {
-                gwbu[(size_t)ck * g.O + o] += sum_bu[((size_t)ck * Op + o) * LB + l];
-                gwtd[(size_t)ck * g.O + o] += sum_td[((size_t)ck * Op + o) * LB + l];
+    return failed;
+}
+
+/* The backward of one image, its forward already run into s: adds its weight gradients to
+   s's sums and, unless gx is NULL, writes the input's gradient (C×H×W). */
+static void image_backward(const Shape *g, const Scratch *sc, const float *gout, float *gx) {
+    int K = g->K, Lp = g->Lp, Op = g->Op;
+    size_t KL = (size_t)K * Lp, OL = (size_t)Op * Lp, HW = (size_t)g->H * g->W;
+    float scale = 1.0f / sqrtf((float)g->C), *gz = sc->gz, *gy = sc->gy, *ga = sc->e, *gX = sc->gX;
+    memset(gz, 0, OL * sizeof(float));
+    for (int o = 0; o < g->O; o++) memcpy(gz + (size_t)o * Lp, gout + (size_t)o * g->L, g->L * sizeof(float));
+    memset(gX, 0, (size_t)g->CK * Lp * sizeof(float));
+    for (int t = g->T - 1; t >= 0; t--) {
+        const float *at = shares_at(g, sc, t), *yt = output_at(g, sc, t);
+        /* Through the ReLU (y > 0 exactly where it passed) to the bottom-up product. */
+        for (size_t n = 0; n < OL; n++) gy[n] = g->relu && yt[n] <= 0.0f ? 0.0f : gz[n];
+        for (int o = 0; o < Op; o++) {
+            vec acc = {0};
+            for (int l0 = 0; l0 < Lp; l0 += LB) acc += load(gy + (size_t)o * Lp + l0);
+            store(sc->sum_b + o * LB, load(sc->sum_b + o * LB) + acc);
+        }
+        weight_sums(g, sc->X, at, gy, sc->sum_bu);
+        /* The attended input's gradient, W_bu gy, into the shares' and the windows'. */
+        memset(ga, 0, KL * sizeof(float));
+        for (int l0 = 0; l0 < Lp; l0 += LB)
+            for (int ck = 0; ck < g->CK; ck++) {
+                float *gar = ga + (ck % K) * Lp + l0, *gXr = gX + (size_t)ck * Lp + l0;
+                vec gxa = predict(g, ck, l0, sc->wbu, gy);
+                store(gar, load(gar) + gxa * load(sc->X + (size_t)ck * Lp + l0));
+                if (gx) store(gXr, load(gXr) + gxa * load(at + (ck % K) * Lp + l0));
             }
-    for (int o = 0; o < g.O; o++)
-        for (int l = 0; l < LB; l++) gbias[o] += sum_b[o * LB + l];
-    free(block);
-    return 0;
+        if (t == 0) break; /* N(1) depends on nothing */
+        /* Through the softmax of each pixel's windows, ge = a ⊙ (ga − Σ_pixel a ⊙ ga), and
+           the 1/√C of e; ge overwrites ga. */
+        for (size_t n = 0; n < KL; n++) ga[n] *= at[n];
+        memset(sc->pixels, 0, HW * sizeof(float));
+        pixel_sums(g, ga, sc->pixels);
+        WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++)
+            ga[n + q] = scale * (ga[n + q] - at[n + q] * sc->pixels[p + q * s]));
+        clear_padding(g, ga, K, K);
+        /* ... then through e = Σ_c x̂ ⊙ X and x̂ = W_td y of the iteration before. */
+        const float *yp = output_at(g, sc, t - 1);
+        weight_sums(g, sc->X, ga, yp, sc->sum_td);
+        product(g, sc->X, ga, sc->wtd, sc->zeros, gz, 0);
+        if (gx)
+            for (int l0 = 0; l0 < Lp; l0 += LB)
+                for (int ck = 0; ck < g->CK; ck++) {
+                    float *gXr = gX + (size_t)ck * Lp + l0;
+                    store(gXr, load(gXr) + load(ga + (ck % K) * Lp + l0) * predict(g, ck, l0, sc->wtd, yp));
+                }
+    }
+    if (gx) {
+        memset(gx, 0, g->C * HW * sizeof(float));
+        for (int c = 0; c < g->C; c++) pixel_sums(g, gX + (size_t)c * KL, gx + (size_t)c * HW);
+    }
+}
+
+/* Gradients of the inputs and weights given the output's gradient gout (groups×images×O×L), the
+   arguments otherwise as attconv_forward'sc. Each task writes its own weight gradients, part
+   `part` of group `group` at gwbu, gwtd [group][part] ((C·k²)×O) and gbias [group][part] (O), for
+   the caller to sum in a fixed order; gx (groups×images×C×H×W) is written unless it is NULL.
+   Returns how many tasks ran out of memory. */
+int attconv_backward(const int *dims, int groups, int images, int parts, int threads,
+                     const float *x, const float *wbu, const float *wtd, const float *bias,
+                     const float *gout, float *gx, float *gwbu, float *gwtd, float *gbias) {
+    Shape g = shape_of(dims);
+    size_t HW = (size_t)g.H * g.W, WO = (size_t)g.CK * g.O, OL = (size_t)g.O * g.L;
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic) num_threads(threads) reduction(+ : failed)
+    for (int task = 0; task < groups * parts; task++) {
+        int group = task / parts, first, end;
+        task_images(images, parts, task % parts, &first, &end);
+        Scratch sc;
+        float *block = prepare(&g, 1, wbu + group * WO, wtd + group * WO, bias + group * g.O, &sc);
+        if (!block) {
+            failed++;
+            continue;
+        }
+        for (int b = first; b < end; b++) {
+            size_t image = (size_t)group * images + b;
+            image_forward(&g, x + image * g.C * HW, &sc);
+            image_backward(&g, &sc, gout + image * OL, gx ? gx + image * g.C * HW : NULL);
+        }
+        float *tw = gwbu + task * WO, *tt = gwtd + task * WO, *tb = gbias + (size_t)task * g.O;
+        for (int ck = 0; ck < g.CK; ck++)
+            for (int o = 0; o < g.O; o++)
+                for (int l = 0; l < LB; l++) {
+                    tw[(size_t)ck * g.O + o] += sc.sum_bu[((size_t)ck * g.Op + o) * LB + l];
+                    tt[(size_t)ck * g.O + o] += sc.sum_td[((size_t)ck * g.Op + o) * LB + l];
+                }
+        for (int o = 0; o < g.O; o++)
+            for (int l = 0; l < LB; l++) tb[o] += sc.sum_b[o * LB + l];
+        free(block);
+    }
+    return failed;
 }

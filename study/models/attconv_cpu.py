@@ -5,11 +5,15 @@ batch through memory, and on a CPU the layer is bound by those passes, compiled 
 (``docs/performance.md``). The kernel cuts one image's windows and runs every iteration on them
 while they are in cache; its backward recomputes the forward of the image, so autograd keeps only
 the inputs. It is built with the machine's C compiler (``$CC``, else ``cc``) on first use, for this
-CPU, into ``$STUDY_CACHE/kernels``; where that fails, ``available()`` is False, one warning says
-why, and AttConv runs its tensor operations, which compute the same numbers.
+CPU, into ``$STUDY_CACHE/kernels`` (``$STUDY_KERNEL_CFLAGS`` adds flags, e.g. sanitizers); where
+that fails, ``available()`` is False, one warning says why, and AttConv runs its tensor
+operations, which compute the same numbers. ``path()`` names the path AttConv takes here.
 
-Float32 on the CPU only; CUDA and other dtypes use the tensor operations. The images are split
-into as many parts as torch has threads, run side by side (a ctypes call releases the GIL).
+Float32 on the CPU only; CUDA and other dtypes use the tensor operations. Each group's images are
+split into as many parts as torch has threads (fewer for fewer images), and the kernel runs the
+parts on the OpenMP threads torch uses (``-fopenmp`` links the libgomp torch has loaded): a pool
+of its own would compete with torch's threads, which spin for a while after each parallel region.
+Where the compiler has no OpenMP, the kernel is built without it and runs on one thread.
 
 Example:
     >>> x, w, b = torch.rand(1, 2, 1, 8, 8), torch.rand(1, 9, 4), torch.zeros(1, 4)
@@ -26,8 +30,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache, partial
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -38,10 +41,14 @@ from study.data.dataset import cache_dir
 from study.models.windows import sides
 
 SOURCE = Path(__file__).with_suffix(".c")
-# -ffast-math lets the compiler reassociate sums and fuse multiply-adds; it is only
-# given when compiling, because linking with it would set flush-to-zero for the whole process.
-COMPILE = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-c"]
+# The compiler may reassociate sums and fuse multiply-adds (the vector code needs it), but not
+# assume finite math: NaN and infinity must propagate as in the tensor operations, which is how a
+# diverged network is found. Not -ffast-math: linked, it would also set flush-to-zero for the
+# whole process.
+COMPILE = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+           "-fassociative-math", "-ffp-contract=fast", "-fPIC", "-c"]
 LINK = ["-shared", "-lm"]
+OPENMP = ["-fopenmp"]  # given to both steps where the compiler has it
 log = logging.getLogger(__name__)
 _float_p, _int_p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
 
@@ -55,20 +62,33 @@ def _machine(compiler: str) -> str:
     return f"{compiler} {platform.machine()} {flags}"
 
 
+def _flags() -> list[str]:
+    return os.environ.get("STUDY_KERNEL_CFLAGS", "").split()
+
+
 def _build(target: Path, compiler: str) -> None:
+    """Builds the library at ``target``, with OpenMP where the compiler has it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, lib = Path(tmp) / "attconv.o", Path(tmp) / target.name
-        for command in ([compiler, *COMPILE, str(SOURCE), "-o", str(obj)],
-                        [compiler, str(obj), "-o", str(lib), *LINK]):
-            subprocess.run(command, check=True, capture_output=True, text=True)
+        for threads in (OPENMP, []):
+            try:
+                for command in ([compiler, *COMPILE, *threads, *_flags(), str(SOURCE), "-o", str(obj)],
+                                [compiler, str(obj), "-o", str(lib), *LINK, *threads, *_flags()]):
+                    subprocess.run(command, check=True, capture_output=True, text=True)
+                break
+            except subprocess.CalledProcessError:
+                if not threads:
+                    raise
+                log.warning("the C compiler %s has no OpenMP: AttConv's CPU kernel runs on one thread",
+                            compiler)
         lib.replace(target)  # atomic: trials building at once each publish a whole library
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC", "cc")
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE + LINK).encode()
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILE + LINK + OPENMP + _flags()).encode()
                             + _machine(compiler).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"attconv-{digest}.so"
     try:
@@ -81,7 +101,7 @@ def _library() -> ctypes.CDLL | None:
                     "operations, the same numbers several times slower", detail.strip()[:300])
         return None
     for name, tensors in (("attconv_forward", 5), ("attconv_backward", 9)):
-        getattr(library, name).argtypes = [_int_p, ctypes.c_int, *[_float_p] * tensors]
+        getattr(library, name).argtypes = [_int_p, *[ctypes.c_int] * 4, *[_float_p] * tensors]
         getattr(library, name).restype = ctypes.c_int
     return library
 
@@ -92,43 +112,55 @@ def available() -> bool:
     return _library() is not None
 
 
+def path() -> str:
+    """The path AttConv takes on this machine's CPU in float32, in words (building the kernel if
+    needed): for ``study plan`` and the run's first lines."""
+    if available():
+        return "AttConv on the CPU: its C kernel"
+    return "AttConv on the CPU: tensor operations (no C compiler built the kernel; several times slower)"
+
+
 def _pointer(tensor: Tensor | None):
     return None if tensor is None else ctypes.cast(tensor.data_ptr(), _float_p)
 
 
-def _parts(images: int) -> list[tuple[int, int]]:
-    """The images split into one contiguous range per thread torch may use."""
-    count = max(1, min(torch.get_num_threads(), images))
-    bounds = [images * n // count for n in range(count + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+def _checked(x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor, kernel: int, stride: int,
+             iterations: int, *more: Tensor) -> list[Tensor]:
+    """The tensors, contiguous, after checking what the kernel assumes: float32 on the CPU, and
+    shapes that agree (G×B×C×H×W input, G×(C·k²)×O weights, G×O bias, windows that fit)."""
+    tensors = [x, w_bu, w_td, b_bu, *more]
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise TypeError(f"study::attconv_cpu takes float32 tensors on the CPU, got {t.dtype} on "
+                            f"{t.device}; AttConv runs other dtypes and devices as tensor operations")
+    if x.dim() != 5 or w_bu.dim() != 3:
+        raise ValueError(f"study::attconv_cpu takes G×B×C×H×W input and G×(C·k²)×O weights, got "
+                         f"{tuple(x.shape)} and {tuple(w_bu.shape)}")
+    G, _, C, H, W = x.shape
+    outputs = w_bu.shape[-1]
+    if (w_bu.shape != (G, C * kernel**2, outputs) or w_td.shape != w_bu.shape
+            or b_bu.shape != (G, outputs)
+            or min(kernel, stride, iterations) < 1 or min(H, W) < kernel):
+        raise ValueError(f"study::attconv_cpu: input {tuple(x.shape)}, weights {tuple(w_bu.shape)} and "
+                         f"{tuple(w_td.shape)}, bias {tuple(b_bu.shape)}, kernel {kernel}, stride {stride}, "
+                         f"{iterations} iterations do not fit together")
+    return [t.contiguous() for t in tensors]
 
 
-def _run(calls: list) -> None:
-    """Runs each thunk, on as many threads as torch may use; a kernel that ran out of memory
-    raises here."""
-    threads = min(torch.get_num_threads(), len(calls))
-    if threads == 1:
-        codes = [call() for call in calls]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            codes = [future.result() for future in [pool.submit(call) for call in calls]]
-    if any(codes):
+def _geometry(x: Tensor, w_bu: Tensor, kernel: int, stride: int, iterations: int,
+              relu: bool) -> tuple:
+    """The kernel's leading arguments: the shape, the groups, their images, the parts each group's
+    images are split into (one per thread torch may use, no more than the images), the threads."""
+    G, B, C, H, W = x.shape
+    threads = torch.get_num_threads()
+    parts = max(1, min(threads, B))
+    dims = (ctypes.c_int * 8)(C, H, W, kernel, stride, w_bu.shape[-1], iterations, int(relu))
+    return dims, G, B, parts, threads
+
+
+def _ran(failed: int) -> None:
+    if failed:
         raise MemoryError("AttConv's CPU kernel could not allocate its scratch memory")
-
-
-def _dims(x: Tensor, w_bu: Tensor, kernel: int, stride: int, iterations: int, relu: bool):
-    _, _, C, H, W = x.shape
-    return (ctypes.c_int * 8)(C, H, W, kernel, stride, w_bu.shape[-1], iterations, int(relu))
-
-
-def _parts_of(x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor):
-    """For every part of every group: the group, the part's index and images, and the kernel's
-    arguments they share (the count of images, then pointers to them and the group's weights)."""
-    parts = _parts(x.shape[1])
-    for g in range(x.shape[0]):
-        for n, (lo, hi) in enumerate(parts):
-            yield g, n, slice(lo, hi), (hi - lo, _pointer(x[g, lo:hi]), _pointer(w_bu[g]),
-                                        _pointer(w_td[g]), _pointer(b_bu[g]))
 
 
 @torch.library.custom_op("study::attconv_cpu", mutates_args=(), device_types="cpu")
@@ -136,11 +168,10 @@ def attconv(x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor, kernel: int, st
             iterations: int, relu: bool) -> Tensor:
     """AttConv's output, G×B×O×h×w, for G groups of images G×B×C×H×W, each with its own weights
     (G×(C·k²)×O, G×O). A group is a seed of a stack; a single layer is one group."""
-    x, w_bu, w_td, b_bu = (t.contiguous() for t in (x, w_bu, w_td, b_bu))
+    x, w_bu, w_td, b_bu = _checked(x, w_bu, w_td, b_bu, kernel, stride, iterations)
     out = x.new_empty(*x.shape[:2], w_bu.shape[-1], *sides(*x.shape[-2:], kernel, stride))
-    dims, library = _dims(x, w_bu, kernel, stride, iterations, relu), _library()
-    _run([partial(library.attconv_forward, dims, *shared, _pointer(out[g, images]))
-          for g, _, images, shared in _parts_of(x, w_bu, w_td, b_bu)])
+    _ran(_library().attconv_forward(*_geometry(x, w_bu, kernel, stride, iterations, relu),
+                                    *map(_pointer, (x, w_bu, w_td, b_bu, out))))
     return out
 
 
@@ -150,17 +181,18 @@ def attconv_backward(grad: Tensor, x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: 
                      input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``attconv``'s four tensors given its output's; the input's is empty unless
     ``input_grad``."""
-    grad, x, w_bu, w_td, b_bu = (t.contiguous() for t in (grad, x, w_bu, w_td, b_bu))
-    # Every part adds into weight gradients of its own; they are summed after.
-    G, count = x.shape[0], len(_parts(x.shape[1]))
-    gw_bu, gw_td = (w.new_zeros(G, count, *w.shape[1:]) for w in (w_bu, w_td))
-    gb_bu = b_bu.new_zeros(G, count, b_bu.shape[-1])
+    x, w_bu, w_td, b_bu, grad = _checked(x, w_bu, w_td, b_bu, kernel, stride, iterations, grad)
+    geometry = _geometry(x, w_bu, kernel, stride, iterations, relu)
+    if grad.shape != (*x.shape[:2], w_bu.shape[-1], *sides(*x.shape[-2:], kernel, stride)):
+        raise ValueError(f"study::attconv_cpu_backward: gradient {tuple(grad.shape)} is not the "
+                         "output's shape")
+    # Every part adds into weight gradients of its own; they are summed after, in a fixed order.
+    G, parts = x.shape[0], geometry[3]
+    gw_bu, gw_td = (w.new_zeros(G, parts, *w.shape[1:]) for w in (w_bu, w_td))
+    gb_bu = b_bu.new_zeros(G, parts, b_bu.shape[-1])
     gx = torch.empty_like(x) if input_grad else None
-    dims, library = _dims(x, w_bu, kernel, stride, iterations, relu), _library()
-    _run([partial(library.attconv_backward, dims, *shared, _pointer(grad[g, images]),
-                  _pointer(None if gx is None else gx[g, images]),
-                  _pointer(gw_bu[g, n]), _pointer(gw_td[g, n]), _pointer(gb_bu[g, n]))
-          for g, n, images, shared in _parts_of(x, w_bu, w_td, b_bu)])
+    _ran(_library().attconv_backward(*geometry, *map(_pointer, (x, w_bu, w_td, b_bu, grad, gx, gw_bu,
+                                                                 gw_td, gb_bu))))
     return (x.new_empty(0) if gx is None else gx), gw_bu.sum(1), gw_td.sum(1), gb_bu.sum(1)
 
 

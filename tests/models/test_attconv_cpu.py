@@ -162,3 +162,127 @@ def test_flops_are_counted_as_for_the_tensor_operations():
             layer.to(dtype)(torch.rand(2, 6, 12, 12, dtype=dtype))
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_images_in_one_part_with_padded_rows_match_the_equations(threads):
+    """Twenty conv2-shaped images (324 windows, a row padded to 336) per thread part: the padding
+    lanes must stay zero from image to image, not be carried through the exp again and again."""
+    torch.manual_seed(8)
+    layer = AttConv(6, 16, 5, iterations=4)
+    with torch.no_grad():
+        layer.weight_td.add_(0.5 * torch.randn_like(layer.weight_td))
+    x = torch.rand(20 * threads, 6, 22, 22, requires_grad=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, grads = gradients(layer, x, list(layer.parameters()), torch.ones(1))
+    finally:
+        torch.set_num_threads(before)
+    exact = layer.double()
+    y64, grads64 = gradients(lambda v: reference(exact, v), x.detach().double().requires_grad_(),
+                             list(exact.parameters()), torch.ones(1, dtype=torch.float64))
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, grads64, strict=True):
+        assert (got.double() - want).abs().max() / want.abs().max() < 1e-5
+
+
+def _poisoned(where: str, value: float):
+    """A layer, an input and an output gradient with one entry set to ``value`` in ``where``."""
+    torch.manual_seed(9)
+    layer = AttConv(2, 4, 3, iterations=3)
+    with torch.no_grad():
+        layer.weight_td.add_(0.5 * torch.randn_like(layer.weight_td))
+    x, grad = torch.rand(3, 2, 12, 12), torch.randn(3, 4, 10, 10)
+    target = {"input": x, "gradient": grad, **dict(layer.named_parameters())}[where]
+    with torch.no_grad():
+        target.view(-1)[target.numel() // 3] = value
+    return layer, x, grad
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["input", "weight_bu", "weight_td", "bias_bu", "gradient"])
+def test_nan_and_inf_reach_exactly_what_they_reach_in_the_tensor_operations(where, value):
+    """A diverged network is found by its loss not being finite: the kernel must neither drop a
+    NaN nor spread one further than the equations do. Compared entry by entry with the tensor
+    operations (float64) on the same numbers: which outputs and gradients are finite."""
+    layer, x, grad = _poisoned(where, value)
+    params = list(layer.parameters())
+    got = gradients(layer, x.requires_grad_(), params, grad)
+    exact = layer.double()
+    want = gradients(lambda v: reference(exact, v), x.detach().double().requires_grad_(),
+                     list(exact.parameters()), grad.double())
+    for name, g, w in zip(["output", "x", "weight_bu", "weight_td", "bias_bu"], [got[0], *got[1]],
+                          [want[0], *want[1]], strict=True):
+        assert torch.equal(g.isfinite(), w.isfinite()), name
+        assert torch.equal(g.isnan(), w.isnan()), name
+    reached = got[1][0] if where == "gradient" else got[0]  # the input's gradient, or the output
+    assert not reached.isfinite().all()
+
+
+def test_a_network_gone_nan_is_a_failure_with_the_kernel_as_with_the_tensor_operations(monkeypatch):
+    """Seed 1's top-down weights hold one NaN from the start: its loss is NaN and it is recorded as
+    failed, whichever path AttConv takes; seed 0 trains."""
+    from study import config, train
+    from tests.conftest import SMOKE
+
+    def poisoned(*args):
+        network = build_network(*args)
+        if torch.initial_seed() == 1:  # fit seeds torch with each network's seed before building it
+            layer = next(m for m in network.modules() if isinstance(m, AttConv))
+            with torch.no_grad():
+                layer.weight_td[3, 2] = float("nan")
+        return network
+
+    build_network = train.build_network
+    monkeypatch.setattr(train, "build_network", poisoned)
+    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[0]"])
+    failures = [[n.failure for n in train.fit(study, seeds=[0, 1]).networks]]
+    monkeypatch.setattr(attconv_cpu, "available", lambda: False)
+    failures.append([n.failure for n in train.fit(study, seeds=[0, 1]).networks])
+    for kernel_or_not in failures:
+        assert kernel_or_not[0] is None
+        assert kernel_or_not[1].startswith("loss not finite at epoch 0 (train nan, val nan)")
+
+
+def test_the_operator_checks_what_it_is_given():
+    x, w, b = torch.rand(1, 2, 1, 8, 8), torch.rand(1, 9, 4), torch.zeros(1, 4)
+    with pytest.raises(TypeError, match="float32 tensors on the CPU, got torch.float64"):
+        attconv_cpu.attconv(x.double(), w.double(), w.double(), b.double(), 3, 1, 2, False)
+    with pytest.raises(ValueError, match="do not fit together"):
+        attconv_cpu.attconv(x, torch.rand(1, 8, 4), torch.rand(1, 8, 4), b, 3, 1, 2, False)
+    with pytest.raises(ValueError, match="do not fit together"):
+        attconv_cpu.attconv(x, w, w, torch.zeros(1, 5), 3, 1, 2, False)
+    with pytest.raises(ValueError, match="G×B×C×H×W"):
+        attconv_cpu.attconv(x[0], w, w, b, 3, 1, 2, False)
+    # Not contiguous is fine: the operator makes it so.
+    wide = torch.rand(1, 2, 1, 8, 16)[..., ::2]
+    torch.testing.assert_close(attconv_cpu.attconv(wide, w, w, b, 3, 1, 2, False),
+                               attconv_cpu.attconv(wide.contiguous(), w, w, b, 3, 1, 2, False))
+
+
+def test_the_kernels_tests_pass_built_with_address_and_undefined_behaviour_sanitizers(tmp_path):
+    """Every other test of this file again, in a process whose kernel is built with
+    -fsanitize=address,undefined and stops at the first report."""
+    import subprocess
+    import sys
+
+    compiler = os.environ.get("CC", "cc")
+    runtimes = [subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True,
+                               text=True).stdout.strip() for name in ("libasan.so", "libubsan.so")]
+    if not all(os.path.isabs(r) and os.path.exists(r) for r in runtimes):
+        pytest.skip(f"{compiler} has no sanitizer runtimes here")
+    env = {**os.environ, "STUDY_CACHE": str(tmp_path),
+           "STUDY_KERNEL_CFLAGS": "-fsanitize=address,undefined -fno-sanitize-recover=all "
+                                  "-fno-omit-frame-pointer",
+           "LD_PRELOAD": ":".join(runtimes),  # Python itself is not built with them
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
+    check = ("from study.models import attconv_cpu; lib = attconv_cpu._library(); "
+             "assert lib is not None and hasattr(lib, '__asan_init') and hasattr(lib, '__ubsan_handle_add_overflow'), "
+             "'the kernel was not built with the sanitizers'")
+    subprocess.run([sys.executable, "-c", check], env=env, check=True)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "not sanitizers and not gone_nan"], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout

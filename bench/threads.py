@@ -1,0 +1,62 @@
+"""How the eager training step scales with threads: LeNet-5 against AttConv at conv1.
+
+For each model and stacked seed count S, prints the milliseconds of one
+``study.train.training_step`` per seed with 1, 2, … threads (up to every core here, or the
+counts given) and each count's speed-up over one thread. A trial given several CPUs
+(``resources.cpu``) trains with that many threads; AttConv's CPU kernel runs its images on
+torch's own threads, so it should scale as LeNet-5's convolutions do.
+
+Usage: python bench/threads.py [--seeds 1 3] [--threads 1 2] [--steps 10] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from study.models import LeNet, Stacked
+from study.plan import timed_ms
+from study.sections import ModelConfig, TrainConfig
+from study.train import make_optimizer, training_step
+
+N_IMAGES = 1024
+MODELS = {"LeNet-5": {}, "AttConv@conv1 T=4": {"layers": [0], "iterations": 4},
+          "AttConv@conv1 T=8": {"layers": [0], "iterations": 8}}
+
+
+def step_ms(attention: dict, seeds: int, threads: int, steps: int, batch: int = 32) -> float:
+    """One eager training step per seed, in ms, with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (N_IMAGES, 1, 48, 48), dtype=torch.uint8)
+    targets = (torch.rand(N_IMAGES, 10) < 0.3).float()
+    net = Stacked([LeNet(ModelConfig(attention=attention), 48) for _ in range(seeds)])
+    step = training_step(net, make_optimizer(net.parameters(), TrainConfig()), images, targets)
+    generator = torch.Generator().manual_seed(0)
+    batches = (torch.randint(N_IMAGES, (seeds, batch), generator=generator) for _ in iter(int, 1))
+    return timed_ms(step, batches, torch.device("cpu"), steps, warmup=3) / seeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--threads", type=int, nargs="+", default=list(range(1, (os.cpu_count() or 1) + 1)))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="each measurement this many times, alternating")
+    parser.add_argument("--models", nargs="+", default=list(MODELS)[:2])
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}; ms per step per seed (speed-up over 1 thread)")
+    for label in args.models:
+        for seeds in args.seeds:
+            for r in range(args.rounds):
+                ms = [step_ms(MODELS[label], seeds, n, args.steps) for n in args.threads]
+                shown = "  ".join(f"{n} thr {m:7.2f} ({ms[0] / m:.2f}×)"
+                                  for n, m in zip(args.threads, ms, strict=True))
+                print(f"{label:<20} S={seeds:<3} round {r + 1}: {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
