@@ -138,6 +138,10 @@ class ResourcesConfig(Section):
     cpu: float = Field(1, gt=0)
     gpu: float | Literal["auto"] = Field("auto", description="GPU share per trial; auto: 0.25 if any")
     retries: int = Field(2, ge=0, description="times Ray restarts a trial whose worker or node died")
+    reallocate: bool | Literal["auto"] = Field(
+        "auto", description="once a stage's trials have all started, the CPUs a finished trial frees go "
+                            "to the running ones (restarted from their last epoch with more threads); "
+                            "auto: where trials train on CPUs, not GPUs")
 
     @field_validator("gpu")
     @classmethod
@@ -264,6 +268,12 @@ class Study(Section):
     def tuned_per_level(self) -> bool:
         """Whether each level of ``compare`` gets its own Optuna study (see ``SearchConfig``)."""
         return self.search.sampler != "grid" and self.compare is not None
+
+    def reallocates(self, gpu: float) -> bool:
+        """Whether freed CPUs go to the running trials (``resources.reallocate``), given the GPU
+        share each trial has: ``auto`` where the trials train on CPUs."""
+        reallocate = self.resources.reallocate
+        return gpu == 0 if reallocate == "auto" else reallocate
 
     def n_configurations(self) -> int:
         if self.search.sampler == "grid":

@@ -13,7 +13,10 @@ and on CUDA the step is captured once as a CUDA graph and replayed (``train.cuda
 A network whose loss stops being finite or diverges (``failure``) stops counting: its best
 epoch stays where it was, the others train on, and the trial stops early when none is left.
 ``fit`` knows nothing of Ray: it calls ``report`` once per epoch with plain numbers and a way to
-take a ``Snapshot``, from which ``conclude`` finishes a trial that a scheduler stopped early.
+take a ``Snapshot`` of everything the loop needs to go on. ``fit(..., resume=snapshot)`` continues
+an interrupted trial from the epoch after it, to the networks an uninterrupted one trains (the
+same numbers where the machine and thread count are the same), and ``conclude`` finishes a trial
+that a scheduler stopped early from its snapshot.
 
 Example:
     >>> from study.config import load
@@ -28,7 +31,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +166,9 @@ def training_step(net: Stacked, optimizer: torch.optim.Optimizer, images: torch.
 @dataclass
 class Snapshot:
     """A trial as far as it has trained: what ``conclude`` needs to finish it, should a scheduler
-    stop it before ``train.epochs``. Plain values and tensors, so ``torch.load`` reads it back
-    with ``weights_only``."""
+    stop it before ``train.epochs``, and what ``fit`` needs to go on from the next epoch, should
+    the trial be interrupted. Plain values and tensors, so ``torch.load`` reads it back with
+    ``weights_only``."""
 
     seeds: list[int]
     best_state: dict[str, torch.Tensor]  # every seed's best-validation state, stacked, on the CPU
@@ -172,9 +177,15 @@ class Snapshot:
     failures: list[str | None]
     history: list[list[dict]]  # per seed, one dict per epoch trained
     seconds: float  # since the trial started
+    epochs: int  # epochs trained: the next one to train
+    state: dict[str, torch.Tensor]  # every seed's state now, stacked, on the CPU
+    optimizer: dict  # the optimiser's state_dict
+    orders: list[torch.Tensor]  # each seed's batch-order generator state
+    untrained: list[float]  # each seed's validation loss before training (the divergence rule's base)
+    compiled: bool  # the step was compiled (train.compile: auto decides once, after the first epoch)
 
     def save(self, path: Path) -> None:
-        torch.save(asdict(self), path)
+        torch.save(vars(self), path)
 
     @classmethod
     def load(cls, path: Path) -> Snapshot:
@@ -192,10 +203,12 @@ def _networks(study: Study, seeds: Sequence[int], device: torch.device) -> list[
 
 
 def fit(study: Study, seeds: Sequence[int],
-        report: Callable[[dict, Callable[[], Snapshot]], None] | None = None) -> TrialResult:
+        report: Callable[[dict, Callable[[], Snapshot]], None] | None = None,
+        resume: Snapshot | None = None) -> TrialResult:
     """Train ``study``'s model (its space already resolved) once per seed; see the module doc.
     ``report(metrics, snapshot)`` is called after every epoch; ``snapshot()`` returns the trial so
-    far, for a caller that may be stopped before the end (``conclude`` finishes it)."""
+    far, for a caller that may be stopped or interrupted before the end (``conclude`` finishes a
+    stopped one; ``fit(..., resume=snapshot)`` goes on with an interrupted one)."""
     start = time.perf_counter()
     cfg = study.train
     device = pick_device(cfg.device)
@@ -208,6 +221,26 @@ def fit(study: Study, seeds: Sequence[int],
     graphed = device.type == "cuda" and cfg.cuda_graphs
     optimizer = make_optimizer(net.parameters(), study.train, capturable=graphed)
     orders = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    S, n = len(seeds), len(train_x)
+    history: list[list[dict]] = [[] for _ in seeds]
+    best_val, best_epoch = [float("inf")] * S, [-1] * S
+    best_state = {name: value.detach().clone() for name, value in net.state().items()}
+    failures: list[str | None] = [None] * S
+    first, compiled = 0, cfg.compile is True
+    if resume is None:
+        untrained = evaluate(net, val_x, val_y)[0].mean(1).tolist()
+    else:  # where an interrupted run of this trial left off, to the last bit it saved
+        if resume.seeds != list(seeds):
+            raise ValueError(f"a snapshot of seeds {resume.seeds} cannot resume seeds {list(seeds)}")
+        net.load_state({name: value.to(device) for name, value in resume.state.items()})
+        best_state = {name: value.to(device) for name, value in resume.best_state.items()}
+        optimizer.load_state_dict(resume.optimizer)
+        for generator, saved in zip(orders, resume.orders, strict=True):
+            generator.set_state(saved)
+        history, failures = [list(h) for h in resume.history], list(resume.failures)
+        best_val, best_epoch = list(resume.best_val_loss), list(resume.best_epoch)
+        untrained, first, compiled = list(resume.untrained), resume.epochs, resume.compiled
+        start -= resume.seconds
 
     eager = training_step(net, optimizer, train_x, train_y)
 
@@ -218,22 +251,21 @@ def fit(study: Study, seeds: Sequence[int],
         step = ShapeSpecialised(eager, compiled)
         return Replayed(step) if graphed else step, ShapeSpecialised(inference(net), compiled)
 
-    step, forward = prepared(cfg.compile is True)
-    S, n = len(seeds), len(train_x)
+    step, forward = prepared(compiled)
     # A final batch of one sample would break batch norm's statistics: it is skipped.
     n_used = n - (n % cfg.batch_size == 1)
-    history: list[list[dict]] = [[] for _ in seeds]
-    best_val, best_epoch = [float("inf")] * S, [-1] * S
-    best_state = {name: value.detach().clone() for name, value in net.state().items()}
-    untrained = evaluate(net, val_x, val_y)[0].mean(1).tolist()
-    failures: list[str | None] = [None] * S
 
-    def snapshot() -> Snapshot:
-        return Snapshot(list(seeds), {name: value.to("cpu", copy=True) for name, value in best_state.items()},
-                        list(best_epoch), list(best_val), list(failures), [list(h) for h in history],
-                        time.perf_counter() - start)
+    def snapshot(epochs: int) -> Snapshot:
+        def cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {name: value.detach().to("cpu", copy=True) for name, value in tensors.items()}
 
-    for epoch in range(cfg.epochs):
+        optimizer_state = optimizer.state_dict()
+        optimizer_state["state"] = {k: cpu(v) for k, v in optimizer_state["state"].items()}
+        return Snapshot(list(seeds), cpu(best_state), list(best_epoch), list(best_val), list(failures),
+                        [list(h) for h in history], time.perf_counter() - start, epochs, cpu(net.state()),
+                        optimizer_state, [g.get_state().cpu() for g in orders], list(untrained), compiled)
+
+    for epoch in range(first, cfg.epochs):
         t0 = time.perf_counter()
         net.train()
         perms = torch.stack([torch.randperm(n, device=device, generator=g) for g in orders])
@@ -243,7 +275,8 @@ def fit(study: Study, seeds: Sequence[int],
             total += step(idx) * idx.shape[1]
         val_loss = evaluate(net, val_x, val_y, forward)[0].mean(1)
         train_loss, seconds = (total / n_used).tolist(), time.perf_counter() - t0
-        if epoch == 0 and pays(study, seconds):
+        if epoch == 0 and not compiled and pays(study, seconds):
+            compiled = True
             step, forward = prepared(True)
         for s in range(S):
             failures[s] = failures[s] or failure(train_loss[s], float(val_loss[s]), untrained[s], epoch)
@@ -261,10 +294,10 @@ def fit(study: Study, seeds: Sequence[int],
             report({"epoch": epoch, "train_loss": float(np.mean(train_loss)),
                     "val_loss": float(np.mean(val_loss)),
                     "best_val_loss": float(np.mean(best_val)) if all(healthy.tolist()) else float("nan"),
-                    "seconds": seconds}, snapshot)
+                    "seconds": seconds}, partial(snapshot, epoch + 1))
         if not any(healthy.tolist()):
             break
-    return conclude(study, snapshot(), data=data)
+    return conclude(study, snapshot(len(history[0])), data=data)
 
 
 def conclude(study: Study, snapshot: Snapshot, stopped: str | None = None,

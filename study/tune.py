@@ -15,14 +15,18 @@ or the trials of a study that does not select) come in rounds: after each, the d
 (``study.analysis.decisions``, from the result files alone) say which levels train ``step`` more
 seeds, as one more trial per level.
 
-With ``search.scheduler: asha``, ``PerLevelASHA`` stops tuning trials that trail their level;
-each such trial's report carried a snapshot (a Ray checkpoint), from which its networks are
-tested at their best epoch so far and written as STOPPED when the stage ends.
+Every epoch's report carries the trial so far as a Ray checkpoint (``study.checkpoints``). With
+``search.scheduler: asha``, ``PerLevelASHA`` stops tuning trials that trail their level; each such
+trial's networks are tested from its last checkpoint at their best epoch so far and written as
+STOPPED when the stage ends. On CPUs (``resources.reallocate``), once every trial of a stage has
+started, the threads a finished trial frees go to the ones still running (Ray Tune's
+``ResourceChangingScheduler``, which restarts a trial from its checkpoint with more CPUs).
 
 A trial whose networks failed (``study.train.failure``) completes with their ERROR rows and is
-FAIL in Optuna; one whose worker died is restarted ``resources.retries`` times by Ray. An
-interrupted study resumes from its staged rows and its Optuna storage: the trials it lacks run,
-the ones killed mid-way are discarded and marked FAIL, and Optuna is told the value of one that
+FAIL in Optuna; one whose worker died is restarted ``resources.retries`` times by Ray, from its
+last epoch. An interrupted study resumes from its staged rows and its Optuna storage: the trials
+it lacks run, each from the last epoch an interrupted trial of the same configuration and seeds
+saved, the Optuna trials killed mid-way are marked FAIL, and Optuna is told the value of one that
 finished just before the driver died.
 """
 
@@ -35,7 +39,6 @@ import os
 import pickle
 import shutil
 import socket
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,11 +56,12 @@ import ray
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, ResourceChangingScheduler, TrialScheduler
+from ray.tune.schedulers.resource_changing_scheduler import DistributeResources
 from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from study import results
+from study import checkpoints, results
 from study.analysis import best_configurations, decisions
 from study.config import Study, combinations, resolve
 from study.data import build
@@ -70,7 +74,6 @@ from study.words import counted, duration
 
 METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss
 RAY_TRIAL = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
-SNAPSHOT = "snapshot.pt"  # in each Ray checkpoint of a trial that ASHA may stop
 TRIALS_PER_GPU = 4  # LeNet-sized trials leave a GPU idle: up to four share one by default
 
 
@@ -209,28 +212,46 @@ class PerLevelASHA(FIFOScheduler):
                 "validation loss trailed its level's other trials at that point")
 
 
+class FreedCPUs(DistributeResources):
+    """Ray Tune's even split of the free CPUs (and GPUs) among the running trials, once every
+    trial of the stage has been created: until then a CPU that a finished trial frees belongs to
+    the next trial, which would otherwise wait for it. A trial's threads are its CPUs, so a trial
+    given two trains with two threads from its next epoch on."""
+
+    def __init__(self, trials: int) -> None:
+        super().__init__()
+        self.trials = trials
+
+    def __call__(self, tune_controller, trial: Trial, result: dict, scheduler):
+        if len(tune_controller.get_trials()) < self.trials:
+            return None
+        return super().__call__(tune_controller, trial, result, scheduler)
+
+
 def _params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in study.space}
 
 
-def trainable(config: dict[str, Any], study: dict, study_dir: str, threads: int, stage: str,
-              seeds: list[int], snapshots: bool) -> None:
-    """One Ray trial: resolve the chosen parameters, fit ``seeds`` at once, write the result
-    files (marked ``stage``). With ``snapshots``, every epoch's report carries the trial so far as
-    a Ray checkpoint, from which the driver finishes the trial if a scheduler stops it."""
-    torch.set_num_threads(threads)
+def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, seeds: list[int],
+              left: dict[str, list[str]]) -> None:
+    """One Ray trial: resolve the chosen parameters, fit ``seeds`` at once with as many threads as
+    the trial has CPUs, write the result files (marked ``stage``). Every epoch's report carries the
+    trial so far as a checkpoint; the trial goes on from Ray's own checkpoint of it, else from the
+    latest one an interrupted run ``left`` of the same configuration and seeds."""
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
     base = Study.model_validate(study)
     params = _params(base, config)
-    trial_id = tune.get_context().get_trial_id()
-    report = _report_with_snapshot if snapshots else lambda metrics, _: tune.report(metrics)
-    result = fit(resolve(base, params), seeds, report=report)
-    results.write_trial(Path(study_dir), trial_id, stage, params, result)
+    who = checkpoints.identity(stage, params, seeds)
+    snapshot, interrupted = checkpoints.latest(who, left)
 
+    def report(metrics: dict, take: Callable[[], Snapshot]) -> None:
+        checkpoints.report({**metrics, "threads": torch.get_num_threads()}, take(), who)
 
-def _report_with_snapshot(metrics: dict, snapshot: Callable[[], Snapshot]) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        snapshot().save(Path(folder) / SNAPSHOT)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    result = fit(resolve(base, params), seeds, report=report, resume=snapshot)
+    results.write_trial(Path(study_dir), tune.get_context().get_trial_id(), stage, params, result)
+    if interrupted:  # the interrupted run's checkpoint, now that the results are written
+        checkpoints.remove(interrupted.parent)
 
 
 @ray.remote
@@ -239,7 +260,7 @@ def _finish(study: dict, study_dir: str, threads: int, stage: str, trial_id: str
     """A trial a scheduler stopped: each seed's best epoch so far, tested and written (STOPPED)."""
     torch.set_num_threads(threads)
     with checkpoint.as_directory() as folder:
-        snapshot = Snapshot.load(Path(folder) / SNAPSHOT)
+        snapshot = Snapshot.load(Path(folder) / checkpoints.SNAPSHOT)
     result = conclude(resolve(Study.model_validate(study), params), snapshot, stopped=reason)
     results.write_trial(Path(study_dir), trial_id, stage, params, result)
 
@@ -331,9 +352,11 @@ class _Recorder(tune.Callback):
         level = trial.config.get(self.study.compare_key())
         self.progress.epoch(trial.trial_id, None if level is None else str(level), len(self.seeds),
                             result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]))
+        more = result.get("threads", 0) > self.study.resources.cpu  # given CPUs a trial freed
         self._line(trial, f"epoch {result['epoch'] + 1}/{self.study.train.epochs}: val_loss "
                    f"{result['val_loss']:.4f} (mean of {counted(len(self.seeds), 'seed')}), "
-                   f"{result['seconds']:.3g} s", consolidate=False)
+                   f"{result['seconds']:.3g} s" + (f" on {result['threads']} threads" if more else ""),
+                   consolidate=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.progress.finished(trial.trial_id)
@@ -343,6 +366,7 @@ class _Recorder(tune.Callback):
             self._line(trial, f"stopped: {self.scheduler.reason(trial.trial_id)}; its best epochs are "
                        "tested when the stage ends")
             return
+        checkpoints.remove(trial.path)  # its results are written
         failed = results.failed_networks(self.study_dir, trial.trial_id)
         if failed:
             self._line(trial, f"FAILED: {len(failed)} of {seeds} stopped counting ({failed[0]})")
@@ -444,6 +468,9 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # On Ctrl-C Ray advises `Tuner.restore(...)`; this tool's own resume command is what works.
     logging.getLogger("ray.tune.tune").addFilter(lambda record: "Resume " not in record.getMessage())
+    # Ray's own ResourceChangingScheduler reads a controller attribute Ray then warns about.
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(
+        lambda record: "_reuse_actors" not in record.getMessage())
     started_here = not ray.is_initialized()
     if started_here:
         # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
@@ -572,7 +599,8 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
           f"{describe(search.seeds)}, "
           f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
-          f"and {gpu:g} GPU per trial", flush=True)
+          f"and {gpu:g} GPU per trial" + ("; the CPUs a finished trial frees go to the running ones"
+                                          if study.reallocates(gpu) else ""), flush=True)
     missing = study.n_configurations() - len(done)
     progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
     if missing > 0:
@@ -648,17 +676,21 @@ def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, tria
     asha = stage == "tune" and search.scheduler == "asha"  # never the networks that are compared
     scheduler = PerLevelASHA(study.compare_key(), study.train.epochs, search.grace_period,
                              search.reduction_factor) if asha else None
-    if scheduler:  # a snapshot every epoch makes Ray save its experiment state as often, and warn
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir),
-                "threads": max(1, int(study.resources.cpu)), "stage": stage}
-    fn = tune.with_parameters(trainable, **settings, seeds=seeds, snapshots=scheduler is not None)
+    reallocate = study.reallocates(gpu)
+    # A checkpoint every epoch makes Ray save its experiment state as often, and warn.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}
+    fn = tune.with_parameters(trainable, **settings, seeds=seeds, left=checkpoints.left_behind(study_dir))
     grid = tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
         param_space=param_space,
-        # Reused actors spare each trial a new worker process (importing torch: seconds).
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=trials,
-                                    reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, num_samples=trials,
+            scheduler=ResourceChangingScheduler(scheduler or FIFOScheduler(), FreedCPUs(trials))
+            if reallocate else scheduler,
+            # Reused actors spare each trial a new worker process (importing torch: seconds);
+            # a trial given more CPUs needs a new one.
+            reuse_actors=not reallocate),
         run_config=tune.RunConfig(
             name=name, storage_path=str(runs), verbose=2 if verbose else 0,
             callbacks=[_Recorder(study, study_dir, stage, seeds, progress, scheduler)],
@@ -667,7 +699,7 @@ def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, tria
     ).fit()
     if scheduler is not None:
         _test_stopped(study, study_dir, grid, scheduler, {"num_cpus": study.resources.cpu, "num_gpus": gpu},
-                      settings, progress)
+                      {**settings, "threads": max(1, int(study.resources.cpu))}, progress)
 
 
 def _test_stopped(study: Study, study_dir: Path, grid: tune.ResultGrid, scheduler: PerLevelASHA,

@@ -213,3 +213,23 @@ def test_auto_leaves_a_short_trial_eager(monkeypatch):
     monkeypatch.setattr(torch, "compile", refuse)
     result = fit(config.load(SMOKE, ["data.n_images=300", "train.epochs=2"]), seeds=[0])  # compile: auto
     assert result.networks[0].failure is None
+
+
+@pytest.mark.parametrize("layers", ["[]", "[0]"])
+def test_a_trial_resumed_from_any_epochs_snapshot_trains_the_same_networks(layers, tmp_path):
+    """The snapshot after epoch k, saved and loaded as a checkpoint is, continues to the networks
+    an uninterrupted trial trains: the same epochs, best epochs and test losses, to the bit (one
+    machine, one thread count)."""
+    study = config.load(SMOKE, ["data.n_images=400", "train.epochs=4", f"model.attention.layers={layers}"])
+    snapshots = []
+    whole = fit(study, seeds=SEEDS[:2], report=lambda metrics, take: snapshots.append(take()))
+    assert [s.epochs for s in snapshots] == [1, 2, 3, 4]
+    for k in (1, 3):
+        snapshots[k - 1].save(tmp_path / f"{k}.pt")
+        resumed = fit(study, seeds=SEEDS[:2], resume=Snapshot.load(tmp_path / f"{k}.pt"))
+        for a, b in zip(whole.networks, resumed.networks, strict=True):
+            assert a.best_epoch == b.best_epoch and a.best_val_loss == b.best_val_loss
+            assert [e["val_loss"] for e in a.epochs] == [e["val_loss"] for e in b.epochs]
+            assert np.array_equal(a.test_loss, b.test_loss) and np.array_equal(a.test_logits, b.test_logits)
+    with pytest.raises(ValueError, match="cannot resume seeds"):
+        fit(study, seeds=[5, 6], resume=snapshots[0])

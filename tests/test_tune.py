@@ -36,8 +36,10 @@ def study(*args, **kwargs):
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
 
 
-def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFrame:
-    """The result files of a study of ``n_trials`` configurations × ``seeds`` networks."""
+def check_contract(study_dir: Path, n_trials: int, seeds: int = 1, epochs: int = 2,
+                   n_test: int = N_TEST) -> pd.DataFrame:
+    """The result files of a study of ``n_trials`` configurations × ``seeds`` networks trained for
+    ``epochs`` epochs and tested on ``n_test`` images."""
     trials = pd.read_parquet(study_dir / "trials.parquet")
     assert len(trials) == n_trials * seeds and (trials["status"] == "COMPLETED").all()
     assert (trials["stage"] == "tune").all()
@@ -52,22 +54,22 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1) -> pd.DataFra
     assert n_params == {"[]": [169_270], "[0]": [169_420]}
     assert trials["data_fingerprint"].nunique() == 1
 
-    epochs = pd.read_parquet(study_dir / "epochs.parquet")
-    assert len(epochs) == 2 * n_trials * seeds
+    trained = pd.read_parquet(study_dir / "epochs.parquet")
+    assert len(trained) == epochs * n_trials * seeds
     for _, t in trials.iterrows():
-        mine = epochs[(epochs["trial_id"] == t["trial_id"]) & (epochs["seed"] == t["seed"])]
+        mine = trained[(trained["trial_id"] == t["trial_id"]) & (trained["seed"] == t["seed"])]
         assert mine["val_loss"].min() == pytest.approx(t["best_val_loss"])
         assert mine["val_loss"].idxmin() == mine.index[t["best_epoch"]]
 
     samples = pd.read_parquet(study_dir / "samples", partitioning=None)
-    assert len(samples) == N_TEST * n_trials * seeds  # exactly one row per test sample per network
+    assert len(samples) == n_test * n_trials * seeds  # exactly one row per test sample per network
     assert samples["sample_idx"].dtype == np.int32 and samples["loss"].dtype == np.float32
     assert samples["correct"].dtype == bool and samples["withheld"].dtype == bool
     assert [f"logit_{c}" for c in range(10)] == [c for c in samples if c.startswith("logit_")]
     samples["trial_id"] = samples["trial_id"].astype(str)
     by_network = trials.set_index(["trial_id", "seed"])
     for network, rows in samples.groupby(["trial_id", "seed"]):
-        assert sorted(rows["sample_idx"]) == list(range(N_TEST))
+        assert sorted(rows["sample_idx"]) == list(range(n_test))
         t = by_network.loc[network]
         assert rows["loss"].mean() == pytest.approx(t["test_loss"], rel=1e-5)
         assert rows["correct"].mean() == pytest.approx(t["test_exact_acc"])
@@ -386,6 +388,76 @@ def test_resume_is_exact_from_any_moment(tmp_path):
     shown = json.loads(study("analyze", str(study_dir), "--json").stdout)
     assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
     assert shown["notes"] == []
+
+
+def _worker_of_a_trial(driver: int) -> int | None:
+    """The process of the driver's that runs a trial (Ray names it after the function trainable)."""
+    for pid in descendants(driver):
+        with contextlib.suppress(OSError):
+            if b"ImplicitFunc" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    return None
+
+
+def test_an_interrupted_trial_goes_on_from_its_last_epoch(tmp_path):
+    """A trial loses at most the epoch it was in: the driver killed with everything it started
+    (kill -9) after a trial's epoch 2 of 4, then --resume; and a trial's worker killed after its
+    epoch 2, which Ray restarts by itself. Each epoch of each network is trained once, and the
+    networks are those of an uninterrupted run of the same seeds to the bit: one trial at a time
+    with both CPUs in every run, so the same threads do the same sums."""
+    args = ["run", str(SMOKE), "--set", "data.n_images=600", "--set", "train.epochs=4", "--set",
+            "search.seeds=2", "--set", "resources.cpu=2", "--set", "train.compile=false"]
+    whole = study(*args, "--results", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+
+    # 1. The driver and everything it started killed once a trial has reported epoch 2 of 4.
+    log = tmp_path / "1.log"
+    interrupt([*args, "--results", str(tmp_path / "driver")], log, lambda: "epoch 2/4" in log.read_text())
+    (interrupted_id,) = {line.split(" trial ")[1].split()[0] for line in log.read_text().splitlines()
+                         if ": epoch 2/4" in line}
+    resumed = study(*args, "--results", str(tmp_path / "driver"), "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    epochs = [line.split(": epoch ")[1][:3] for line in resumed.stdout.splitlines() if ": epoch " in line]
+    assert epochs[:2] == ["3/4", "4/4"]  # the interrupted trial, again, from its checkpoint
+    assert interrupted_id not in resumed.stdout  # a new Ray trial id in the new run
+
+    # 2. The worker of the first trial killed after its epoch 2: Ray's retry goes on from there.
+    log = tmp_path / "2.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen([str(BIN / "study"), *args, "--results", str(tmp_path / "worker")],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while "epoch 2/4" not in log.read_text() or _worker_of_a_trial(driver.pid) is None:
+            assert driver.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(_worker_of_a_trial(driver.pid), signal.SIGKILL)
+        assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    lines = [line for line in log.read_text().splitlines() if ": epoch " in line]
+    first = lines[0].split(" trial ")[1].split()[0]
+    trained = [line.split(": epoch ")[1][:3] for line in lines if f" {first} " in line]
+    assert trained == ["1/4", "2/4", "3/4", "4/4"]  # its retry reported epochs 3 and 4 only
+
+    for run in ("driver", "worker"):
+        assert not list((tmp_path / run / "smoke" / "ray").glob("*/*/checkpoint_*"))  # removed when written
+    reference = pd.read_parquet(tmp_path / "whole" / "smoke" / "trials.parquet")
+    by_network = reference.set_index(["model.attention.layers", "seed"])
+    reference_epochs = pd.read_parquet(tmp_path / "whole" / "smoke" / "epochs.parquet")
+    for run in ("driver", "worker"):
+        trials = check_contract(tmp_path / run / "smoke", n_trials=2, seeds=2, epochs=4, n_test=60)
+        trained = pd.read_parquet(tmp_path / run / "smoke" / "epochs.parquet")
+        for _, row in trials.iterrows():
+            want = by_network.loc[(row["model.attention.layers"], row["seed"])]
+            assert (row["best_epoch"], row["test_loss"]) == (want["best_epoch"], want["test_loss"]), run
+            mine = trained[(trained["trial_id"] == row["trial_id"]) & (trained["seed"] == row["seed"])]
+            theirs = reference_epochs[(reference_epochs["trial_id"] == want["trial_id"])
+                                      & (reference_epochs["seed"] == row["seed"])]
+            assert mine["epoch"].tolist() == [0, 1, 2, 3]
+            assert mine["val_loss"].tolist() == theirs["val_loss"].tolist(), run
 
 
 def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(tmp_path):

@@ -278,8 +278,8 @@ def test_the_kernels_tests_pass_built_with_address_and_undefined_behaviour_sanit
            "LD_PRELOAD": ":".join(runtimes),  # Python itself is not built with them
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
     check = ("from study.models import attconv_cpu; lib = attconv_cpu._library(); "
-             "assert lib is not None and hasattr(lib, '__asan_init') and hasattr(lib, '__ubsan_handle_add_overflow'), "
-             "'the kernel was not built with the sanitizers'")
+             "assert lib is not None and hasattr(lib, '__asan_init') "
+             "and hasattr(lib, '__ubsan_handle_add_overflow'), 'not built with the sanitizers'")
     subprocess.run([sys.executable, "-c", check], env=env, check=True)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
                           "not sanitizers and not gone_nan"], env=env, capture_output=True, text=True,
