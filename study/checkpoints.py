@@ -88,9 +88,3 @@ def remove(trial_folder: str | Path | None) -> None:
     if trial_folder:
         for folder in Path(trial_folder).glob("checkpoint_*"):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def bytes_per_trial(n_params: int, seeds: int) -> int:
-    """About what one checkpoint of a trial takes on disk: for each seed the network's state now
-    and at its best epoch, and Adam's two moments (float32)."""
-    return 4 * 4 * n_params * seeds

@@ -232,21 +232,23 @@ def _shown(table: pd.DataFrame) -> str:
     return table.astype(object).where(table.notna(), "").to_string(index=False)
 
 
-def _print_plan(study: config.Study, compile_here: bool) -> None:
+def _print_plan(study: config.Study, compile_here: bool, cpus: int | None = None) -> None:
     from study import plan, preflight
 
-    for line in plan.lines(plan.plan(study, preflight.local_cpus(), compile_here)):
+    for line in plan.lines(plan.plan(study, cpus or preflight.local_cpus(), compile_here)):
         typer.echo(line)
 
 
 @app.command(name="plan")
-def plan_(space: Space, sets: Sets = None) -> None:
+def plan_(space: Space, sets: Sets = None, cpus: Annotated[int | None, typer.Option(
+        "--cpus", min=1, help="plan for a node of this many CPUs (default: this machine's); the "
+                              "steps are still timed here")] = None) -> None:
     """Before anything trains: stages, trials, networks, steps, memory and the time on this machine,
     from a few real timed steps of every distinct architecture."""
     try:
         study = _load(space, sets, download=False)
         _models(study, space)
-        _print_plan(study, compile_here=True)
+        _print_plan(study, compile_here=True, cpus=cpus)
     except UserError as err:
         _fail(err)
 

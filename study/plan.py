@@ -5,7 +5,9 @@ times a few real training steps of every distinct architecture on this machine, 
 threads a trial gets (``resources.cpu``) and its seeds stacked, eager and, where ``train.compile``
 would compile, compiled (which also fills the compile cache the trials then read). From those it
 projects each stage's wall time with ``resources.cpu`` per trial and as many trials at once as
-the CPUs allow. What it cannot see: other load on the machine, and a cluster's other nodes.
+the CPUs allow, in the order the trials start, with the CPUs of finished trials handed to the
+running ones where the study reallocates them (``resources.reallocate``), and the share of the
+time the CPUs are busy. What it cannot see: other load on the machine, and a cluster's other nodes.
 
 Example:
     >>> from study.config import load
@@ -29,13 +31,16 @@ from study.config import Study, combinations, resolve, section_keys
 from study.data.dataset import split_sizes
 from study.models import Stacked, attconv_cpu, build_network, n_params
 from study.preflight import PROCESS_BYTES, dataset_bytes
-from study.train import eval_chunk, inference, make_optimizer, pick_device, training_step
+from study.train import eval_chunk, inference, make_optimizer, pick_device, snapshot_bytes, training_step
 from study.words import counted, duration
 
 TIMED_STEPS = 4  # after two untimed ones
 EVAL_TIMED = 64  # images whose evaluation is timed; the time per image scales to the splits
 TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dataset (measured here)
 STUDY_START_S = 15.0  # the embedded Ray's start and the dataset's cache (measured here)
+# A trial given k times its CPUs trains (1 + SCALING·(k − 1))× as fast, as bench/threads.py measured
+# for two threads (1.6–1.9×); past MAX_SHARE times its CPUs, not measured, no faster.
+SCALING, MAX_SHARE = 0.8, 4
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class Plan:
     slots: int  # trials at once
     device: str
     attconv_path: str | None  # how AttConv runs here, where the space has it and trains on the CPU
+    reallocates: bool  # the CPUs of finished trials go to the running ones
 
     def trial_s(self, stage: Stage, arch: Architecture) -> float:
         """One trial of ``stage`` on ``arch``: start, every epoch's steps and validation, the test."""
@@ -192,12 +198,25 @@ class Plan:
         return TRIAL_START_S + train + evaluated * arch.eval_ms / 1000
 
     def stage_s(self, stage: Stage) -> float:
-        """The stage's trials, ``slots`` at a time: their time shared by the slots, and never
-        less than the longest trial."""
-        times = [self.trial_s(stage, a) for a in self.architectures[stage.name]]
-        shares = [a.share for a in self.architectures[stage.name]]
-        return max(stage.trials * sum(s * t for s, t in zip(shares, times, strict=True)) / self.slots,
-                   max(times))
+        return self.schedule(stage)[0]
+
+    def schedule(self, stage: Stage) -> tuple[float, float]:
+        """The stage's wall time and its use of the CPUs (``schedule``): its trials, architectures
+        taking turns, ``slots`` at a time, each waiting trial starting when one ends."""
+        archs = self.architectures[stage.name]
+        # Each architecture's count of trials by its share, rounded so that they add up.
+        exact = [a.share * stage.trials for a in archs]
+        counts = [math.floor(e) for e in exact]
+        for k in sorted(range(len(archs)), key=lambda k: counts[k] - exact[k])[: stage.trials - sum(counts)]:
+            counts[k] += 1
+        order = [a for turn in range(max(counts)) for a, n in zip(archs, counts, strict=True) if turn < n]
+        return schedule([self.trial_s(stage, a) for a in order], self.slots, self.reallocates)
+
+    def checkpoint_bytes(self) -> int:
+        """Disk the checkpoints of the trials running at once take (the latest epoch of each)."""
+        largest = max(snapshot_bytes(a.n_params, s.seeds) for s in self.stages
+                      for a in self.architectures[s.name])
+        return min(self.slots, max(s.trials for s in self.stages)) * largest
 
     def memory(self) -> int:
         """Bytes the trials running at once hold: each its process, the images twice (arrays and
@@ -205,6 +224,48 @@ class Plan:
         largest = max(a.memory for archs in self.architectures.values() for a in archs)
         at_once = min(self.slots, max(s.trials for s in self.stages))
         return at_once * (PROCESS_BYTES + 2 * dataset_bytes(self.study) + largest)
+
+
+def schedule(trials: list[float], slots: int, reallocate: bool) -> tuple[float, float]:
+    """Wall time of trials that take ``trials`` seconds each on their own CPUs, ``slots`` at a
+    time in the order given, and the use of the slots: the trials' own seconds over the slots'
+    wall time (a slot held by a trial that gains less than a slot's worth counts short). With ``reallocate``,
+    once no trial waits, the slots of each trial that ends are shared out among the running ones
+    (the longest first), each given more restarting from its checkpoint (``TRIAL_START_S``) and
+    running ``1 + SCALING·(k − 1)`` times as fast with k slots (at most ``MAX_SHARE``).
+
+    Example:
+        >>> schedule([100.0, 300.0], slots=2, reallocate=False)
+        (300.0, 0.666...)
+        >>> round(schedule([100.0, 300.0], slots=2, reallocate=True)[0])
+        216
+    """
+    def speed(k: int) -> float:
+        return 1 + SCALING * (min(k, MAX_SHARE) - 1)
+
+    waiting, running, now = list(trials), [], 0.0  # running: [work left, slots]
+    free = slots
+    while waiting or running:
+        while waiting and free:
+            running.append([waiting.pop(0), 1])
+            free -= 1
+        if reallocate and not waiting and free and running:
+            given = set()
+            for _ in range(free):  # a slot at a time to the running trial with the longest time left
+                trial = max(running, key=lambda r: r[0] / speed(r[1]))
+                trial[1] += 1
+                given.add(id(trial))
+            for trial in running:  # each restarts once, at its new speed
+                trial[0] += TRIAL_START_S * speed(trial[1]) if id(trial) in given else 0.0
+            free = 0
+        step = min(work / speed(k) for work, k in running)
+        now += step
+        for trial in running:
+            trial[0] -= step * speed(trial[1])
+        done = [r for r in running if r[0] <= 1e-9]
+        free += sum(k for _, k in done)
+        running = [r for r in running if r[0] > 1e-9]
+    return now, sum(trials) / (now * slots) if now else 1.0
 
 
 def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
@@ -220,7 +281,7 @@ def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
     keys = section_keys(study, "model")
     attention = any(resolve(study, params).model.attention.layers for params in combinations(study, keys))
     path = attconv_cpu.path() if attention and device.type == "cpu" else None
-    return Plan(study, parts, timed, slots, name, path)
+    return Plan(study, parts, timed, slots, name, path, study.reallocates(0 if device.type == "cpu" else 1))
 
 
 def lines(p: Plan) -> list[str]:
@@ -245,8 +306,17 @@ def lines(p: Plan) -> list[str]:
                         if a.compiled_ms is not None else ", eager")
             out.append(f"  {stage.name} {a.label}: {a.step_ms:.1f} ms per step of "
                        f"{counted(stage.seeds, 'seed')}{compiled}; a trial ≈ {duration(p.trial_s(stage, a))}")
-    parts = {"start": STUDY_START_S, **{s.name: p.stage_s(s) for s in p.stages}}
+    out.append(f"checkpoints: about {p.checkpoint_bytes() / 2**20:,.0f} MiB on disk while the trials run "
+               "(each trial's latest epoch; removed once its results are written)")
+    schedules = {s.name: p.schedule(s) for s in p.stages}
+    parts = {"start": STUDY_START_S, **{name: wall for name, (wall, _) in schedules.items()}}
     shown = " + ".join(f"{duration(t)} {name}" for name, t in parts.items())
     out.append(f"estimated time on {p.device} ({counted(int(study.resources.cpu), 'thread')} per trial, "
                f"{p.slots} at once): {shown} = {duration(sum(parts.values()))}")
+    walls = sum(wall for wall, _ in schedules.values())
+    use = sum(wall * share for wall, share in schedules.values()) / walls if walls else 1.0
+    how = "the CPUs of finished trials going to the running ones" if p.reallocates else \
+        "each trial on its own CPUs to its end"
+    out.append(f"use of the {counted(p.slots * int(study.resources.cpu), 'CPU')}: {use:.0%} (the trials' "
+               f"work over the CPUs' time), {how}")
     return out

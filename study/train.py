@@ -192,6 +192,12 @@ class Snapshot:
         return cls(**torch.load(path, weights_only=True))
 
 
+def snapshot_bytes(n_params: int, seeds: int) -> int:
+    """About what a ``Snapshot`` of ``seeds`` networks of ``n_params`` takes on disk: each seed's
+    state now and at its best epoch, and Adam's two moments, in float32."""
+    return 4 * 4 * n_params * seeds
+
+
 def _networks(study: Study, seeds: Sequence[int], device: torch.device) -> list[torch.nn.Module]:
     """One network per seed, each initialised from ``torch.manual_seed(seed)``."""
     canvas, channels = study.data.canvas, study.data.channels()

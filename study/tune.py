@@ -66,10 +66,11 @@ from study.analysis import best_configurations, decisions
 from study.config import Study, combinations, resolve
 from study.data import build
 from study.errors import UserError
+from study.models import attconv_cpu
 from study.preflight import check_resources, disk_full
 from study.sequential import describe
 from study.storage import optuna_storage, study_name, study_names
-from study.train import Snapshot, conclude, fit
+from study.train import Snapshot, conclude, fit, pick_device
 from study.words import counted, duration
 
 METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss
@@ -242,13 +243,17 @@ def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, s
     torch.set_num_threads(max(1, int(cpus)))
     base = Study.model_validate(study)
     params = _params(base, config)
+    resolved = resolve(base, params)
     who = checkpoints.identity(stage, params, seeds)
     snapshot, interrupted = checkpoints.latest(who, left)
+    # Where this node has no C compiler, AttConv runs as tensor operations: the driver says so.
+    slow = bool(resolved.model.attention.layers) and pick_device(resolved.train.device).type == "cpu" \
+        and not attconv_cpu.available()
 
     def report(metrics: dict, take: Callable[[], Snapshot]) -> None:
-        checkpoints.report({**metrics, "threads": torch.get_num_threads()}, take(), who)
+        checkpoints.report({**metrics, "threads": torch.get_num_threads(), "attconv_slow": slow}, take(), who)
 
-    result = fit(resolve(base, params), seeds, report=report, resume=snapshot)
+    result = fit(resolved, seeds, report=report, resume=snapshot)
     results.write_trial(Path(study_dir), tune.get_context().get_trial_id(), stage, params, result)
     if interrupted:  # the interrupted run's checkpoint, now that the results are written
         checkpoints.remove(interrupted.parent)
@@ -344,11 +349,18 @@ class _Recorder(tune.Callback):
                  scheduler: PerLevelASHA | None) -> None:
         self.study, self.study_dir, self.stage, self.progress = study, study_dir, stage, progress
         self.seeds, self.scheduler = seeds, scheduler
+        self.slow_nodes: set[str] = set()  # said once each: AttConv there runs as tensor operations
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         """A line per trial per epoch: what a person watching wants to know is moving."""
         if "epoch" not in result:
             return
+        node = result.get("node_ip") or trial.node_ip  # Ray fills it in every result
+        if result.get("attconv_slow") and node not in self.slow_nodes:
+            self.slow_nodes.add(node)
+            print(f"note: node {node} has no C compiler that builds AttConv's CPU kernel; its "
+                  "AttConv trials run as tensor operations, the same numbers several times slower "
+                  "(install gcc or clang there, or set $CC)", flush=True)
         level = trial.config.get(self.study.compare_key())
         self.progress.epoch(trial.trial_id, None if level is None else str(level), len(self.seeds),
                             result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]))

@@ -1,10 +1,11 @@
 """What a study will cost, counted before it starts."""
 
+import pytest
 from typer.testing import CliRunner
 
 from study import config
 from study.cli import app
-from study.plan import stages
+from study.plan import schedule, stages
 
 from .conftest import ROOT, SMOKE
 
@@ -43,4 +44,23 @@ def test_plan_prints_networks_steps_memory_and_time():
     assert lines[2].startswith("memory: ") and "GiB for the 2 trials at once" in lines[2]
     assert any(line.startswith("  tune layers=[0]: ") and "ms per step of 3 seeds, eager" in line
                for line in lines)
-    assert lines[-1].startswith("estimated time on cpu (1 thread per trial, 2 at once): ")
+    assert lines[-3].startswith("checkpoints: about ") and "MiB on disk" in lines[-3]
+    assert lines[-2].startswith("estimated time on cpu (1 thread per trial, 2 at once): ")
+    assert lines[-1].startswith("use of the 2 CPUs: ") and "going to the running ones" in lines[-1]
+    node = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=2",
+                               "--set", "train.compile=false", "--cpus", "64"])
+    assert node.exit_code == 0 and "1 thread per trial, 64 at once" in node.output
+    assert "use of the 64 CPUs: " in node.output
+
+
+@pytest.mark.parametrize(("trials", "slots", "reallocate", "wall", "use"), [
+    ([100.0, 300.0], 2, False, 300.0, 400 / 600),  # one CPU idles for the last 200 s
+    ([100.0] * 4, 2, False, 200.0, 1.0),
+    ([100.0, 100.0, 300.0], 2, False, 400.0, 500 / 800),  # the long one last: it waits
+    # Reallocated: after 100 s the long trial restarts (5 s) on both CPUs, where its 200 s of work
+    # left take 200 / 1.8 s.
+    ([100.0, 300.0], 2, True, 105.0 + 200.0 / 1.8, 400 / (2 * (105.0 + 200.0 / 1.8))),
+])
+def test_the_schedule_lays_trials_over_the_cpus_and_hands_freed_ones_on(trials, slots, reallocate, wall, use):
+    got_wall, got_use = schedule(trials, slots, reallocate)
+    assert got_wall == pytest.approx(wall) and got_use == pytest.approx(use)

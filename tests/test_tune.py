@@ -460,6 +460,42 @@ def test_an_interrupted_trial_goes_on_from_its_last_epoch(tmp_path):
             assert mine["val_loss"].tolist() == theirs["val_loss"].tolist(), run
 
 
+def test_the_cpu_a_finished_trial_frees_goes_to_the_trial_still_running(tmp_path):
+    """Two trials on two CPUs, one each: LeNet-5's ends first, and AttConv's goes on from its
+    checkpoint with both CPUs as two threads, its epochs each trained once."""
+    result = study("run", str(SMOKE), "--set", "data.n_images=900", "--set", "train.epochs=6",
+                   "--set", "search.seeds=1", "--set", "train.compile=false", "--results", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "the CPUs a finished trial frees go to the running ones" in result.stdout
+    lines = result.stdout.splitlines()
+    lenet_done = next(n for n, line in enumerate(lines) if "layers=[]: done" in line)
+    attconv = [line for line in lines if "layers=[0]: epoch " in line]
+    assert [line.split(": epoch ")[1][:3] for line in attconv] == [f"{e}/6" for e in range(1, 7)]
+    later = [line for line in lines[lenet_done:] if "layers=[0]: epoch " in line]
+    on_two = [line.endswith(" on 2 threads") for line in later]  # from a restart on, to the end
+    assert on_two and on_two[-1] and on_two == sorted(on_two), later
+    assert not any("threads" in line for line in lines[:lenet_done])
+    check_contract(tmp_path / "smoke", n_trials=2, seeds=1, epochs=6, n_test=90)
+
+
+def test_a_node_without_a_compiler_is_named_once_and_its_attconv_runs_as_tensor_operations(tmp_path):
+    """Two AttConv trials where no compiler builds the kernel: the plan names the slower path, and
+    the driver says once which node lacks a compiler, not once per trial."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CC": "no-such-compiler",
+           "STUDY_CACHE": str(tmp_path / "cache")}
+    space = "space={train.lr: {choice: [0.001, 0.002]}}"
+    sets = ["search.seeds=1", "model.attention.layers=[0]", space, "compare=train.lr"]
+    result = subprocess.run([str(BIN / "study"), "run", str(SMOKE), *SMALL,
+                             *(arg for s in sets for arg in ("--set", s)), "--results", str(tmp_path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    plan = "AttConv on the CPU: tensor operations (no C compiler built the kernel"
+    assert plan in result.stdout
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: node ")]
+    assert len(notes) == 1 and "no C compiler that builds AttConv's CPU kernel" in notes[0], result.stdout
+    assert not list((tmp_path / "cache" / "kernels").glob("*.so"))
+
+
 def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(tmp_path):
     """Two labels of one learning rate (identical arms, the same networks) and a margin no
     difference can show: the design goes on to its maximum, round by round. Killed once round 2
