@@ -139,9 +139,9 @@ class ResourcesConfig(Section):
     gpu: float | Literal["auto"] = Field("auto", description="GPU share per trial; auto: 0.25 if any")
     retries: int = Field(2, ge=0, description="times Ray restarts a trial whose worker or node died")
     reallocate: bool | Literal["auto"] = Field(
-        "auto", description="once a stage's trials have all started, the CPUs a finished trial frees go "
-                            "to the running ones (restarted from their last epoch with more threads); "
-                            "auto: where trials train on CPUs, not GPUs")
+        "auto", description="on one node, once a stage's trials have all started, the CPUs a finished "
+                            "trial frees go to the running ones (restarted from their last epoch with "
+                            "more threads); auto: where trials train on CPUs, not GPUs")
 
     @field_validator("gpu")
     @classmethod

@@ -551,6 +551,14 @@ def _stored_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
         return 0
 
 
+def _reallocates(study: Study, gpu: float) -> bool:
+    """Whether the CPUs of finished trials go to the running ones: as the study says, and only
+    where all CPUs are on one node, since a trial's CPUs must all be on its node (Ray Tune's
+    even split counts the whole cluster's, and a trial given more than a node has never starts)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    return study.reallocates(gpu) and len(nodes) == 1
+
+
 def _largest_node() -> tuple[float, float]:
     """The CPUs and GPUs of the cluster's largest alive node: one trial runs on one node."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
@@ -612,7 +620,7 @@ def _fit(study: Study, study_dir: Path, verbose: bool) -> None:
           f"{describe(search.seeds)}, "
           f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
           f"and {gpu:g} GPU per trial" + ("; the CPUs a finished trial frees go to the running ones"
-                                          if study.reallocates(gpu) else ""), flush=True)
+                                          if _reallocates(study, gpu) else ""), flush=True)
     missing = study.n_configurations() - len(done)
     progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
     if missing > 0:
@@ -688,7 +696,7 @@ def _stage(study: Study, study_dir: Path, stage: str, search_alg: Searcher, tria
     asha = stage == "tune" and search.scheduler == "asha"  # never the networks that are compared
     scheduler = PerLevelASHA(study.compare_key(), study.train.epochs, search.grace_period,
                              search.reduction_factor) if asha else None
-    reallocate = study.reallocates(gpu)
+    reallocate = _reallocates(study, gpu)
     # A checkpoint every epoch makes Ray save its experiment state as often, and warn.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}

@@ -146,7 +146,7 @@ def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
     assert "estimated time on cpu (1 thread per trial, 2 at once): " in run.stdout
     epochs = [line for line in run.stdout.splitlines() if ": epoch " in line]
     assert len(epochs) == 4 and "epoch 2/2: val_loss " in epochs[-1] and "(mean of 3 seeds)" in epochs[0]
-    assert len(run.stdout.splitlines()) - len(epochs) <= 14 and "╭" not in run.stdout
+    assert len(run.stdout.splitlines()) - len(epochs) <= 17 and "╭" not in run.stdout
     assert "TensorBoard" not in run.stdout and "WARNING" not in run.stdout
     assert "performance bottleneck" not in run.stdout + run.stderr
     # The README's Python block runs on the folder its first command creates.
