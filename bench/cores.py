@@ -1,15 +1,16 @@
 """How busy a study keeps the machine's cores: the trials' CPU-seconds over wall time × cores.
 
 Runs ``study run`` on a study (or, with ``--pid``, watches a driver already running until it
-exits) and samples ``/proc`` twice a second for every process below the driver that runs a trial
-(Ray names it after the function trainable), keeping each one's last user + system CPU time. It
+exits, or for ``--seconds``) and samples ``/proc`` twice a second for every process below the
+driver that runs a trial (Ray names it after the function trainable), keeping each one's last
+user + system CPU time. It
 prints the wall time, the trials' CPU-seconds and their share of wall × cores; with ``--compare``
 it runs the same study again with ``resources.reallocate=false``, the baseline of the same run.
 
 Usage: python bench/cores.py [SPACE.yaml] [--set KEY=VALUE ...] [--compare]
        e.g. the thesis at reduced size: python bench/cores.py searchspaces/thesis.yaml \\
             --set data.n_images=6000 --set train.epochs=4 --set search.seeds=3 --compare
-       a running study: python bench/cores.py --pid DRIVER_PID
+       a running study for ten minutes: python bench/cores.py --pid DRIVER_PID --seconds 600
 """
 
 from __future__ import annotations
@@ -53,15 +54,17 @@ def _cpu_s(pid: int) -> float | None:
 
 
 def watch(pid: int, alive) -> tuple[float, float]:
-    """Wall seconds until ``alive()`` is false, and the trial workers' CPU-seconds meanwhile."""
-    start, seen = time.perf_counter(), {}
+    """Wall seconds until ``alive()`` is false, and the trial workers' CPU-seconds meanwhile (a
+    worker's seconds from before the watch began do not count)."""
+    start, first, seen = time.perf_counter(), {}, {}
     while alive():
         for child in _tree(pid):
             used = _cpu_s(child)
             if used is not None:
+                first.setdefault(child, used if time.perf_counter() - start < 1 else 0.0)
                 seen[child] = used
         time.sleep(0.5)
-    return time.perf_counter() - start, sum(seen.values())
+    return time.perf_counter() - start, sum(seen[c] - first[c] for c in seen)
 
 
 def run(space: str, sets: list[str]) -> tuple[float, float]:
@@ -87,10 +90,15 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--compare", action="store_true", help="also without reallocation")
     parser.add_argument("--pid", type=int, help="watch this running driver instead")
+    parser.add_argument("--seconds", type=float, help="with --pid: watch this long at most")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     if args.pid:
-        alive = Path(f"/proc/{args.pid}").exists
+        until = time.perf_counter() + (args.seconds or float("inf"))
+
+        def alive() -> bool:
+            return Path(f"/proc/{args.pid}").exists() and time.perf_counter() < until
+
         print(shown(f"driver {args.pid}", *watch(args.pid, alive), cores))
         return
     print(shown("reallocate auto", *run(args.space, args.sets), cores), flush=True)

@@ -68,23 +68,29 @@ def left_behind(study_dir: Path) -> dict[str, list[str]]:
     return {who: [path for _, path in sorted(paths, reverse=True)] for who, paths in found.items()}
 
 
-def latest(who: str, left: dict[str, list[str]]) -> tuple[Snapshot | None, Path | None]:
-    """The snapshot trial ``who`` goes on from, and the folder of the interrupted run's checkpoint
-    it came from (None when it is Ray's own, or there is none)."""
+def latest(who: str, left: dict[str, list[str]]) -> Snapshot | None:
+    """The snapshot trial ``who`` goes on from: Ray's own checkpoint of it, else the latest that
+    an interrupted run ``left`` of it that loads; None to start from epoch 0."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            return Snapshot.load(Path(folder) / SNAPSHOT), None
+            return Snapshot.load(Path(folder) / SNAPSHOT)
     for folder in map(Path, left.get(who, [])):
         try:
-            return Snapshot.load(folder / SNAPSHOT), folder
+            return Snapshot.load(folder / SNAPSHOT)
         except Exception as err:  # noqa: BLE001 - a damaged file is any error torch.load raises
             log.warning("checkpoint %s could not be read (%s); trying an older one", folder, err)
-    return None, None
+    return None
 
 
 def remove(trial_folder: str | Path | None) -> None:
-    """A trial's checkpoints, once its result files are written."""
+    """A trial's checkpoints (those in one Ray trial's folder), once its result files are written."""
     if trial_folder:
         for folder in Path(trial_folder).glob("checkpoint_*"):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_left(who: str, left: dict[str, list[str]]) -> None:
+    """The checkpoints interrupted runs left of trial ``who``, once it has written its results."""
+    for folder in left.get(who, []):
+        shutil.rmtree(folder, ignore_errors=True)

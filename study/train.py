@@ -246,6 +246,8 @@ def fit(study: Study, seeds: Sequence[int],
         history, failures = [list(h) for h in resume.history], list(resume.failures)
         best_val, best_epoch = list(resume.best_val_loss), list(resume.best_epoch)
         untrained, first, compiled = list(resume.untrained), resume.epochs, resume.compiled
+        if all(failures):  # it had stopped early: no network was left to train
+            first = cfg.epochs
         start -= resume.seconds
 
     eager = training_step(net, optimizer, train_x, train_y)

@@ -245,7 +245,7 @@ def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, s
     params = _params(base, config)
     resolved = resolve(base, params)
     who = checkpoints.identity(stage, params, seeds)
-    snapshot, interrupted = checkpoints.latest(who, left)
+    snapshot = checkpoints.latest(who, left)
     # Where this node has no C compiler, AttConv runs as tensor operations: the driver says so.
     slow = bool(resolved.model.attention.layers) and pick_device(resolved.train.device).type == "cpu" \
         and not attconv_cpu.available()
@@ -255,8 +255,7 @@ def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, s
 
     result = fit(resolved, seeds, report=report, resume=snapshot)
     results.write_trial(Path(study_dir), tune.get_context().get_trial_id(), stage, params, result)
-    if interrupted:  # the interrupted run's checkpoint, now that the results are written
-        checkpoints.remove(interrupted.parent)
+    checkpoints.remove_left(who, left)  # the interrupted runs' checkpoints of it, now redundant
 
 
 @ray.remote

@@ -160,6 +160,11 @@ def test_a_diverging_network_is_stopped_with_its_reason_and_reports_no_value():
     for network in result.networks:
         assert network.failure.startswith("diverged at epoch 0: training loss")
     assert len(reports) == 1 and np.isnan(reports[0]["best_val_loss"])  # stopped: none left
+    snapshots = []
+    fit(study, seeds=[0, 1], report=lambda metrics, take: snapshots.append(take()))
+    resumed = fit(study, seeds=[0, 1], resume=snapshots[0])  # interrupted after it stopped: it stays so
+    assert [len(n.epochs) for n in resumed.networks] == [1, 1]
+    assert [n.failure for n in resumed.networks] == [n.failure for n in result.networks]
 
 
 @pytest.mark.parametrize(("train", "val", "expected"), [
