@@ -304,10 +304,18 @@ static float *prepare(const Shape *g, int backward, const float *wbu, const floa
     return block;
 }
 
-/* The images of one task: part `part` of `parts` of a group of `images`. */
-static void task_images(int images, int parts, int part, int *first, int *end) {
+/* Task `task` of groups×parts: its group, the range [first, end) of that group's images it
+   holds (part task % parts of them), and its scratch, prepared with the group's weights
+   ((C·k²)×O each, O for the bias); NULL when memory ran out. */
+static float *start_task(const Shape *g, int backward, int task, int images, int parts,
+                         const float *wbu, const float *wtd, const float *bias, Scratch *sc,
+                         int *group, int *first, int *end) {
+    size_t WO = (size_t)g->CK * g->O;
+    int part = task % parts;
+    *group = task / parts;
     *first = (int)((long long)images * part / parts);
     *end = (int)((long long)images * (part + 1) / parts);
+    return prepare(g, backward, wbu + *group * WO, wtd + *group * WO, bias + *group * g->O, sc);
 }
 
 /* The output (groups×images×O×L) of groups×images×C×H×W inputs, each group with its own weights
@@ -317,14 +325,13 @@ int attconv_forward(const int *dims, int groups, int images, int parts, int thre
                     const float *x, const float *wbu, const float *wtd, const float *bias,
                     float *out) {
     Shape g = shape_of(dims);
-    size_t HW = (size_t)g.H * g.W, WO = (size_t)g.CK * g.O;
+    size_t HW = (size_t)g.H * g.W;
     int failed = 0;
 #pragma omp parallel for schedule(dynamic) num_threads(threads) reduction(+ : failed)
     for (int task = 0; task < groups * parts; task++) {
-        int group = task / parts, first, end;
-        task_images(images, parts, task % parts, &first, &end);
+        int group, first, end;
         Scratch sc;
-        float *block = prepare(&g, 0, wbu + group * WO, wtd + group * WO, bias + group * g.O, &sc);
+        float *block = start_task(&g, 0, task, images, parts, wbu, wtd, bias, &sc, &group, &first, &end);
         if (!block) {
             failed++;
             continue;
@@ -408,10 +415,9 @@ int attconv_backward(const int *dims, int groups, int images, int parts, int thr
     int failed = 0;
 #pragma omp parallel for schedule(dynamic) num_threads(threads) reduction(+ : failed)
     for (int task = 0; task < groups * parts; task++) {
-        int group = task / parts, first, end;
-        task_images(images, parts, task % parts, &first, &end);
+        int group, first, end;
         Scratch sc;
-        float *block = prepare(&g, 1, wbu + group * WO, wtd + group * WO, bias + group * g.O, &sc);
+        float *block = start_task(&g, 1, task, images, parts, wbu, wtd, bias, &sc, &group, &first, &end);
         if (!block) {
             failed++;
             continue;
