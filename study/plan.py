@@ -6,8 +6,8 @@ threads a trial gets (``resources.cpu``) and its seeds stacked, eager and, where
 would compile, compiled (which also fills the compile cache the trials then read). From those it
 projects each stage's wall time with ``resources.cpu`` per trial and as many trials at once as
 the CPUs allow, in the order the trials start, with the CPUs of finished trials handed to the
-running ones where the study reallocates them (``resources.reallocate``), and the share of the
-time the CPUs are busy. What it cannot see: other load on the machine, and a cluster's other nodes.
+running ones where the study reallocates them (``resources.reallocate``), and how well the trials
+use the CPUs. What it cannot see: other load on the machine, and a cluster's other nodes.
 
 Example:
     >>> from study.config import load
@@ -197,9 +197,6 @@ class Plan:
             train = per_epoch * eager + arch.warmup_s + (stage.steps - per_epoch) * compiled
         return TRIAL_START_S + train + evaluated * arch.eval_ms / 1000
 
-    def stage_s(self, stage: Stage) -> float:
-        return self.schedule(stage)[0]
-
     def schedule(self, stage: Stage) -> tuple[float, float]:
         """The stage's wall time and its use of the CPUs (``schedule``): its trials, architectures
         taking turns, ``slots`` at a time, each waiting trial starting when one ends."""
@@ -229,10 +226,11 @@ class Plan:
 def schedule(trials: list[float], slots: int, reallocate: bool) -> tuple[float, float]:
     """Wall time of trials that take ``trials`` seconds each on their own CPUs, ``slots`` at a
     time in the order given, and the use of the slots: the trials' own seconds over the slots'
-    wall time (a slot held by a trial that gains less than a slot's worth counts short). With ``reallocate``,
-    once no trial waits, the slots of each trial that ends are shared out among the running ones
-    (the longest first), each given more restarting from its checkpoint (``TRIAL_START_S``) and
-    running ``1 + SCALING·(k − 1)`` times as fast with k slots (at most ``MAX_SHARE``).
+    wall time (a slot given to a trial that gains less than a slot's worth counts short). With
+    ``reallocate``, once no trial waits, the slots of each trial that ends are shared out among the
+    running ones (the longest first), each given more restarting from its checkpoint
+    (``TRIAL_START_S``) and running ``1 + SCALING·(k − 1)`` times as fast with k slots (at most
+    ``MAX_SHARE``).
 
     Example:
         >>> schedule([100.0, 300.0], slots=2, reallocate=False)
