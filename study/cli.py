@@ -240,14 +240,22 @@ def _print_plan(study: config.Study, compile_here: bool, cpus: int | None = None
 
 
 @app.command(name="plan")
-def plan_(space: Space, sets: Sets = None, cpus: Annotated[int | None, typer.Option(
-        "--cpus", min=1, help="plan for a node of this many CPUs (default: this machine's); the "
-                              "steps are still timed here")] = None) -> None:
+def plan_(space: Space, sets: Sets = None, results: ResultsDir = Path("results"),
+          cpus: Annotated[int | None, typer.Option(
+              "--cpus", min=1, help="plan for a node of this many CPUs (default: this machine's); the "
+                                    "steps are still timed here")] = None) -> None:
     """Before anything trains: stages, trials, networks, steps, memory and the time on this machine,
-    from a few real timed steps of every distinct architecture."""
+    from a few real timed steps of every distinct architecture. First the checks ``study run``
+    makes before it starts: a study it would refuse is that message, and no plan."""
     try:
         study = _load(space, sets, download=False)
-        _models(study, space)
+        models = _models(study, space)
+        from study import preflight
+
+        try:
+            preflight.check_run(study, results / study.name, None, int(models["n_params"].max()), cpus)
+        except UserError as err:
+            raise UserError(f"study run would refuse this study: {err}") from None
         _print_plan(study, compile_here=True, cpus=cpus)
     except UserError as err:
         _fail(err)

@@ -34,7 +34,7 @@ from pydantic import (
 
 from study.errors import UserError
 from study.sections import DataConfig, ModelConfig, Section, TrainConfig, feature_side
-from study.sequential import Design, looks
+from study.sequential import MAX_SEEDS, Design, looks
 
 TUNABLE_SECTIONS = ("data", "model", "train")
 
@@ -96,7 +96,8 @@ def _seeds(least: int) -> Any:
     """A number of seeds (at least ``least``) or a sequential ``Design``, told apart by their form,
     so that a mistake in either is reported against that form alone."""
     number, design = SEED_FORMS
-    return Annotated[Annotated[int, Field(ge=least), Tag(number)] | Annotated[Design, Tag(design)],
+    return Annotated[Annotated[int, Field(ge=least, le=MAX_SEEDS), Tag(number)]
+                     | Annotated[Design, Tag(design)],
                      Discriminator(lambda v: design if isinstance(v, dict | Design) else number)]
 
 
@@ -486,7 +487,9 @@ def load(path: str | Path, overrides: list[str] = (),
             _set_dotted(raw, key.strip(), _parse(text))
         except (ValueError, yaml.YAMLError) as err:
             raise UserError(f"--set {_excerpt(item)}: {err}") from None
-    given = {key: option for key, (option, text) in (verbatim or {}).items() if text is not None}
+    given = {key.strip(): f"--set {_excerpt(item)}" for item in overrides
+             for key, _, _ in [item.partition("=")]}  # a mistake in a --set value is blamed on it
+    given |= {key: option for key, (option, text) in (verbatim or {}).items() if text is not None}
     for key, (_, text) in (verbatim or {}).items():
         if text is not None:
             _set_dotted(raw, key, text)
@@ -522,7 +525,13 @@ def _describe(err: ValidationError, path: Path, context: str = "",
             msg = "unknown key; check its spelling against README.md's search-space reference"
         elif e["type"] not in ("value_error", "missing"):
             msg = f"{msg} (got {_excerpt(e['input'])})"
-        where = given[key] if key in (given or {}) else f"{path}: {key or '(top level)'}"
+        setter = next((k for k in sorted(given or {}, key=len, reverse=True)
+                       if key == k or key.startswith(f"{k}.")), None)  # the most specific
+        if setter is None:
+            where = f"{path}: {key or '(top level)'}"
+        else:
+            by_name = setter == key and not given[setter].startswith("--set ")  # --name: its key
+            where = given[setter] if by_name else f"{given[setter]}: {key}"
         lines.append(f"{where}: {msg}{context}")
     return "\n".join(lines)
 

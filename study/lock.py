@@ -43,9 +43,11 @@ def held(study_dir: Path, fresh: bool, elsewhere: str = "pass --name NEW_NAME, o
     """Hold ``study_dir``'s lock for the ``with`` block. ``fresh``: the folder must hold nothing
     yet (a new study: results are never overwritten; ``elsewhere`` says how to choose another);
     else it must hold a ``study.yaml`` (resume).
-    If the block fails with a ``UserError`` in a folder this call made, the folder goes again."""
+    If the block fails, the lock goes again where this call made it, and so do the folders it
+    made (the study's, those above it) while they are empty: a refused run leaves nothing behind."""
     study_dir = Path(study_dir)
-    made, lock_made = not study_dir.exists(), not (study_dir / LOCK).exists()
+    made = [p for p in (study_dir, *study_dir.parents) if not p.exists()]  # innermost first
+    lock_made = not (study_dir / LOCK).exists()
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         fd = _lock(study_dir / LOCK)
@@ -66,11 +68,13 @@ def held(study_dir: Path, fresh: bool, elsewhere: str = "pass --name NEW_NAME, o
         if not fresh and "study.yaml" not in others:
             raise UserError(f"{study_dir}: nothing to resume (no study.yaml); run without --resume")
         yield study_dir
-    except UserError:  # nothing written: what this call made goes again
+    except BaseException:
         if lock_made:
             (study_dir / LOCK).unlink(missing_ok=True)
-        if made and not any(study_dir.iterdir()):
-            study_dir.rmdir()
+        for folder in made:
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
         raise
     finally:
         os.close(fd)  # releases the lock

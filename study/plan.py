@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from study import footprint
 from study.compiled import GAIN, WARMUP_S, ShapeSpecialised, pays, use_cache
 from study.config import Study, combinations, resolve, section_keys
 from study.data.dataset import split_sizes
+from study.footprint import Network, dataset_bytes
 from study.models import Stacked, attconv_cpu, build_network, n_params
-from study.preflight import PROCESS_BYTES, dataset_bytes
 from study.train import eval_chunk, inference, make_optimizer, pick_device, snapshot_bytes, training_step
 from study.words import counted, duration
 
 TIMED_STEPS = 4  # after two untimed ones
+TIMED_S = 1.0  # a step's timing stops once this has passed (after one timed step at least)
+PLAN_BYTES = 256 * 2**20  # activations a timed step may hold; a larger step is timed on fewer images, scaled
 EVAL_TIMED = 64  # images whose evaluation is timed; the time per image scales to the splits
 TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dataset (measured here)
 STUDY_START_S = 15.0  # the embedded Ray's start and the dataset's cache (measured here)
@@ -63,8 +65,8 @@ class Architecture:
     compiled_ms: float | None  # the same compiled, where the study compiles; else None
     warmup_s: float  # the compile's warm-up as measured now (short when the cache held it)
     eval_ms: float  # evaluating one image on every seed
-    memory: int  # bytes a trial holds besides the dataset: states, Adam, saved activations
     measured: bool  # compiled_ms timed here; else projected (GAIN, WARMUP_S)
+    timed: float  # the share of a step's images timed (1: all; less where the step is too large)
 
 
 def stages(study: Study) -> list[Stage]:
@@ -89,40 +91,44 @@ def _rounds(study: Study, name: str, trials: int, steps: int) -> list[Stage]:
 def architectures(study: Study, seeds: int, compile_here: bool) -> list[Architecture]:
     """Every distinct network the space can build, timed with ``seeds`` stacked; with
     ``compile_here``, compiled where the study would compile, else projected from the eager step."""
-    keys = section_keys(study, "model") + section_keys(study, "data")
-    variants = Counter()
-    examples: dict[str, tuple[Study, str]] = {}
-    for params in combinations(study, keys):
-        resolved = resolve(study, params)
-        key = repr((resolved.model, resolved.data.canvas, resolved.data.channels()))
-        variants[key] += 1
-        label = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
-        examples.setdefault(key, (resolved, label))
-    total = sum(variants.values())
-    return [_timed(resolved, label or "the study's network", variants[key] / total, seeds, compile_here)
-            for key, (resolved, label) in examples.items()]
+    return [_timed(net, seeds, compile_here) for net in footprint.networks(study)]
 
 
-def _timed(study: Study, label: str, share: float, seeds: int, compile_here: bool) -> Architecture:
+def _sized(study: Study, seeds: int) -> tuple[int, int]:
+    """Seeds and images per seed to time a step of ``seeds`` × ``train.batch_size`` on: the step
+    itself where its activations fit ``PLAN_BYTES``, else fewer images (and, past one image per
+    seed, fewer seeds) whose time scales with their count."""
+    saved, batch = footprint.activations(study), study.train.batch_size
+    fits = (PLAN_BYTES // seeds - saved.fixed) // max(1, saved.per_image)
+    if fits >= 2:
+        return seeds, min(batch, fits)
+    return max(1, PLAN_BYTES // (saved.fixed + 2 * saved.per_image)), 2
+
+
+def _timed(network: Network, seeds: int, compile_here: bool) -> Architecture:
+    study, batch = network.study, network.study.train.batch_size
     device = pick_device(study.train.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(study.resources.cpu)))
     try:
         canvas, channels = study.data.canvas, study.data.channels()
-        nets = [build_network(study.model, canvas, channels).to(device) for _ in range(seeds)]
+        timed_seeds, timed_batch = _sized(study, seeds)
+        timed = timed_seeds * timed_batch / (seeds * batch)
+        nets = [build_network(study.model, canvas, channels).to(device) for _ in range(timed_seeds)]
         net = Stacked(nets)
-        images = torch.randint(0, 256, (4096, channels, canvas, canvas), dtype=torch.uint8, device=device)
-        targets = (torch.rand(4096, 10, device=device) < 0.3).to(torch.get_default_dtype())
+        pool = max(timed_seeds * timed_batch, EVAL_TIMED)
+        images = torch.randint(0, 256, (pool, channels, canvas, canvas), dtype=torch.uint8, device=device)
+        targets = (torch.rand(pool, 10, device=device) < 0.3).to(torch.get_default_dtype())
         optimizer = make_optimizer(net.parameters(), study.train)
         step = training_step(net, optimizer, images, targets)
-        batches = (torch.randint(4096, (seeds, study.train.batch_size), device=device) for _ in iter(int, 1))
-        memory = _saved_bytes(net, images, study.train.batch_size) + 5 * 4 * seeds * n_params(nets[0])
-        step_ms = timed_ms(step, batches, device)
+        batches = (torch.randint(pool, (timed_seeds, timed_batch), device=device) for _ in iter(int, 1))
+        step_ms = timed_ms(step, batches, device, budget_s=TIMED_S) / timed
         n_train = split_sizes(study.data.n_images, study.data.split)[0]
-        epoch_s = step_ms / 1000 * n_train / study.train.batch_size
+        epoch_s = step_ms / 1000 * n_train / batch
         compiles = study.train.compile is True or pays(study, epoch_s)
         compiled_ms, warmup = None, 0.0
-        if compiles and not compile_here:
+        measured = compile_here and timed == 1  # a compile of another shape fills no cache a trial reads
+        if compiles and not measured:
             compiled_ms, warmup = step_ms * (1 - GAIN), WARMUP_S
         elif compiles:
             use_cache(torch.get_num_threads())
@@ -130,46 +136,48 @@ def _timed(study: Study, label: str, share: float, seeds: int, compile_here: boo
             start = time.perf_counter()
             fast(next(batches))
             warmup = time.perf_counter() - start
-            compiled_ms = timed_ms(fast, batches, device)
+            compiled_ms = timed_ms(fast, batches, device, budget_s=TIMED_S)
         net.eval()
         forward = inference(net)
-        chunk = images[: min(EVAL_TIMED, eval_chunk(seeds))]
+        largest = footprint.activations(study).largest
+        chunk = images[: max(1, min(EVAL_TIMED, eval_chunk(timed_seeds),
+                                    PLAN_BYTES // (2 * timed_seeds * max(1, largest))))]
         with torch.no_grad():
-            eval_ms = timed_ms(lambda _: forward(chunk), batches, device, steps=2, warmup=1) / len(chunk)
-        return Architecture(label, share, n_params(nets[0]), step_ms, compiled_ms, warmup, eval_ms, memory,
-                            measured=compile_here)
+            eval_ms = timed_ms(lambda _: forward(chunk), batches, device, steps=2, warmup=1,
+                               budget_s=TIMED_S) / len(chunk) * seeds / timed_seeds
+        return Architecture(network.label, network.share, n_params(nets[0]), step_ms, compiled_ms, warmup,
+                            eval_ms, measured=measured, timed=timed)
     finally:
         torch.set_num_threads(threads)
 
 
 def timed_ms(fn: Callable, batches: Iterator, device: torch.device, steps: int = TIMED_STEPS,
-             warmup: int = 2) -> float:
+             warmup: int = 2, budget_s: float | None = None) -> float:
     """Milliseconds per call of ``fn(next(batches))`` over ``steps`` calls, after ``warmup`` calls
-    (on CUDA: waiting for the device, and past a CUDA graph's capture)."""
-    for _ in range(warmup):
+    (on CUDA: waiting for the device, and past a CUDA graph's capture); with ``budget_s``, fewer
+    calls where they take longer (one warm-up and one timed call at least).
+
+    Example:
+        >>> 0 < timed_ms(lambda batch: sum(batch), iter(lambda: range(100), None), torch.device("cpu"))
+        True
+    """
+    def synced() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    began = synced()
+    for k in range(warmup):
+        if k and budget_s is not None and synced() - began > budget_s / 2:
+            break
         fn(next(batches))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
+    start = done = synced()
+    timed = 0
+    while timed < steps and not (timed and budget_s is not None and done - began > budget_s):
         fn(next(batches))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps * 1000
-
-
-def _saved_bytes(net: Stacked, images: torch.Tensor, batch: int) -> int:
-    """Bytes of the tensors one training step's forward saves for its backward: its activations."""
-    saved = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        net(images[: net.seeds * batch].view(net.seeds, batch, *images.shape[1:]).float())
-    return saved
+        timed += 1
+        done = synced()
+    return (done - start) / timed * 1000
 
 
 @dataclass(frozen=True)
@@ -216,11 +224,9 @@ class Plan:
         return min(self.slots, max(s.trials for s in self.stages)) * largest
 
     def memory(self) -> int:
-        """Bytes the trials running at once hold: each its process, the images twice (arrays and
-        tensors) and its networks."""
-        largest = max(a.memory for archs in self.architectures.values() for a in archs)
+        """Bytes the trials running at once hold (``study.footprint``)."""
         at_once = min(self.slots, max(s.trials for s in self.stages))
-        return at_once * (PROCESS_BYTES + 2 * dataset_bytes(self.study) + largest)
+        return at_once * footprint.trial_bytes(self.study)
 
 
 def schedule(trials: list[float], slots: int, reallocate: bool) -> tuple[float, float]:
@@ -285,8 +291,10 @@ def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
 def lines(p: Plan) -> list[str]:
     """The plan as a person reads it."""
     study, out = p.study, []
-    for stage in p.stages:
-        out.append(f"{stage.name}: {counted(stage.trials, 'trial')} × {counted(stage.seeds, 'seed')} = "
+    groups = _grouped(p.stages)
+    for label, (stage, *more) in groups:
+        out.append(f"{label}{', each' if more else ''}: {counted(stage.trials, 'trial')} × "
+                   f"{counted(stage.seeds, 'seed')} = "
                    f"{stage.networks} networks; {stage.steps:,} training steps per trial "
                    f"({counted(study.train.epochs, 'epoch')})")
     if p.attconv_path:
@@ -300,17 +308,23 @@ def lines(p: Plan) -> list[str]:
         timed_seeds.add(stage.seeds)
         for a in p.architectures[stage.name]:
             how = "" if a.measured else " (projected)"
+            part = "" if a.timed == 1 else f" (timed on {a.timed:.1%} of its images and scaled)"
             compiled = (f", compiled{how} {a.compiled_ms:.1f} ms after {a.warmup_s:.0f} s of warm-up"
                         if a.compiled_ms is not None else ", eager")
             out.append(f"  {stage.name} {a.label}: {a.step_ms:.1f} ms per step of "
-                       f"{counted(stage.seeds, 'seed')}{compiled}; a trial ≈ {duration(p.trial_s(stage, a))}")
+                       f"{counted(stage.seeds, 'seed')}{part}{compiled}; "
+                       f"a trial ≈ {duration(p.trial_s(stage, a))}")
     out.append(f"checkpoints: about {p.checkpoint_bytes() / 2**20:,.0f} MiB on disk while the trials run "
                "(each trial's latest epoch; removed once its results are written)")
     schedules = {s.name: p.schedule(s) for s in p.stages}
-    parts = {"start": STUDY_START_S, **{name: wall for name, (wall, _) in schedules.items()}}
-    shown = " + ".join(f"{duration(t)} {name}" for name, t in parts.items())
+    shown = [f"{duration(STUDY_START_S)} start"]
+    for label, group in groups:
+        each = schedules[group[0].name][0]
+        shown.append(f"{len(group)} × {duration(each)} {label}" if len(group) > 1 else
+                     f"{duration(each)} {label}")
+    total = STUDY_START_S + sum(wall for wall, _ in schedules.values())
     out.append(f"estimated time on {p.device} ({counted(int(study.resources.cpu), 'thread')} per trial, "
-               f"{p.slots} at once): {shown} = {duration(sum(parts.values()))}")
+               f"{p.slots} at once): {' + '.join(shown)} = {duration(total)}")
     walls = sum(wall for wall, _ in schedules.values())
     use = sum(wall * share for wall, share in schedules.values()) / walls if walls else 1.0
     how = "the CPUs of finished trials going to the running ones" if p.reallocates else \
@@ -318,3 +332,24 @@ def lines(p: Plan) -> list[str]:
     out.append(f"use of the {counted(p.slots * int(study.resources.cpu), 'CPU')}: {use:.0%} (the trials' "
                f"work over the CPUs' time), {how}")
     return out
+
+
+def _grouped(stages: list[Stage]) -> list[tuple[str, list[Stage]]]:
+    """The stages as lines: a sequential design's later rounds alike (the same trials and seeds)
+    as one ("tune rounds 2–9 (if undecided)")."""
+    groups: list[tuple[str, list[Stage]]] = []
+    for stage in stages:
+        base, later = stage.name.split(" round ")[0], " round " in stage.name
+        last = groups[-1][1] if groups else None
+        if later and last and " round " in last[-1].name and last[-1].name.startswith(base) \
+                and (last[-1].trials, last[-1].seeds) == (stage.trials, stage.seeds):
+            last.append(stage)
+        else:
+            groups.append((stage.name, [stage]))
+    return [(label if len(group) == 1 else f"{label.split(' round ')[0]} rounds "
+             f"{_round(group[0])}–{_round(group[-1])} (if undecided)", group)
+            for label, group in groups]
+
+
+def _round(stage: Stage) -> int:
+    return int(stage.name.split(" round ")[1].split()[0])

@@ -22,27 +22,31 @@ import socket
 import sqlite3
 from pathlib import Path
 
+from study import footprint
 from study.config import Study
 from study.errors import UserError
+from study.words import counted
 
 CONNECT_TIMEOUT = 3.0  # seconds for a storage server to accept a connection
-PROCESS_BYTES = 600 * 2**20  # a trial's worker before its data: Python, torch, Ray (measured ~0.5 GB)
 LOW_DISK = 16 * 2**20  # free bytes under which a failed write is taken for a full disk
 TRIAL_FILES = 256 * 2**10  # what a trial leaves besides weights and samples: Ray's files, its rows
 DRIVERS = {"psycopg": '"psycopg[binary]"', "psycopg2": "psycopg2-binary",
            "MySQLdb": "mysqlclient (or pymysql, and write mysql+pymysql://)", "pymysql": "pymysql"}
 
 
-def check_run(study: Study, study_dir: Path, address: str | None, n_params: int) -> None:
-    """Everything ``study run`` can check before Ray starts and anything is written; ``n_params``:
-    the largest network's parameters. With ``address`` the cluster's resources are checked once
-    Ray has joined it (``study.tune.run``), and memory only for this driver's dataset."""
-    from study.tune import check_address
-
+def check_run(study: Study, study_dir: Path, address: str | None, n_params: int,
+              cpus: int | None = None) -> None:
+    """Everything ``study run`` can check before Ray starts and anything is written (``study plan``
+    makes the same checks); ``n_params``: the largest network's parameters. With ``address`` the
+    cluster's resources are checked once Ray has joined it (``study.tune.run``), and memory only
+    for this driver's dataset; with ``cpus`` (``study plan --cpus``), resources against a node of
+    that many CPUs, whose memory is not this machine's: the plan prints what it needs."""
     check_storage(study, study_dir)
     if address:
         check_address(address)
         check_memory(study, workers=0)
+    elif cpus:
+        check_resources(study, cpus, local_gpus(), where=f"a node of {cpus} CPUs")
     else:
         cpus = local_cpus()
         check_resources(study, cpus, local_gpus(), where="this machine")
@@ -79,26 +83,32 @@ def local_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def dataset_bytes(study: Study) -> int:
-    """The images of every split as uint8, which each trial's worker holds (once as the arrays it
-    loads, once as the tensors it trains from) and the driver builds."""
-    data = study.data
-    return data.n_images * data.channels() * data.canvas**2
-
-
 def check_memory(study: Study, workers: int, available: int | None = None) -> None:
-    """The dataset held by the driver and by ``workers`` trials at once, against the memory
-    available now (``available`` bytes; default: this machine's ``MemAvailable``)."""
+    """The dataset this driver builds and ``workers`` trials at once (``study.footprint``), against
+    the memory available now (``available`` bytes; default: this machine's ``MemAvailable``)."""
     available = available if available is not None else _available_memory()
     if available is None:
         return  # not Linux: nothing to compare against
-    need = dataset_bytes(study) * (1 + 2 * workers) + PROCESS_BYTES * workers
-    if need > available:
-        raise UserError(
-            f"data.n_images {study.data.n_images:,} needs about {need / 2**30:.1f} GiB here (the "
-            f"images once in this process and twice in each of {workers} trial(s) at once), but "
-            f"{available / 2**30:.1f} GiB is available; lower data.n_images, or raise resources.cpu "
-            "so fewer trials run at once")
+    images = footprint.dataset_bytes(study)
+    trial = footprint.trial_bytes(study) if workers else 0
+    need = images + workers * trial
+    if need <= available:
+        return
+    nets = trial - footprint.PROCESS_BYTES - 2 * images
+    if not workers or 3 * images >= nets:
+        side = study.data.canvas
+        what = (f"data.n_images {study.data.n_images:,} needs about {need / 2**30:.1f} GiB here (the "
+                f"{side}×{side}-pixel images once in this process and twice in each of {workers} trial(s) "
+                "at once)")
+        fix = "lower data.n_images or data.canvas"
+    else:
+        seeds = footprint.most_seeds(study)
+        what = (f"{counted(seeds, 'network')} per trial, training {study.train.batch_size} images each "
+                f"per step on a {study.data.canvas}-pixel canvas, need about {nets / 2**30:.1f} GiB per "
+                f"trial besides the images, {need / 2**30:.1f} GiB here for {workers} trial(s) at once")
+        fix = "lower search.seeds (or confirm_seeds), train.batch_size or data.canvas"
+    raise UserError(f"{what}, but {available / 2**30:.1f} GiB is available; {fix}, or raise "
+                    "resources.cpu so fewer trials run at once")
 
 
 def check_disk(study: Study, study_dir: Path, n_params: int) -> None:
@@ -135,6 +145,84 @@ def _available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail within seconds where ``ray.init`` would retry an address for minutes: nothing
+    listening (refused), no answer (a firewall, the wrong host) or an unknown host."""
+    if address.startswith(("http://", "https://")):
+        raise UserError(f"--address {address}: the dashboard's address, which `ray job submit` takes; "
+                        "study run joins the cluster at the port of `ray start --head` (HEAD:6379), or "
+                        "auto on a machine of the cluster. (--address defaults to $RAY_ADDRESS.)")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", a ray:// client address: Ray resolves those itself
+    hint = f"--address {address}: "
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+            speaks_grpc = _answers_http2(conn)
+    except ConnectionRefusedError:
+        raise UserError(hint + f"connection refused: nothing listens on port {port} of {host}. Start "
+                        f"the head there with `ray start --head --port={port}`, or correct the "
+                        "address") from None
+    except TimeoutError:
+        raise UserError(hint + f"no answer from {host} within {timeout:g} s: the host is down, "
+                        "a firewall drops the port, or the address is wrong") from None
+    except OSError as err:
+        raise UserError(hint + f"cannot reach {host}: {err}") from None
+    if not speaks_grpc:
+        raise UserError(hint + f"something answers on port {port}, but not a Ray head (its port speaks "
+                        "gRPC); give the port `ray start --head` printed (6379 by default)")
+    from ray._raylet import AuthenticationTokenLoader
+
+    if os.environ.get("RAY_AUTH_MODE", "token") == "token" and \
+            not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        raise UserError(hint + "no Ray auth token here, and the cluster checks one: copy the head "
+                        "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN")
+    _check_token(address, hint, timeout)
+
+
+def _check_token(address: str, hint: str, timeout: float) -> None:
+    """Ask the head's GCS for the cluster's id, as ``ray.init`` first does, with this machine's
+    token: a refused token is one message now, not a minute of Ray's retries and warnings."""
+    import grpc
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    loader = AuthenticationTokenLoader.instance()
+    metadata = tuple(loader.get_token_for_http_header().items()) if loader.has_token() else ()
+    with grpc.insecure_channel(address) as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise UserError(hint + "the cluster refused this machine's Ray auth token (" +
+                                ("none here" if not metadata else "not the head's") + "): copy the head "
+                                "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN to "
+                                "it") from None
+            # Anything else (a head still starting, say) is left to ray.init and its message.
+
+
+# An HTTP/2 client's first bytes, and an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the server on ``conn`` speaks HTTP/2, as Ray's GCS (a gRPC server) does: it answers
+    the preface with a SETTINGS frame. Anything else (an HTTP/1 page, a database's greeting,
+    silence until the timeout) is not a Ray head."""
+    try:
+        conn.sendall(_HTTP2_PREFACE)
+        header = b""
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == 4
 
 
 def check_storage(study: Study, study_dir: Path) -> None:

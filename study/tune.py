@@ -38,8 +38,8 @@ import math
 import os
 import pickle
 import shutil
-import socket
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -413,59 +413,29 @@ def gpu_share(trials: int) -> float:
     return 1 / min(TRIALS_PER_GPU, max(1, trials))
 
 
-def check_address(address: str, timeout: float = 5.0) -> None:
-    """Fail within seconds where ``ray.init`` would retry an address for minutes: nothing
-    listening (refused), no answer (a firewall, the wrong host) or an unknown host."""
-    if address.startswith(("http://", "https://")):
-        raise UserError(f"--address {address}: the dashboard's address, which `ray job submit` takes; "
-                        "study run joins the cluster at the port of `ray start --head` (HEAD:6379), or "
-                        "auto on a machine of the cluster. (--address defaults to $RAY_ADDRESS.)")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto", a ray:// client address: Ray resolves those itself
-    hint = f"--address {address}: "
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
-            speaks_grpc = _answers_http2(conn)
-    except ConnectionRefusedError:
-        raise UserError(hint + f"connection refused: nothing listens on port {port} of {host}. Start "
-                        f"the head there with `ray start --head --port={port}`, or correct the "
-                        "address") from None
-    except TimeoutError:
-        raise UserError(hint + f"no answer from {host} within {timeout:g} s: the host is down, "
-                        "a firewall drops the port, or the address is wrong") from None
-    except OSError as err:
-        raise UserError(hint + f"cannot reach {host}: {err}") from None
-    if not speaks_grpc:
-        raise UserError(hint + f"something answers on port {port}, but not a Ray head (its port speaks "
-                        "gRPC); give the port `ray start --head` printed (6379 by default)")
-    from ray._raylet import AuthenticationTokenLoader
+class _TrialFailures(logging.Filter):
+    """Ray's report of a failed trial (a worker killed, a node lost), a traceback of Ray's
+    internals, as one line; the traceback goes to ``log``. Whether Ray retries the trial
+    (``resources.retries``) or records it as failed, the run's own lines say next."""
 
-    if os.environ["RAY_AUTH_MODE"] == "token" and \
-            not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
-        raise UserError(hint + "no Ray auth token here, and the cluster checks one: copy the head "
-                        "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN")
+    def __init__(self, log: Path) -> None:
+        super().__init__()
+        self.log = log
 
-
-# An HTTP/2 client's first bytes, and an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-
-
-def _answers_http2(conn: socket.socket) -> bool:
-    """Whether the server on ``conn`` speaks HTTP/2, as Ray's GCS (a gRPC server) does: it answers
-    the preface with a SETTINGS frame. Anything else (an HTTP/1 page, a database's greeting,
-    silence until the timeout) is not a Ray head."""
-    try:
-        conn.sendall(_HTTP2_PREFACE)
-        header = b""
-        while len(header) < 9:
-            chunk = conn.recv(9 - len(header))
-            if not chunk:
-                return False
-            header += chunk
-    except OSError:
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Trial task failed for trial") or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as out:
+            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            out.write("".join(traceback.format_exception(*record.exc_info)))
+        trial = "_".join(message.rsplit("_", 2)[-2:])
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        print(f"trial {trial} failed: {type(error).__name__}: {first} (Ray restarts it from its last "
+              f"checkpoint while resources.retries allows; traceback in {self.log})", flush=True)
         return False
-    return header[3] == 4
 
 
 def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool = False,
@@ -480,8 +450,10 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     # On Ctrl-C Ray advises `Tuner.restore(...)`; this tool's own resume command is what works.
     logging.getLogger("ray.tune.tune").addFilter(lambda record: "Resume " not in record.getMessage())
     # Ray's own ResourceChangingScheduler reads a controller attribute Ray then warns about.
-    logging.getLogger("ray.tune.execution.tune_controller").addFilter(
-        lambda record: "_reuse_actors" not in record.getMessage())
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    controller.addFilter(lambda record: "_reuse_actors" not in record.getMessage())
+    if not verbose:
+        controller.addFilter(_TrialFailures(study_dir / "ray" / "errors.log"))
     started_here = not ray.is_initialized()
     if started_here:
         # Without an address, a new embedded instance ("local"): never a cluster that `ray start`

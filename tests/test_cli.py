@@ -14,7 +14,7 @@ runner = CliRunner()
     ("args", "expected"),
     [
         (["run", "missing.yaml"], "missing.yaml: no such file"),
-        (["run", str(SMOKE), "--set", "train.epoch=2"], "smoke.yaml: train.epoch: unknown key"),
+        (["run", str(SMOKE), "--set", "train.epoch=2"], "--set 'train.epoch=2': train.epoch: unknown key"),
         (["run", str(SMOKE), "--set", "data.canvas=big"], "data.canvas: Input should be a valid integer"),
         (["trial", str(SMOKE), "--set", "model.attention.layers=[7]"], "conv positions that do not exist"),
     ],

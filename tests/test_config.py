@@ -67,6 +67,8 @@ def test_bad_input_is_one_message_naming_file_and_key(sets, expected):
         config.load(SMOKE, sets)
     assert expected in str(err.value)
     assert "Traceback" not in str(err.value)
+    # A mistake in a --set value is blamed on that --set, not on the file; one in its syntax too.
+    assert str(err.value).startswith(f"--set {sets[-1]!r}") or str(SMOKE) in str(err.value)
 
 
 def test_every_space_choice_is_validated_up_front(tmp_path):

@@ -1,13 +1,21 @@
 """What a study will cost, counted before it starts."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from study import config
+from study import config, footprint
 from study.cli import app
+from study.models import Stacked, build_network
 from study.plan import schedule, stages
 
 from .conftest import ROOT, SMOKE
+
+BIN = Path(sys.executable).parent
 
 runner = CliRunner()
 
@@ -64,3 +72,57 @@ def test_plan_prints_networks_steps_memory_and_time():
 def test_the_schedule_lays_trials_over_the_cpus_and_hands_freed_ones_on(trials, slots, reallocate, wall, use):
     got_wall, got_use = schedule(trials, slots, reallocate)
     assert got_wall == pytest.approx(wall) and got_use == pytest.approx(use)
+
+
+@pytest.mark.parametrize("layers", ["[]", "[0]"])
+def test_the_activations_counted_without_storage_are_those_a_real_step_saves(layers):
+    """``footprint`` counts on fake tensors at one and two images; a real forward of three seeds
+    at 32 images each, on the path the trials take (AttConv's CPU kernel), saves that much."""
+    study = config.load(SMOKE, [f"model.attention.layers={layers}"])
+    saved = footprint.activations(study)
+    net = Stacked([build_network(study.model, 48, 1) for _ in range(3)])
+    real = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal real
+        real += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        net(torch.rand(3, 32, 1, 48, 48))
+    assert real == pytest.approx(3 * (saved.fixed + 32 * saved.per_image), rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("sets", "code", "expected"),
+    [
+        # Valid and large: timed on part of a step's images, scaled.
+        (["train.batch_size=2049", "search.seeds=2"], 0, "of its images and scaled"),
+        (["search.seeds=100", "train.compile=false"], 0, "ms per step of 100 seeds"),
+        (["search.seeds=1000"], 2, "--set 'search.seeds=1000': search.seeds: Input should be less than or"),
+        (["search.seeds={start: 2, step: 1, max: 100000000}"], 2, "search.seeds.max: Input should be less"),
+        (["train.batch_size=100000"], 2, "study run would refuse this study: 3 networks per trial, training "
+                                         "100000 images each"),
+        (["resources.cpu=64"], 2, "study run would refuse this study: resources.cpu is 64 per trial"),
+        (["data.n_images=100000000"], 2, "would refuse this study: data.n_images 100,000,000 needs"),
+        (["data.canvas=512", "search.seeds=20"], 2, "would refuse this study: 20 networks per trial"),
+    ],
+)
+def test_planning_is_bounded_in_time_and_memory_whatever_the_settings(tmp_path, sets, code, expected):
+    """Each ends within 15 s, under 2 GB, one message and no traceback where it refuses, nothing
+    written: the process's own peak memory, measured by the parent that waits for it."""
+    args = [str(BIN / "study"), "plan", str(SMOKE), *[a for s in sets for a in ("--set", s)],
+            "--results", str(tmp_path / "results")]
+    probe = ("import resource, subprocess, sys, time; start = time.monotonic(); "
+             "done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "print(done.returncode, time.monotonic() - start, "
+             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024); "
+             "print(done.stdout + done.stderr)")
+    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    (rc, seconds, peak), shown = out.stdout.split("\n", 1)[0].split(), out.stdout.split("\n", 1)[1]
+    assert int(rc) == code and expected in shown, shown
+    assert float(seconds) < 15 and int(peak) < 2 * 10**9, (seconds, peak)
+    assert "Traceback" not in shown and not list(tmp_path.iterdir())
+    if code:
+        assert len(shown.strip().splitlines()) == 1  # one message

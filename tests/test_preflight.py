@@ -37,7 +37,9 @@ space: {train.lr: {choice: [0.1]}}
 def run(tmp_path, *args, timeout: float = 30):
     """``study run`` of the smoke study into ``tmp_path/results``; it must answer within ``timeout``."""
     start = time.monotonic()
-    result = runner.invoke(app, ["run", str(SMOKE), "--results", str(tmp_path / "results"), *args])
+    args = [arg.replace("TMP", str(tmp_path)) for arg in args]
+    results = [] if "--results" in args else ["--results", str(tmp_path / "results")]
+    result = runner.invoke(app, ["run", str(SMOKE), *results, *args])
     assert time.monotonic() - start < timeout
     return result
 
@@ -46,10 +48,14 @@ def run(tmp_path, *args, timeout: float = 30):
     ("args", "expected"),
     [
         (["--set", "resources.cpu=10000"], "resources.cpu is 10000 per trial, but this machine has"),
-        (["--set", "resources.cpu=.inf"], "resources.cpu: Input should be a finite number"),
-        (["--set", "train.weight_decay=.inf"], "train.weight_decay: Input should be a finite number"),
-        (["--set", "train.lr=.nan"], "train.lr: Input should be a finite number"),
+        (["--set", "resources.cpu=.inf"], "--set 'resources.cpu=.inf': resources.cpu: Input should be a"),
+        (["--set", "train.weight_decay=.inf"], "--set 'train.weight_decay=.inf': train.weight_decay: Input"),
+        (["--set", "train.lr=.nan"], "--set 'train.lr=.nan': train.lr: Input should be a finite"),
+        (["--set", "train={lr: .nan}"], "--set 'train={lr: .nan}': train.lr: Input should be a finite"),
         (["--set", "data.n_images=100000000"], "data.n_images 100,000,000 needs about"),
+        (["--set", "search.seeds=101"], "--set 'search.seeds=101': search.seeds: Input should be less"),
+        (["--set", "search.seeds={start: 2, step: 1, max: 101}"], "search.seeds.max: Input should be less"),
+        (["--results", "TMP/x/y", "--resume"], "nothing to resume"),
         (["--storage", "sqlite:///no/such/folder/x.db"], "the folder no/such/folder does not exist"),
         (["--storage", "nosuch://x"], "search.storage nosuch://x: not a storage SQLAlchemy knows"),
         (["--storage", "mysql://127.0.0.1:1/x"], "the database driver is not installed"),
@@ -61,7 +67,7 @@ def test_a_setting_that_cannot_run_is_a_message_before_ray_starts(tmp_path, args
     result = run(tmp_path, *args)
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "results").exists()
+    assert not list(tmp_path.iterdir())  # no folder, no lock: nothing written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
@@ -109,6 +115,18 @@ def test_memory_and_disk_are_compared_with_what_the_study_needs(tmp_path):
     with pytest.raises(UserError, match=r"needs about 4\.\d GiB here .* 4 trial\(s\) at once"):
         preflight.check_memory(study, workers=4, available=2 * 2**30)
     preflight.check_disk(study, tmp_path, n_params=169_420)  # about 30 MiB: this disk has room
+
+
+def test_a_trial_whose_networks_exceed_memory_is_a_message_naming_what_to_lower():
+    """A 512-pixel canvas: LeNet-5's first feature maps are 6 × 508² per image, so one evaluation
+    chunk of 1,024 images and a step's activations take gigabytes, whatever the image count."""
+    study = config.load(SMOKE, ["data.n_images=300", "data.canvas=512"])
+    with pytest.raises(UserError, match=r"3 networks per trial, training 32 images each per step on a "
+                                        r"512-pixel canvas, need about \d+\.\d GiB per trial .* lower "
+                                        r"search.seeds \(or confirm_seeds\), train.batch_size or "
+                                        r"data.canvas"):
+        preflight.check_memory(study, workers=2, available=16 * 2**30)
+    preflight.check_memory(config.load(SMOKE, ["data.n_images=300"]), workers=2, available=16 * 2**30)
 
 
 @contextlib.contextmanager
