@@ -309,9 +309,12 @@ SECONDARY_COLUMNS = ["level", *[f"{prefix}{k}" for prefix in ("acc_", "f1_")
                                 for k in ("diff", "diff_ci_low", "diff_ci_high", "p_holm", "verdict")]]
 IMAGE_COLUMNS = ["level", "reference", *IMAGE_KEYS]
 MEANING = {
-    "better": "lower loss than the reference, a difference unlikely to be chance",
-    "worse": "higher loss than the reference, a difference unlikely to be chance",
-    "equivalent": "the difference lies within ±{margin:g}, the study's margin",
+    "better": "lower loss than the reference: the test across networks rejects equal means at "
+              "α = 0.05 after Holm",
+    "worse": "higher loss than the reference: the test across networks rejects equal means at "
+             "α = 0.05 after Holm",
+    "equivalent": "the tests support a difference within ±{margin:g}, the study's margin (both "
+                  "one-sided tests reject at α = 0.05 after Holm)",
     "inconclusive": "neither a difference nor equivalence within ±{margin:g} is shown",
     "continue": "undecided so far: the sequential design's next round has not run",
 }
@@ -332,8 +335,8 @@ def reading(analysis: Analysis) -> list[str]:
                          "spread).")
         else:
             meaning = MEANING[row.verdict].format(margin=margin)
-            if row.verdict == "better" and row.p_equivalent_holm < ALPHA:
-                meaning += f", and smaller than the margin ±{margin:g}"
+            if row.verdict in ("better", "worse") and row.p_equivalent_holm < ALPHA:
+                meaning += f"; the equivalence tests also support a difference within ±{margin:g}"
             lines.append(
                 f"{head}; difference {row.diff:+.4f} [{interval} {row.diff_ci_low:+.4f}, "
                 f"{row.diff_ci_high:+.4f}], {test} = {row.p:.2g} (Holm over {family}: {row.p_holm:.2g}); "
@@ -358,16 +361,24 @@ def reading(analysis: Analysis) -> list[str]:
                      f"±{margin:g} with probability {row.power_at_margin:.2f}, and {eighty}")
             lines.append(f"  Power: seed SDs {row.sd:.4f} vs {row.sd_reference:.4f}; if these were the true "
                          f"SDs, {power}.")
-        secondary = [f"{name} {getattr(row, prefix + 'diff'):+.4f} ({getattr(row, prefix + 'verdict')})"
-                     for name, prefix in (("exact-set accuracy", "acc_"), ("digit F1", "f1_"))
-                     if not pd.isna(getattr(row, prefix + "diff"))]
+        secondary = []
+        for name, prefix in (("exact-set accuracy", "acc_"), ("digit F1", "f1_")):
+            diff, low, high, verdict = (getattr(row, prefix + k) for k in
+                                        ("diff", "diff_ci_low", "diff_ci_high", "verdict"))
+            if not pd.isna(diff):
+                secondary.append(f"{name} {diff:+.4f} [95 % CI {low:+.4f}, {high:+.4f}] ({verdict})")
         if secondary:
-            lines.append(f"  Higher is better: {'; '.join(secondary)}, margin "
-                         f"±{analysis.study.analysis.accuracy_margin:g}.")
+            caveat = (" These are fixed-size tests of the networks compared at this look, not "
+                      "corrected for the looks before it: descriptive, not the design's verdict."
+                      if analysis.decisions else "")
+            lines.append(f"  Secondary measures, higher is better: {'; '.join(secondary)}, margin "
+                         f"±{analysis.study.analysis.accuracy_margin:g}.{caveat}")
         if not pd.isna(row.image_p):
             lines.append(
                 f"  {IMAGE_LEVEL.capitalize()} (the original study's test): Hodges–Lehmann shift "
-                f"{row.image_hl_shift:+.4g} [{row.image_hl_ci_low:+.4g}, {row.image_hl_ci_high:+.4g}], "
+                f"{row.image_hl_shift:+.4g} (its interval over test images {row.image_hl_ci_low:+.4g} to "
+                f"{row.image_hl_ci_high:+.4g} takes the images as the sample and the networks as fixed: "
+                "no confidence interval for retrained networks), "
                 f"Wilcoxon W = {row.image_wilcoxon_w:.0f}, p = {row.image_p:.2g}, "
                 f"r = {row.image_rank_biserial:.2f}.")
     return lines
@@ -385,6 +396,7 @@ def sequential_section(analysis: Analysis) -> list[str]:
     fixed = np.ceil(rows["fixed_seeds_same_power"].to_numpy(dtype=float))
     fixed_all = fixed.sum() + fixed.max() if len(fixed) and not np.isnan(fixed).any() else np.nan
     looks = design.looks()
+    undecided = (rows["verdict"] == "continue").any()
     table = rows.reindex(columns=["level", "verdict", "look", "seeds", "seeds_reference", "diff",
                                   "diff_ci_low", "diff_ci_high", "p", "p_holm", "p_equivalent_holm",
                                   "design_power_at_margin", "fixed_seeds_same_power"])
@@ -409,7 +421,8 @@ def sequential_section(analysis: Analysis) -> list[str]:
         "Holm's first step, if the observed seed SDs were the truth; `fixed_seeds_same_power`: the "
         "networks per arm a fixed design needs for the same power (normal theory).", "",
         _table(table), "",
-        f"Networks spent: {spent} compared networks in all ("
+        f"Networks spent{' so far (the design has not finished)' if undecided else ''}: {spent} "
+        "compared networks in all ("
         + ", ".join(f"{arm.level}: {len(arm.networks)}" for arm in analysis.selected) + "), "
         + (f"against {fixed_all:.0f} for a fixed design with the same power at the margin "
            f"({', '.join(f'{n:.0f}' for n in fixed)} per compared level, the reference at the most "

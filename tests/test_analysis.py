@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -136,7 +137,11 @@ def test_identical_arms_with_ten_seeds_are_called_equivalent_within_the_margin(t
     assert row["power_at_margin"] > 0.8  # the margin lies above what the study detects
     assert row["verdict"] == "equivalent" and row["p_equivalent_holm"] < 0.05
     text = "\n".join(report.reading(analysis.analyze(tmp_path)))
-    assert "EQUIVALENT: the difference lies within ±0.01" in text
+    assert "EQUIVALENT: the tests support a difference within ±0.01" in text
+    # Every interval says what it is: the secondary measures' CIs, the image-level interval as
+    # one over images that is no confidence interval for retrained networks.
+    assert re.search(r"exact-set accuracy [+-][\d.]+ \[95 % CI [+-][\d.]+, [+-][\d.]+\]", text)
+    assert "no confidence interval for retrained networks" in text
 
 
 def test_only_confirmation_networks_enter_when_the_study_selected(tmp_path):
