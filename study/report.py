@@ -366,7 +366,8 @@ def reading(analysis: Analysis) -> list[str]:
             diff, low, high, verdict = (getattr(row, prefix + k) for k in
                                         ("diff", "diff_ci_low", "diff_ci_high", "verdict"))
             if not pd.isna(diff):
-                secondary.append(f"{name} {diff:+.4f} [95 % CI {low:+.4f}, {high:+.4f}] ({verdict})")
+                interval = "" if pd.isna(low) else f" [95 % CI {low:+.4f}, {high:+.4f}]"
+                secondary.append(f"{name} {diff:+.4f}{interval} ({verdict})")
         if secondary:
             caveat = (" These are fixed-size tests of the networks compared at this look, not "
                       "corrected for the looks before it: descriptive, not the design's verdict."
