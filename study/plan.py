@@ -35,7 +35,7 @@ from study.train import eval_chunk, inference, make_optimizer, pick_device, snap
 from study.words import counted, duration
 
 TIMED_STEPS = 4  # after two untimed ones
-TIMED_S = 1.0  # a step's timing stops once this has passed (after one timed step at least)
+TIMED_S = 0.5  # a step's timing stops once this has passed (after one timed step at least)
 PLAN_BYTES = 256 * 2**20  # activations a timed step may hold; a larger step is timed on fewer images, scaled
 EVAL_TIMED = 64  # images whose evaluation is timed; the time per image scales to the splits
 TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dataset (measured here)

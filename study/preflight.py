@@ -175,7 +175,7 @@ def check_address(address: str, timeout: float = 5.0) -> None:
                         "gRPC); give the port `ray start --head` printed (6379 by default)")
     from ray._raylet import AuthenticationTokenLoader
 
-    if os.environ.get("RAY_AUTH_MODE", "token") == "token" and \
+    if os.environ["RAY_AUTH_MODE"] == "token" and \
             not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
         raise UserError(hint + "no Ray auth token here, and the cluster checks one: copy the head "
                         "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN")

@@ -192,6 +192,14 @@ def _stage(study_dir: Path, trial_id: str, rows: list[dict], epochs: list[dict])
     atomic_write(study_dir / _STAGED / f"{trial_id}.json", lambda tmp: tmp.write_text(text))
 
 
+def finished(study_dir: Path) -> pd.DataFrame:
+    """The network rows of the trials that have finished (their rows are staged);
+    ``trials.parquet`` is brought up to date on the way."""
+    if not consolidate(study_dir):
+        return pd.DataFrame(columns=["trial_id", "stage"])
+    return pd.read_parquet(Path(study_dir) / "trials.parquet")
+
+
 def consolidate(study_dir: Path) -> int:
     """Rewrite ``trials.parquet`` and ``epochs.parquet`` from the staged rows; returns the
     number of trials (configurations). Cheap enough to call after every trial."""

@@ -274,6 +274,7 @@ def test_a_configuration_trained_again_on_the_same_seeds_counts_each_seed_once(t
     assert "each seed counts once, and [0]: 3 repeated networks are left out" in note
 
 
+@pytest.mark.slow
 def test_the_attention_figure_draws_from_weights_saved_with_the_retired_top_down_bias(tmp_path):
     """Weights saved before AttConv dropped its inert b_td carry that key; the report still loads them."""
     import torch

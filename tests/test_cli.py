@@ -39,6 +39,7 @@ def test_analyze_needs_a_results_directory(tmp_path):
     assert result.exit_code == 2 and "no trials.parquet" in result.output
 
 
+@pytest.mark.slow
 def test_trial_runs_in_process_and_writes_the_contract(tmp_path):
     result = runner.invoke(app, ["trial", str(SMOKE), "--results", str(tmp_path), "--set",
                                  "data.n_images=300", "--set", "train.epochs=1", "--set",
@@ -62,6 +63,7 @@ def test_models_lists_every_model_with_baselines_matched():
         assert abs(float(rows[label][-1]) - 1) <= 0.02  # the achieved ratio, last column
 
 
+@pytest.mark.slow
 def test_a_baseline_that_cannot_match_stops_the_run_before_anything_is_written(tmp_path):
     path = ROOT / "searchspaces" / "complexity.yaml"
     result = runner.invoke(app, ["run", str(path), "--results", str(tmp_path), "--set",
@@ -87,6 +89,7 @@ def test_results_naming_a_file_is_a_message_before_anything_runs(tmp_path, comma
     assert (tmp_path / "results").read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_preview_draws_every_data_setting_of_the_space(tmp_path):
     result = runner.invoke(app, ["data", "preview", str(ROOT / "searchspaces" / "calibration.yaml"),
                                  "--set", "data.n_images=300", "--out", str(tmp_path)])

@@ -42,6 +42,7 @@ def test_a_last_batch_of_one_image_is_not_a_step():
     assert tune.steps == 2 * 25
 
 
+@pytest.mark.slow
 def test_plan_prints_networks_steps_memory_and_time():
     result = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=2",
                                  "--set", "train.compile=false"])
@@ -108,6 +109,7 @@ def test_the_activations_counted_without_storage_are_those_a_real_step_saves(lay
         (["data.canvas=512", "search.seeds=20"], 2, "would refuse this study: 20 networks per trial"),
     ],
 )
+@pytest.mark.slow
 def test_planning_is_bounded_in_time_and_memory_whatever_the_settings(tmp_path, sets, code, expected):
     """Each ends within 15 s, under 2 GB, one message and no traceback where it refuses, nothing
     written: the process's own peak memory, measured by the parent that waits for it."""

@@ -195,6 +195,7 @@ def test_an_address_that_answers_but_is_not_ray_is_a_message_within_seconds(tmp_
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_an_address_without_a_token_here_is_a_message(tmp_path):
     """A server that speaks HTTP/2 (as Ray's head does), and no token in HOME or the environment."""
     settings = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # an empty HTTP/2 SETTINGS frame

@@ -2,6 +2,7 @@
 
 import types
 
+import pytest
 import torch
 
 from study import config, report, results
@@ -20,6 +21,7 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_a_crafted_weights_file_is_not_loaded_and_runs_nothing(tmp_path):
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1"])  # AttConv at conv1
     results.write_trial(tmp_path, "t", "tune", {"model.attention.layers": "[0]"}, fit(study, seeds=[0]))

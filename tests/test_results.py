@@ -12,6 +12,7 @@ from study.train import fit
 from .conftest import SMOKE
 
 
+@pytest.mark.slow
 def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[]"])
     params = {"model.attention.layers": "[]"}
@@ -51,6 +52,7 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     assert results.status_counts(tmp_path) == {"COMPLETED": 2, "ERROR": 2}
 
 
+@pytest.mark.slow
 def test_a_network_that_failed_is_an_error_row_with_its_reason_and_leaves_no_samples(tmp_path):
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
     result = fit(study, seeds=[0, 1])
@@ -66,6 +68,7 @@ def test_a_network_that_failed_is_an_error_row_with_its_reason_and_leaves_no_sam
         "tune trial half layers=[]: 1 of 2 networks failed: diverged at epoch 0: ..."]
 
 
+@pytest.mark.slow
 def test_trial_ids_of_digits_only_read_back_as_text(tmp_path):
     # A Ray trial id is 8 hex digits: all decimal for about 1 trial in 43. Where every trial's id is,
     # pyarrow's default reads the folder trial_id=01234567 as the number 1234567 and then refuses
@@ -81,6 +84,7 @@ def test_trial_ids_of_digits_only_read_back_as_text(tmp_path):
     assert sorted(read["trial_id"].astype(str).unique()) == ["01234567", "12345678"]
 
 
+@pytest.mark.slow
 def test_samples_from_another_dataset_than_their_network_are_a_message(tmp_path):
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
     params = {"model.attention.layers": "[]"}
@@ -94,6 +98,7 @@ def test_samples_from_another_dataset_than_their_network_are_a_message(tmp_path)
         results.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_analysis_of_a_folder_whose_study_yaml_is_another_studys_is_a_message(tmp_path):
     from study.analysis import analyze
 

@@ -31,6 +31,7 @@ def inside(c, fractions, sides, mean=None):
                                                abseps=1e-7, releps=1e-7, rng=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spending", ["obrien-fleming", "pocock"])
 @pytest.mark.parametrize("sides", [1, 2])
 @pytest.mark.parametrize("fractions", [(0.2, 0.4, 0.6, 0.8, 1.0), UNEVEN, tuple(np.arange(2, 15, 2) / 14)])
@@ -78,22 +79,26 @@ def simulate(design, difference, runs, margin=0.5, sd=1.0, sd_reference=1.0, lev
 
 @pytest.mark.parametrize("design", [Design(start=2, step=2, max=8), Design(start=3, step=3, max=15),
                                     Design(start=3, step=3, max=15, spending="pocock")])
+@pytest.mark.slow
 def test_identical_arms_are_called_different_at_most_alpha_often_over_all_looks(design):
     runs = simulate(design, 0.0, 1000)
     assert within_level([d[0].verdict in ("better", "worse") for d in runs])
 
 
+@pytest.mark.slow
 def test_the_error_holds_with_unequal_spreads_and_failed_networks():
     runs = simulate(Design(start=3, step=3, max=12), 0.0, 1000, sd=3.0, failed=(1, 7, 8), seed=1)
     assert within_level([d[0].verdict in ("better", "worse") for d in runs])
     assert {(d[0].n, d[0].n_reference) for d in runs if d[0].look == 3} == {(6, 9)}  # a smaller arm
 
 
+@pytest.mark.slow
 def test_holm_over_three_levels_keeps_the_family_wise_error():
     runs = simulate(Design(start=3, step=3, max=9), 0.0, 600, levels=3, seed=2)
     assert within_level([any(d.verdict in ("better", "worse") for d in r.values()) for r in runs])
 
 
+@pytest.mark.slow
 def test_equivalence_is_claimed_at_most_alpha_often_when_the_difference_is_the_margin():
     design = Design(start=4, step=4, max=16)
     runs = simulate(design, 1.0, 1000, margin=1.0, sd=0.6, sd_reference=0.6, seed=3)
@@ -101,6 +106,7 @@ def test_equivalence_is_claimed_at_most_alpha_often_when_the_difference_is_the_m
     assert np.mean([d[0].verdict == "better" or d[0].verdict == "worse" for d in runs]) > 0.3
 
 
+@pytest.mark.slow
 def test_the_repeated_interval_covers_the_truth_whatever_the_look_it_stopped_at():
     runs = simulate(Design(start=3, step=3, max=15), 1.0, 1000, seed=4)
     looks = [d[0].look for d in runs]

@@ -94,6 +94,7 @@ def test_seeds_for_a_margin_are_the_fewest_that_reach_the_power():
     assert math.isnan(stats.seeds_for(1e-6, 1.0, 1.0))  # beyond MAX_SEEDS: no number pretends
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seeds", [2, 3, 5, 10])
 def test_the_verdict_calls_identical_arms_better_or_worse_at_most_alpha_often(seeds, monkeypatch):
     """A study of two levels against a reference, all three identical: the chance that any

@@ -45,7 +45,7 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FACTOR_STUDIES + DATA_STUDIES)
 def test_each_study_runs_at_smoke_scale_and_analyses_every_level(cluster, tmp_path, name):
     path = ROOT / "searchspaces" / f"{name}.yaml"
@@ -73,7 +73,7 @@ def test_each_study_runs_at_smoke_scale_and_analyses_every_level(cluster, tmp_pa
     assert all(r["reference"] == levels[0] for r in rows)
 
 
-@pytest.mark.ray
+@pytest.mark.slow
 def test_withheld_samples_are_marked_and_analysed_separately(cluster, tmp_path):
     path = ROOT / "searchspaces" / "data-withheld.yaml"
     sets = [arg for s in ["data.n_images=600", *SMOKE_SETS[1:]] for arg in ("--set", s)]

@@ -32,6 +32,7 @@ def single(study, state):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_reports_once_per_epoch_with_the_means_over_seeds(run):
     _, result, reports, _ = run
     assert [r["epoch"] for r in reports] == [0, 1, 2, 3]
@@ -42,6 +43,7 @@ def test_reports_once_per_epoch_with_the_means_over_seeds(run):
         assert r["best_val_loss"] == pytest.approx(np.mean(best))
 
 
+@pytest.mark.slow
 def test_a_trial_stopped_early_is_finished_as_a_trial_of_that_length_ends(run, tmp_path):
     """What a scheduler's stop after epoch 1 leaves (the snapshot, through a file as Ray keeps it)
     is tested exactly as a two-epoch trial of the same seeds: same history, best epochs and test
@@ -105,6 +107,7 @@ def test_seeds_are_different_networks_with_their_own_batch_norm_buffers(run):
 
 @pytest.mark.parametrize(("layers", "optimizer"), [("[]", "adam"), ("[0]", "adam"), ("[]", "adamw"),
                                                    ("[]", "sgd")])
+@pytest.mark.slow
 def test_seed_s_of_a_stacked_trial_is_the_one_seed_network_of_seed_s(layers, optimizer):
     """In float64 the stacked seeds and a one-seed run differ only by summation order (grouped
     vs single convolutions and matrix products, ~1e-16), which training amplifies little over
@@ -131,6 +134,7 @@ def test_seed_s_of_a_stacked_trial_is_the_one_seed_network_of_seed_s(layers, opt
     np.testing.assert_allclose(a.test_loss, b.test_loss, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_seeds_same_training(run):
     study, result, *_ = run
     again = fit(study, seeds=SEEDS)
@@ -152,6 +156,7 @@ def test_the_optimiser_named_is_the_one_that_steps(optimizer, expected):
     assert p.item() == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_diverging_network_is_stopped_with_its_reason_and_reports_no_value():
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=3", "model.batchnorm=false",
                                 "train.lr=0.99"])
@@ -194,6 +199,7 @@ def test_a_training_step_replayed_as_a_cuda_graph_trains_the_same_networks(layer
         np.testing.assert_allclose(ours.test_loss, theirs.test_loss, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_compiled_step_trains_the_same_networks_as_the_eager_one():
     """``train.compile: true`` (inductor, from the first step; the short last batch and evaluation
     chunk eager) against ``false``: the same best epochs and epoch losses to 1e-4 relative; every
@@ -211,6 +217,7 @@ def test_the_compiled_step_trains_the_same_networks_as_the_eager_one():
         np.testing.assert_allclose(a.test_logits, b.test_logits, atol=5e-3)
 
 
+@pytest.mark.slow
 def test_auto_leaves_a_short_trial_eager(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("compiled although the warm-up could not pay")
@@ -220,6 +227,7 @@ def test_auto_leaves_a_short_trial_eager(monkeypatch):
     assert result.networks[0].failure is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", ["[]", "[0]"])
 def test_a_trial_resumed_from_any_epochs_snapshot_trains_the_same_networks(layers, tmp_path):
     """The snapshot after epoch k, saved and loaded as a checkpoint is, continues to the networks

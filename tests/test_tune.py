@@ -20,12 +20,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from study import tune as tune_module
 from study.report import FIGURES
 
 from .conftest import SMOKE
 
-pytestmark = pytest.mark.ray
+pytestmark = pytest.mark.slow  # every test here runs studies through Ray
 BIN = Path(sys.executable).parent
 SMALL = ["--set", "data.n_images=300", "--set", "train.epochs=2"]
 N_TEST = 30  # 10 % of 300
@@ -257,6 +256,16 @@ def ray_cluster(tmp_path, monkeypatch):
 
 def test_a_study_on_a_two_node_cluster_with_address_and_as_a_ray_job(tmp_path, ray_cluster):
     address, dashboard = ray_cluster
+    # A token the head does not know is one message within seconds, nothing written.
+    start = time.monotonic()
+    refused = subprocess.run([str(BIN / "study"), "run", str(SMOKE), *SMALL, "--results",
+                              str(tmp_path / "no"), "--address", address], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "RAY_AUTH_TOKEN": "0" * 64})
+    assert refused.returncode == 2 and time.monotonic() - start < 15, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines() == [
+        f"error: --address {address}: the cluster refused this machine's Ray auth token (not the "
+        "head's): copy the head node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN to it"]
+    assert not (tmp_path / "no").exists()
     out = study("run", str(SMOKE), *SMALL, "--set", "search.seeds=1", "--results", str(tmp_path),
                 "--address", address)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -649,35 +658,3 @@ def test_asha_stops_trailing_tuning_trials_and_each_still_writes_its_rows(tmp_pa
     assert [t.state.name for t in ot.trials] == ["COMPLETE"] * 10  # with the value when stopped
     notes = json.loads(study("analyze", str(study_dir), "--json").stdout)["notes"]
     assert f"ASHA stopped {stopped['trial_id'].nunique()} of 10 tuning trials early" in " ".join(notes)
-
-
-def test_the_time_left_comes_from_measured_epochs(monkeypatch):
-    """A study of 4 tuning trials (1 seed) and a confirmation trial (2 seeds) for each of its
-    levels x and y, 3 epochs, two trials at a time, on a fake clock: the estimate lays the epochs
-    left at their measured seconds per seed (a level's own once measured), plus the measured time a
-    trial spends beyond its epochs, over the slots, a stage after the one before."""
-    clock = [0.0]
-    monkeypatch.setattr(tune_module.time, "perf_counter", lambda: clock[0])
-    progress = tune_module._Progress([([None] * 4, 1), (["x", "y"], 2)], done_before=0, epochs=3, slots=2)
-    assert progress(0) == "[0/6 0s]"  # nothing measured yet: no estimate
-    clock[0] = 15.0
-    progress.epoch("a", "x", 1, 0, 10.0, since_start=15.0)  # 5 s of start-up, then 10 s an epoch
-    progress.epoch("b", "y", 1, 0, 10.0, since_start=15.0)
-    # a, b: 3 epochs of 10 s predicted, 15 s gone (nothing measured beyond epochs yet); then
-    # c, d: 30 s; then the confirmation trials (2 seeds): 60 s.
-    assert progress(0) == "[0/6 15s, ~1m45s left]"
-    clock[0] = 40.0  # a and b end 5 s after their last epoch: 10 s beyond their epochs in all
-    for trial in ("a", "b"):
-        progress.epoch(trial, "x" if trial == "a" else "y", 1, 2, 10.0, since_start=35.0)
-        progress.finished(trial)
-    assert progress(2) == "[2/6 40s, ~1m50s left]"  # c, d: 10 + 30 s; then 10 + 60 s
-    clock[0] = 70.0
-    progress.epoch("c", "x", 1, 0, 20.0, since_start=30.0)  # level x is slower than measured before
-    progress.epoch("d", "y", 1, 0, 10.0, since_start=30.0)
-    # c: 10 + 60 − 30 = 40 s left, d: 10 s; the confirmation stage starts when both have ended:
-    # x's trial 10 + 3 × 2 × 20 = 130 s, y's 10 + 3 × 2 × 10 = 70 s, side by side: 40 + 130 s.
-    assert progress(2) == "[2/6 1m10s, ~2m50s left]"
-    clock[0] = 80.0
-    progress.epoch("d", "y", 1, 2, 10.0, since_start=40.0)
-    progress.finished("d")  # c still runs: the freed slot waits for it, 30 s, then 130 s
-    assert progress(3) == "[3/6 1m20s, ~2m40s left]"

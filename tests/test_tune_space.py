@@ -79,6 +79,7 @@ def test_a_resumed_search_suggests_only_what_the_interrupted_run_lacks(tmp_path)
         ("[0]", 0.001), ("[0]", 0.003), ("[]", 0.001)]
 
 
+@pytest.mark.slow
 def test_a_resumed_study_settles_the_optuna_trials_a_killed_driver_left_running(tmp_path):
     study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "space={model.attention.layers: "
                                 "{choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"])

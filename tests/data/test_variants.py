@@ -109,6 +109,7 @@ def test_a_missing_mnist_folder_stops_the_cli_with_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_preview_writes_a_grid_per_split_and_statistics(tmp_path):
     result = CliRunner().invoke(app, ["data", "preview", str(ROOT / "searchspaces" / "data-withheld.yaml"),
                                       "--set", "data.n_images=600", "--out", str(tmp_path)])
@@ -118,6 +119,7 @@ def test_preview_writes_a_grid_per_split_and_statistics(tmp_path):
     assert "withheld" in result.output and (tmp_path / "statistics.csv").exists()
 
 
+@pytest.mark.slow
 def test_withholding_colour_pairs_keeps_every_digit_as_frequent_in_training_as_in_test():
     # Five withheld pairs: redrawing whole images made digits 0-4 rarer in training (28 % vs 32 %).
     pairs = [(0, "red"), (1, "green"), (2, "blue"), (3, "yellow"), (4, "magenta")]
@@ -132,6 +134,7 @@ def test_withholding_colour_pairs_keeps_every_digit_as_frequent_in_training_as_i
         assert stats.chisquare(others).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_preview_flags_a_digit_that_withholding_made_rarer_in_training(tmp_path):
     config = DataConfig(n_images=3000, withheld=[[0, d] for d in range(1, 7)])
     flags = preview.imbalances(build(config, use_cache=False))  # 0 rarer, so the others more frequent

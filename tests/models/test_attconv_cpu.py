@@ -82,6 +82,7 @@ def test_shares_far_apart_stay_finite_and_match():
     torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-3 * expected.abs().max().item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 def test_stacked_seeds_are_each_their_own_network(shared):
     """Under vmap, weights of their own per seed (and the images shared or not) give what each
@@ -103,6 +104,7 @@ def test_stacked_seeds_are_each_their_own_network(shared):
                                        atol=max(1e-5, 1e-5 * p.grad.abs().max().item()), msg=name)
 
 
+@pytest.mark.slow
 def test_compiled_without_a_graph_break_gives_the_same_numbers():
     torch.manual_seed(5)
     layer = AttConv(1, 6, 5, iterations=4)
@@ -220,6 +222,7 @@ def test_nan_and_inf_reach_exactly_what_they_reach_in_the_tensor_operations(wher
     assert not reached.isfinite().all()
 
 
+@pytest.mark.slow
 def test_a_network_gone_nan_is_a_failure_with_the_kernel_as_with_the_tensor_operations(monkeypatch):
     """Seed 1's top-down weights hold one NaN from the start: its loss is NaN and it is recorded as
     failed, whichever path AttConv takes; seed 0 trains."""
@@ -261,6 +264,7 @@ def test_the_operator_checks_what_it_is_given():
                                attconv_cpu.attconv(wide.contiguous(), w, w, b, 3, 1, 2, False))
 
 
+@pytest.mark.slow
 def test_the_kernels_tests_pass_built_with_address_and_undefined_behaviour_sanitizers(tmp_path):
     """Every other test of this file again, in a process whose kernel is built with
     -fsanitize=address,undefined and stops at the first report."""

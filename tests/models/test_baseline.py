@@ -24,6 +24,7 @@ def attentional_models() -> list[tuple[str, ModelConfig]]:
 ATTENTIONAL = attentional_models()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("match", ["params", "flops"])
 @pytest.mark.parametrize("model", [m for _, m in ATTENTIONAL], ids=[label for label, _ in ATTENTIONAL])
 def test_baselines_match_every_attentional_model_in_the_studies(model, match):

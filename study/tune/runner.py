@@ -1,0 +1,256 @@
+"""A study's stages and rounds through Ray Tune: the tuning stage, the confirmation stage where
+the study selects, a sequential design's rounds, and what an interrupted study lacks.
+
+Each Ray trial writes its own result files; a callback on the driver (``recorder``) keeps
+``trials.parquet`` and ``epochs.parquet`` current and prints one line per trial. When the study
+selects (its space varies more than the compared factor), a confirmation stage follows: each
+level's selected configuration is one more trial, trained on fresh seeds and marked ``stage:
+confirm``. With a sequential design (``study.sequential``), the compared networks (the
+confirmation stage, or the trials of a study that does not select) come in rounds: after each,
+the design's decisions (``study.analysis.decisions``, from the result files alone) say which
+levels train ``step`` more seeds, as one more trial per level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, ResourceChangingScheduler
+from ray.tune.search import BasicVariantGenerator, Searcher
+
+from study import checkpoints, results
+from study.analysis import best_configurations, decisions
+from study.config import Study
+from study.data import build
+from study.errors import UserError
+from study.preflight import check_resources
+from study.sequential import describe
+from study.tune.progress import Progress
+from study.tune.recorder import Recorder, TrialFailures
+from study.tune.schedulers import FreedCPUs, PerLevelASHA, gpu_share, largest_node, reallocates
+from study.tune.search import searcher, settle_interrupted
+from study.tune.trainable import finish_stopped, params, trainable
+from study.words import counted
+
+
+def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool = False,
+        resume: bool = False) -> None:
+    """Run every trial of ``study`` and leave the result files in ``study_dir``; with
+    ``verbose``, Ray's own status tables and worker output are shown too. With ``resume``,
+    continue an interrupted run there: the trials that finished stay, the ones that were
+    running are rerun from their start. What the trials lack is planned from the finished
+    networks' rows, never from Optuna's view of them. The caller holds the folder's lock."""
+    study_dir = Path(study_dir).resolve()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # On Ctrl-C Ray advises `Tuner.restore(...)`; this tool's own resume command is what works.
+    logging.getLogger("ray.tune.tune").addFilter(lambda record: "Resume " not in record.getMessage())
+    # Ray's own ResourceChangingScheduler reads a controller attribute Ray then warns about.
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    controller.addFilter(lambda record: "_reuse_actors" not in record.getMessage())
+    if not verbose:
+        controller.addFilter(TrialFailures(study_dir / "ray" / "errors.log"))
+    started_here = not ray.is_initialized()
+    if started_here:
+        # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
+        # left on this machine, running or stale. Its token auth stays on.
+        try:
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+                     logging_level="info" if verbose else "warning")
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as err:
+            if address is None:
+                raise
+            raise UserError(f"--address {address}: cannot join that Ray cluster: {err}. Is "
+                            "`ray start --head` running there, and is its auth token here "
+                            "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
+    try:
+        if address:  # a cluster's nodes are known only now: nothing is written yet
+            check_resources(study, *largest_node(), where=f"the largest node of the cluster at {address}")
+        if resume:
+            gone = results.discard_unfinished(study_dir)
+            told, failed = settle_interrupted(study, study_dir)
+            print(f"resuming {study_dir}: {counted(len(gone), 'unfinished trial')} discarded; of the "
+                  f"Optuna trials left running, {told} told the value their finished rows hold, "
+                  f"{failed} marked failed",
+                  flush=True)
+        results.write_study(study_dir, study)
+        data = build(study.data)  # warm the cache once, before trials race to generate it
+        print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
+              f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)\n"
+              f"source: {data.source}", flush=True)
+        _stages(study, study_dir, verbose)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Stages:
+    """What every stage of one run shares: the study, its folder, each trial's GPU share, the
+    progress line and whether Ray's own output shows."""
+
+    study: Study
+    study_dir: Path
+    gpu: float
+    progress: Progress
+    verbose: bool
+
+
+def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
+    """The tuning stage and, where the study selects, the confirmation stage; of an interrupted
+    study, the trials it lacks."""
+    search = study.search
+    finished = results.finished(study_dir).drop_duplicates("trial_id")  # a row per configuration
+    done = [{k: row[k] for k in study.space} for _, row in finished[finished["stage"] == "tune"].iterrows()]
+    gpu, cluster = study.resources.gpu, ray.cluster_resources()
+    if gpu == "auto":
+        gpu = gpu_share(study.n_configurations()) if cluster.get("GPU", 0) > 0 else 0
+    slots = int(cluster.get("CPU", 1) // study.resources.cpu) if study.resources.cpu else study.n_trials()
+    if gpu:
+        slots = min(slots, int(cluster.get("GPU", 0) // gpu))
+    # The confirmation stage retrains each level in the space's order; the tuning stage's order is
+    # the sampler's to choose.
+    planned: list[tuple[list[str | None], int]] = [([None] * study.n_configurations(), study.looks()[0])]
+    if study.confirms():
+        levels = [str(v) for v in study.space[study.compare_key()].levels()]
+        planned.append((levels, study.looks("confirm")[0]))
+    progress = Progress(planned, len(finished), study.train.epochs, slots)
+    stages = Stages(study, study_dir, gpu, progress, verbose)
+    print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
+          f"{describe(search.seeds)}, "
+          f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
+          f"and {gpu:g} GPU per trial" + ("; the CPUs a finished trial frees go to the running ones"
+                                          if reallocates(study, gpu) else ""), flush=True)
+    missing = study.n_configurations() - len(done)
+    stages.progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
+    if missing > 0:
+        _trials(stages, "tune", searcher(study, study_dir, done), missing, None, study.seeds("tune"))
+    if not study.confirms() and study.design() is None:
+        return
+    finished = results.finished(study_dir)  # with the tuning stage's trials
+    if study.confirms():
+        tuned = finished[finished["stage"] == "tune"]
+        if tuned["trial_id"].nunique() < study.n_configurations():
+            return  # interrupted: the CLI reports what is missing
+        print("confirmation: each level's selected configuration retrained on fresh seeds", flush=True)
+        _rounds(stages, "confirm", best_configurations(study, tuned, study.compare_key()), finished)
+    else:
+        key = study.compare_key()
+        _rounds(stages, "tune", {level: {key: level} for level in study.space[key].levels()}, finished)
+
+
+def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]], finished) -> None:
+    """The compared networks of ``stage``, round by round: each round trains, for every level still
+    undecided (and the reference while any is), the round's seeds it lacks (``finished``: the
+    network rows so far), as one trial per level; an interrupted round's trials run again. With a
+    sequential design, the decisions after each round (``study.analysis.decisions``) say which
+    levels go on."""
+    study = stages.study
+    key, design, looks = study.compare_key(), study.design(), study.looks(stage)
+    going = list(configurations)
+    for look in range(1, len(looks) + 1):
+        seeds = study.seeds(stage, look)
+        stages.progress.rounds_may_follow = design is not None and look < len(looks)
+        if look > 1:
+            stages.progress.extend([str(level) for level in going], len(seeds))
+        rows, lacking = finished[finished["stage"] == stage], {}
+        for level in going:
+            have = set(rows.loc[rows[key] == level, "seed"])
+            lacking.setdefault(tuple(s for s in seeds if s not in have), []).append(level)
+        for needed, levels in lacking.items():
+            if needed:
+                print(f"round {look}: {', '.join(map(str, levels))} on seeds {needed[0]}..{needed[-1]}",
+                      flush=True)
+                # The points are the whole configurations; the param space only names the keys they fill.
+                _trials(stages, stage, BasicVariantGenerator(
+                    points_to_evaluate=[configurations[level] for level in levels]), len(levels),
+                    dict.fromkeys(study.space), list(needed))
+        if design is None or look == len(looks):
+            return
+        finished = results.finished(stages.study_dir)
+        decided = decisions(study, finished)
+        print(f"look {look} of {len(looks)}: " + "; ".join(
+            f"{level}: {d.verdict} (diff {d.diff:+.4g}, repeated p {d.p:.3g}, {d.n} vs {d.n_reference})"
+            for level, d in decided.items()), flush=True)
+        going = [level for level, d in decided.items() if not d.settled()]
+        if not going:
+            return
+        going.insert(0, next(iter(configurations)))  # the reference trains while any level is undecided
+
+
+def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param_space: dict | None,
+            seeds: list[int]) -> None:
+    """``trials`` Ray trials of ``stage`` as ``search_alg`` chooses them, each training ``seeds``."""
+    study, study_dir, gpu, verbose = stages.study, stages.study_dir, stages.gpu, stages.verbose
+    # Ray's newer console output prints an experiment table and a TensorBoard hint at every
+    # verbosity; its legacy reporter at verbosity 0 prints nothing, which quiet mode wants.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    # Tune warns when a callback takes over 0.5 s ("may be a performance bottleneck"): ours write
+    # the result tables after each trial, which is the point, not a bottleneck a user can act on.
+    logging.getLogger("ray.tune.utils.util").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    runs = study_dir / "ray"
+    # A resumed study's Ray runs go beside the interrupted ones (tune, tune-2, ...).
+    name = next(n for n in (stage, *(f"{stage}-{k}" for k in range(2, 1000))) if not (runs / n).exists())
+    search = study.search
+    asha = stage == "tune" and search.scheduler == "asha"  # never the networks that are compared
+    scheduler = PerLevelASHA(study.compare_key(), study.train.epochs, search.grace_period,
+                             search.reduction_factor) if asha else None
+    reallocate = reallocates(study, gpu)
+    # A checkpoint every epoch makes Ray save its experiment state as often, and warn.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}
+    fn = tune.with_parameters(trainable, **settings, seeds=seeds, left=checkpoints.left_behind(study_dir))
+    grid = tune.Tuner(
+        tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, num_samples=trials,
+            scheduler=ResourceChangingScheduler(scheduler or FIFOScheduler(), FreedCPUs(trials))
+            if reallocate else scheduler,
+            # Reused actors spare each trial a new worker process (importing torch: seconds);
+            # a trial given more CPUs needs a new one.
+            reuse_actors=not reallocate),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(runs), verbose=2 if verbose else 0,
+            callbacks=[Recorder(study, study_dir, stage, seeds, stages.progress, scheduler)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=study.resources.retries)),
+    ).fit()
+    if scheduler is not None:
+        _test_stopped(stages, grid, scheduler, {"num_cpus": study.resources.cpu, "num_gpus": gpu},
+                      {**settings, "threads": max(1, int(study.resources.cpu))})
+
+
+def _test_stopped(stages: Stages, grid: tune.ResultGrid, scheduler: PerLevelASHA,
+                  resources: dict[str, float], settings: dict[str, Any]) -> None:
+    """Test the best epochs of the trials ASHA stopped, from their last snapshots, as Ray tasks with
+    a trial's resources, all at once; then remove every snapshot of the stage (a finished trial's
+    weights are in ``weights/``)."""
+    study, study_dir = stages.study, stages.study_dir
+    stopped = {r.metrics["trial_id"]: r for r in grid if r.metrics.get("trial_id") in scheduler.stopped
+               and r.checkpoint}
+    tests = {trial_id: finish_stopped.options(**resources).remote(
+        **settings, trial_id=trial_id, params=params(study, r.config), checkpoint=r.checkpoint,
+        reason=scheduler.reason(trial_id)) for trial_id, r in stopped.items()}
+    for trial_id, test in tests.items():
+        try:
+            ray.get(test)
+        except ray.exceptions.RayError as err:  # only a tuning trial's test: the study goes on
+            last = str(err).strip().splitlines()[-1]
+            results.write_failed(study_dir, trial_id, "tune", study.seeds("tune"),
+                                 params(study, stopped[trial_id].config),
+                                 f"{scheduler.reason(trial_id)}; testing its best epochs then failed: {last}")
+    if stopped:
+        done = results.consolidate(study_dir)
+        print(f"{stages.progress(done)} tested the best epochs of {len(stopped)} trial(s) ASHA stopped",
+              flush=True)
+    for r in grid:
+        if r.checkpoint:
+            shutil.rmtree(r.checkpoint.path, ignore_errors=True)

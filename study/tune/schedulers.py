@@ -1,0 +1,104 @@
+"""How Ray Tune schedules a study's trials beyond first come, first served: ASHA within each
+compared level, the CPUs a finished trial frees handed to the running ones, a GPU's share.
+
+Example:
+    >>> gpu_share(2), gpu_share(10)  # two arms share one GPU; larger studies run four on each
+    (0.5, 0.25)
+"""
+
+from __future__ import annotations
+
+import ray
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers.resource_changing_scheduler import DistributeResources
+
+from study.config import Study
+from study.words import counted
+
+TRIALS_PER_GPU = 4  # LeNet-sized trials leave a GPU idle: up to four share one by default
+
+
+class PerLevelASHA(FIFOScheduler):
+    """Ray Tune's ASHA on the per-epoch mean validation loss, run within each level of ``key``
+    (as ``PerLevel`` searches): a trial is stopped only for trailing the trials of its own level,
+    so no level's tuning is cut short because another level learns faster. Remembers the trials
+    it stopped and after how many epochs. Never stops a trial at its last epoch: that one ends by
+    itself and writes its results."""
+
+    def __init__(self, key: str, epochs: int, grace_period: int, reduction_factor: float) -> None:
+        super().__init__()
+        self._metric, self._mode = "val_loss", "min"  # Ray checks that trials report it
+        self.key, self.epochs = key, epochs
+        self.grace_period, self.reduction_factor = grace_period, reduction_factor
+        self.levels: dict[str, ASHAScheduler] = {}
+        self.stopped: dict[str, int] = {}  # trial id: epochs trained
+
+    def _asha(self, trial: Trial) -> ASHAScheduler:
+        level = str(trial.config[self.key])
+        if level not in self.levels:
+            self.levels[level] = ASHAScheduler(
+                metric=self._metric, mode=self._mode, max_t=self.epochs, grace_period=self.grace_period,
+                reduction_factor=self.reduction_factor, stop_last_trials=False)
+        return self.levels[level]
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        self._asha(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        decision = self._asha(trial).on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            self.stopped[trial.trial_id] = result["training_iteration"]
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        self._asha(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        self._asha(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"ASHA within each level of {self.key}; {counted(len(self.stopped), 'trial')} stopped"
+
+    def reason(self, trial_id: str) -> str:
+        return (f"ASHA stopped it after {self.stopped[trial_id]} of {self.epochs} epochs: its mean "
+                "validation loss trailed its level's other trials at that point")
+
+
+class FreedCPUs(DistributeResources):
+    """Ray Tune's even split of the free CPUs (and GPUs) among the running trials, once every
+    trial of the stage has been created: until then a CPU that a finished trial frees belongs to
+    the next trial, which would otherwise wait for it. A trial's threads are its CPUs, so a trial
+    given two trains with two threads from its next epoch on."""
+
+    def __init__(self, trials: int) -> None:
+        super().__init__()
+        self.trials = trials
+
+    def __call__(self, tune_controller, trial: Trial, result: dict, scheduler):
+        if len(tune_controller.get_trials()) < self.trials:
+            return None
+        return super().__call__(tune_controller, trial, result, scheduler)
+
+
+def gpu_share(trials: int) -> float:
+    """``resources.gpu: auto``: the GPU share of one trial. A study of fewer trials than
+    ``TRIALS_PER_GPU`` splits the GPU between them, so a two-arm study runs both at once and
+    uses the whole GPU; larger studies run ``TRIALS_PER_GPU`` trials on each GPU at a time."""
+    return 1 / min(TRIALS_PER_GPU, max(1, trials))
+
+
+def reallocates(study: Study, gpu: float) -> bool:
+    """Whether the CPUs of finished trials go to the running ones: as the study says, and only
+    where all CPUs are on one node, since a trial's CPUs must all be on its node (Ray Tune's
+    even split counts the whole cluster's, and a trial given more than a node has never starts)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    return study.reallocates(gpu) and len(nodes) == 1
+
+
+def largest_node() -> tuple[float, float]:
+    """The CPUs and GPUs of the cluster's largest alive node: one trial runs on one node."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return max((n.get("CPU", 0) for n in nodes), default=0), max((n.get("GPU", 0) for n in nodes), default=0)
+
+

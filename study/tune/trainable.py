@@ -1,0 +1,67 @@
+"""One Ray trial: a configuration's seeds fit at once, reported every epoch with a checkpoint,
+and its result files written; and the test of a trial a scheduler stopped. Training itself
+(``study.train``) knows nothing of Ray: it is handed a ``report`` function.
+
+Example:
+    >>> from study.config import load
+    >>> params(load("searchspaces/smoke.yaml"), {"model.attention.layers": [0], "other": 1})
+    {'model.attention.layers': [0]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from study import checkpoints, results
+from study.config import Study, resolve
+from study.models import attconv_cpu
+from study.train import Snapshot, conclude, fit, pick_device
+
+
+def params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
+    """The space's keys of a Ray trial's ``config``."""
+    return {k: config[k] for k in study.space}
+
+
+def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, seeds: list[int],
+              left: dict[str, list[str]]) -> None:
+    """One Ray trial: resolve the chosen parameters, fit ``seeds`` at once with as many threads as
+    the trial has CPUs, write the result files (marked ``stage``). Every epoch's report carries the
+    trial so far as a checkpoint; the trial goes on from Ray's own checkpoint of it, else from the
+    latest one an interrupted run ``left`` of the same configuration and seeds."""
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    base = Study.model_validate(study)
+    chosen = params(base, config)
+    resolved = resolve(base, chosen)
+    who = checkpoints.identity(stage, chosen, seeds)
+    snapshot = checkpoints.latest(who, left)
+    # Where this node has no C compiler, AttConv runs as tensor operations: the driver says so.
+    slow = bool(resolved.model.attention.layers) and pick_device(resolved.train.device).type == "cpu" \
+        and not attconv_cpu.available()
+
+    def report(metrics: dict, take: Callable[[], Snapshot]) -> None:
+        checkpoints.report({**metrics, "threads": torch.get_num_threads(), "attconv_slow": slow}, take(), who)
+
+    result = fit(resolved, seeds, report=report, resume=snapshot)
+    results.write_trial(Path(study_dir), tune.get_context().get_trial_id(), stage, chosen, result)
+    checkpoints.remove_left(who, left)  # the interrupted runs' checkpoints of it, now redundant
+
+
+@ray.remote
+def finish_stopped(study: dict, study_dir: str, threads: int, stage: str, trial_id: str,
+                   params: dict[str, Any], checkpoint: tune.Checkpoint, reason: str) -> None:
+    """A trial a scheduler stopped: each seed's best epoch so far, tested and written (STOPPED)."""
+    torch.set_num_threads(threads)
+    with checkpoint.as_directory() as folder:
+        snapshot = Snapshot.load(Path(folder) / checkpoints.SNAPSHOT)
+    result = conclude(resolve(Study.model_validate(study), params), snapshot, stopped=reason)
+    results.write_trial(Path(study_dir), trial_id, stage, params, result)
+
+
