@@ -55,8 +55,6 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     # Ray's own ResourceChangingScheduler reads a controller attribute Ray then warns about.
     controller = logging.getLogger("ray.tune.execution.tune_controller")
     controller.addFilter(lambda record: "_reuse_actors" not in record.getMessage())
-    if not verbose:
-        controller.addFilter(TrialFailures(study_dir / "ray" / "errors.log"))
     started_here = not ray.is_initialized()
     if started_here:
         # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
@@ -70,6 +68,9 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
             raise UserError(f"--address {address}: cannot join that Ray cluster: {err}. Is "
                             "`ray start --head` running there, and is its auth token here "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
+    failures = TrialFailures(study_dir / "ray" / "errors.log")  # this run's, removed at its end
+    if not verbose:
+        controller.addFilter(failures)
     try:
         if address:  # a cluster's nodes are known only now: nothing is written yet
             check_resources(study, *largest_node(), where=f"the largest node of the cluster at {address}")
@@ -87,6 +88,7 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
               f"source: {data.source}", flush=True)
         _stages(study, study_dir, verbose)
     finally:
+        controller.removeFilter(failures)
         if started_here:
             ray.shutdown()
 
