@@ -479,6 +479,7 @@ def load(path: str | Path, overrides: list[str] = (),
     for (section, key), only in RETIRED.items():
         if isinstance(raw.get(section), dict) and raw[section].get(key) == only:
             del raw[section][key]
+    given: dict[str, str] = {}  # key → the option that set it: a mistake in its value is blamed on it
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -487,8 +488,7 @@ def load(path: str | Path, overrides: list[str] = (),
             _set_dotted(raw, key.strip(), _parse(text))
         except (ValueError, yaml.YAMLError) as err:
             raise UserError(f"--set {_excerpt(item)}: {err}") from None
-    given = {key.strip(): f"--set {_excerpt(item)}" for item in overrides
-             for key, _, _ in [item.partition("=")]}  # a mistake in a --set value is blamed on it
+        given[key.strip()] = f"--set {_excerpt(item)}"
     given |= {key: option for key, (option, text) in (verbatim or {}).items() if text is not None}
     for key, (_, text) in (verbatim or {}).items():
         if text is not None:

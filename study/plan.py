@@ -47,11 +47,16 @@ SCALING, MAX_SHARE = 0.8, 4
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # tune or confirm
+    kind: str  # tune or confirm
+    round: int  # of a sequential design (1 for a fixed number of seeds)
     trials: int
     seeds: int  # networks per trial, trained together
     networks: int
     steps: int  # training steps of one trial (every seed at once), all epochs
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.round == 1 else f"{self.kind} round {self.round} (if undecided)"
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,7 @@ def stages(study: Study) -> list[Stage]:
 def _rounds(study: Study, name: str, trials: int, steps: int) -> list[Stage]:
     """A stage's rounds: one, or a sequential design's, each as if every level went on."""
     sizes = [len(study.seeds(name, look)) for look in range(1, len(study.looks(name)) + 1)]
-    return [Stage(name if k == 1 else f"{name} round {k} (if undecided)", trials, seeds,
-                  trials * seeds, steps) for k, seeds in enumerate(sizes, start=1)]
+    return [Stage(name, k, trials, seeds, trials * seeds, steps) for k, seeds in enumerate(sizes, start=1)]
 
 
 def architectures(study: Study, seeds: int, compile_here: bool) -> list[Architecture]:
@@ -94,11 +98,11 @@ def architectures(study: Study, seeds: int, compile_here: bool) -> list[Architec
     return [_timed(net, seeds, compile_here) for net in footprint.networks(study)]
 
 
-def _sized(study: Study, seeds: int) -> tuple[int, int]:
+def _sized(study: Study, seeds: int, saved: footprint.Activations) -> tuple[int, int]:
     """Seeds and images per seed to time a step of ``seeds`` × ``train.batch_size`` on: the step
-    itself where its activations fit ``PLAN_BYTES``, else fewer images (and, past one image per
-    seed, fewer seeds) whose time scales with their count."""
-    saved, batch = footprint.activations(study), study.train.batch_size
+    itself where its activations (``saved`` per seed) fit ``PLAN_BYTES``, else fewer images (and,
+    past one image per seed, fewer seeds) whose time scales with their count."""
+    batch = study.train.batch_size
     fits = (PLAN_BYTES // seeds - saved.fixed) // max(1, saved.per_image)
     if fits >= 2:
         return seeds, min(batch, fits)
@@ -112,7 +116,8 @@ def _timed(network: Network, seeds: int, compile_here: bool) -> Architecture:
     torch.set_num_threads(max(1, int(study.resources.cpu)))
     try:
         canvas, channels = study.data.canvas, study.data.channels()
-        timed_seeds, timed_batch = _sized(study, seeds)
+        saved = footprint.activations(study)
+        timed_seeds, timed_batch = _sized(study, seeds, saved)
         timed = timed_seeds * timed_batch / (seeds * batch)
         nets = [build_network(study.model, canvas, channels).to(device) for _ in range(timed_seeds)]
         net = Stacked(nets)
@@ -139,9 +144,8 @@ def _timed(network: Network, seeds: int, compile_here: bool) -> Architecture:
             compiled_ms = timed_ms(fast, batches, device, budget_s=TIMED_S)
         net.eval()
         forward = inference(net)
-        largest = footprint.activations(study).largest
         chunk = images[: max(1, min(EVAL_TIMED, eval_chunk(timed_seeds),
-                                    PLAN_BYTES // (2 * timed_seeds * max(1, largest))))]
+                                    PLAN_BYTES // (2 * timed_seeds * max(1, saved.largest))))]
         with torch.no_grad():
             eval_ms = timed_ms(lambda _: forward(chunk), batches, device, steps=2, warmup=1,
                                budget_s=TIMED_S) / len(chunk) * seeds / timed_seeds
@@ -337,19 +341,14 @@ def lines(p: Plan) -> list[str]:
 def _grouped(stages: list[Stage]) -> list[tuple[str, list[Stage]]]:
     """The stages as lines: a sequential design's later rounds alike (the same trials and seeds)
     as one ("tune rounds 2–9 (if undecided)")."""
-    groups: list[tuple[str, list[Stage]]] = []
+    groups: list[list[Stage]] = []
     for stage in stages:
-        base, later = stage.name.split(" round ")[0], " round " in stage.name
-        last = groups[-1][1] if groups else None
-        if later and last and " round " in last[-1].name and last[-1].name.startswith(base) \
-                and (last[-1].trials, last[-1].seeds) == (stage.trials, stage.seeds):
-            last.append(stage)
+        last = groups[-1][-1] if groups else None
+        if last and last.round > 1 and (last.kind, last.round + 1, last.trials, last.seeds) == \
+                (stage.kind, stage.round, stage.trials, stage.seeds):
+            groups[-1].append(stage)
         else:
-            groups.append((stage.name, [stage]))
-    return [(label if len(group) == 1 else f"{label.split(' round ')[0]} rounds "
-             f"{_round(group[0])}–{_round(group[-1])} (if undecided)", group)
-            for label, group in groups]
-
-
-def _round(stage: Stage) -> int:
-    return int(stage.name.split(" round ")[1].split()[0])
+            groups.append([stage])
+    return [(group[0].name if len(group) == 1 else
+             f"{group[0].kind} rounds {group[0].round}–{group[-1].round} (if undecided)", group)
+            for group in groups]
