@@ -50,7 +50,7 @@ import pandas as pd
 from study import config, results
 from study.data.compose import N_CLASSES
 from study.errors import UserError
-from study.sequential import Decision, equal_power, replay
+from study.sequential import Decision, decide, design_power, replay
 from study.stats import ALPHA, IMAGE_KEYS, holm, image_level, power, seed_level, verdict
 
 IMAGE_LEVEL = "image level, conditional on these trained networks"
@@ -124,6 +124,23 @@ def select_arms(study: config.Study, trials: pd.DataFrame, factor: str) -> list[
     return arms
 
 
+def seed_values(study: config.Study, trials: pd.DataFrame,
+                measure: str = "test_loss") -> dict[Any, np.ndarray]:
+    """Per level of the compared factor, ``measure`` (a column of ``trials.parquet``) of each
+    network of the compared stage in seed order from the stage's first seed, NaN for a network
+    that failed: what a sequential design decides on."""
+    stage, key = study.compared_stage(), study.compare_key()
+    offset = study.seeds(stage)[0]
+    rows = trials[trials["stage"] == stage].drop_duplicates([key, "seed"])
+    values = {}
+    for level in study.space[key].levels():
+        mine = rows[rows[key] == level]
+        values[level] = np.full(int(mine["seed"].max()) - offset + 1 if len(mine) else 0, np.nan)
+        trained = mine[mine["status"].isin(results.TRAINED)]
+        values[level][trained["seed"].to_numpy() - offset] = trained[measure].to_numpy(dtype=float)
+    return values
+
+
 def decisions(study: config.Study, trials: pd.DataFrame) -> dict[Any, Decision]:
     """The sequential design's decision on every compared level so far (empty without a design),
     from the mean test loss of each compared network in ``trials`` (``trials.parquet``): what
@@ -139,16 +156,8 @@ def decisions(study: config.Study, trials: pd.DataFrame) -> dict[Any, Decision]:
     design = study.design()
     if design is None:
         return {}
-    stage, key = study.compared_stage(), study.compare_key()
-    offset = study.seeds(stage)[0]
-    rows = trials[trials["stage"] == stage].drop_duplicates([key, "seed"])
-    values = {}
-    for level in study.space[key].levels():
-        mine = rows[rows[key] == level]
-        values[level] = np.full(int(mine["seed"].max()) - offset + 1 if len(mine) else 0, np.nan)
-        trained = mine[mine["status"].isin(results.TRAINED)]
-        values[level][trained["seed"].to_numpy() - offset] = trained["test_loss"].to_numpy()
-    reference, *levels = study.space[key].levels()
+    values = seed_values(study, trials)
+    reference, *levels = study.space[study.compare_key()].levels()
     return replay({level: values[level] for level in levels}, values[reference], design,
                   study.analysis.margin, family=len(levels))
 
@@ -244,11 +253,10 @@ class Analysis:
                 "comparisons": records(self.comparisons), "subgroups": records(self.subgroups)}
 
 
-def analyze(study_dir: str | Path, by: str | None = None, split: str | None = None,
-            seed: int = 0) -> Analysis:
+def analyze(study_dir: str | Path, by: str | None = None, split: str | None = None) -> Analysis:
     """Compare every level of ``by`` (default: the study's compare factor) with the reference
-    level (the first that has results), optionally within the values of the per-sample column
-    ``split``; ``seed`` seeds the permutation test and the bootstrap."""
+    level (the first that has results; a note says so where that is not the study file's
+    first), optionally within the values of the per-sample column ``split``."""
     study_dir = Path(study_dir)
     if not (study_dir / "trials.parquet").exists():
         raise UserError(f"{study_dir}: no trials.parquet; is this a study's results directory?")
@@ -286,6 +294,11 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     if lost_levels:
         notes.append(f"every network of {', '.join(lost_levels)} failed (status ERROR, reason in "
                      "trials.parquet), so no arm stands for it")
+    absent = [str(level) for level in study.space[factor].levels() if not (r.trials[factor] == level).any()]
+    if absent:
+        notes.append(f"{', '.join(absent)} has no network in trials.parquet (the run has not reached it, "
+                     "or stopped before it), so no arm stands for it; Holm's family still counts it, as "
+                     "not rejected")
     if any(arm.failed for arm in arms):
         lost = "; ".join(f"{arm.level}: {len(arm.failed)} of {len(arm.failed) + len(arm.networks)} "
                          f"({arm.failed[0]})" for arm in arms if arm.failed)
@@ -330,14 +343,25 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     # Holm's family is fixed by the study file: every level but the reference, with or without networks.
     family = len(study.space[factor].levels()) - 1
     reference, *others = arms
+    planned_reference = study.space[factor].levels()[0]
     # A sequential design's reference trains while any level is undecided: each comparison takes
     # its networks up to the look at which that comparison stopped.
     decided = decisions(study, r.trials) if factor == study.compare_key() else {}
-    if decided and reference.level != study.space[factor].levels()[0]:
-        notes.append(f"every network of the design's reference {study.space[factor].levels()[0]} failed, "
-                     "so the sequential design could not decide; the comparisons below are fixed-size tests")
+    if reference.level != planned_reference:
+        notes.append(f"no network of the reference level {planned_reference} trained, so "
+                     f"{reference.level} stands in as the reference: every comparison below is against "
+                     f"{reference.level}, not {planned_reference}" +
+                     ("; the sequential design, whose looks compare with the planned reference, could "
+                      "not decide, so the comparisons are fixed-size tests" if decided else ""))
         decided = {}
-    stage = study.compared_stage()
+    design, stage = study.design(), study.compared_stage()
+    # In a sequential design the secondary measures are tested at the look at which the primary
+    # stopped, each with its own alpha spending: a fixed-size test there would ignore the looks
+    # before it. Their values are the ones computed from the samples above, in seed order.
+    secondary = [measure for measure in MEASURES if measure != "test_loss"]
+    measured = r.trials.drop(columns=secondary, errors="ignore").merge(
+        networks[["trial_id", "seed", *secondary]], on=["trial_id", "seed"], how="left")
+    values = {measure: seed_values(study, measured, measure) for measure in secondary} if decided else {}
     rows = []
     for arm in others:
         mine, theirs = of_level[arm.level], of_level[reference.level]
@@ -351,18 +375,22 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
                "seeds_reference": len(theirs), "mean_loss": float(mine["test_loss"].mean()),
                "mean_loss_reference": float(theirs["test_loss"].mean())}
         for measure, (prefix, margin, _) in MEASURES.items():
-            tested = seed_level(mine[measure].dropna().to_numpy(), theirs[measure].dropna().to_numpy(),
-                                getattr(study.analysis, margin), seed)
+            if stop is None:
+                tested = seed_level(mine[measure].dropna().to_numpy(), theirs[measure].dropna().to_numpy(),
+                                    getattr(study.analysis, margin))
+            elif measure == "test_loss":  # the design's numbers, valid whatever the look it stopped at
+                tested = stop.seed_level()
+            else:
+                n = design.looks()[stop.look - 1]
+                tested = decide(values[measure][arm.level][:n], values[measure][reference.level][:n],
+                                design, getattr(study.analysis, margin)).seed_level()
             row |= {f"{prefix}{k}": v for k, v in tested.items()}
         row |= power(mine["test_loss"].to_numpy(), theirs["test_loss"].to_numpy(),
                      study.analysis.margin, family)
-        if stop is not None:  # the design's numbers, valid whatever the look it stopped at
-            row |= {"diff": stop.diff, "diff_ci_low": stop.ci_low, "diff_ci_high": stop.ci_high,
-                    "p": stop.p, "p_equivalent": stop.p_equivalent, "p_perm": np.nan,
-                    "p_perm_min": np.nan, "look": stop.look,
-                    **dict(zip(("design_power_at_margin", "fixed_seeds_same_power"), equal_power(
-                        study.design(), row["sd"], row["sd_reference"], study.analysis.margin,
-                        ALPHA / max(family, 1)), strict=True))}
+        if stop is not None:
+            row["look"] = stop.look
+            row |= design_power(design, row["sd"], row["sd_reference"], len(mine), len(theirs),
+                                study.analysis.margin, ALPHA / max(family, 1))
         if fingerprint[arm.level] == fingerprint[reference.level]:
             paired = averaged[arm.level].merge(averaged_reference, left_index=True,
                                                right_index=True, suffixes=("", "_ref"))
@@ -381,11 +409,15 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         comparisons.insert(after, f"{prefix}p_holm", p_holm)
     if decided:  # the verdict the design reached, Holm over the levels at each look (a level's is final)
         comparisons["verdict"] = [decided[level].verdict for level in comparisons["level"]]
+        going_on = comparisons["verdict"] == "continue"  # its secondary measures get more networks too
+        for prefix in ("acc_", "f1_"):
+            comparisons.loc[going_on & (comparisons[f"{prefix}verdict"] == "inconclusive"),
+                            f"{prefix}verdict"] = "continue"
         undecided = [str(level) for level, d in decided.items() if not d.settled()]
         if undecided:
             notes.append(f"the sequential design has not finished: {', '.join(undecided)} still undecided "
                          "after the last round that ran; `study run --resume` trains the next")
-    subgroups = _subgroups(r.samples, arms, split, study.analysis.margin, seed) if split else None
+    subgroups = _subgroups(r.samples, arms, split, study.analysis.margin) if split else None
     sources = done["data_source"].dropna().unique() if "data_source" in done else []
     source = "; ".join(sources) if len(sources) else f"not recorded (data.source: {study.data.source})"
     fingerprints = sorted(set(fingerprint.values()))
@@ -405,7 +437,7 @@ def _fingerprint(trials: pd.DataFrame, arm: Arm, study_dir: Path) -> str:
     return str(seen[0])
 
 
-def _subgroups(samples: pd.DataFrame, arms: list[Arm], split: str, margin: float, seed: int) -> pd.DataFrame:
+def _subgroups(samples: pd.DataFrame, arms: list[Arm], split: str, margin: float) -> pd.DataFrame:
     """Seed-level differences within each value of ``split`` and the arm × subgroup interaction
     of every value against the first (see the module docstring)."""
     means = samples.groupby(["trial_id", "seed", split])["loss"].mean().unstack(split)
@@ -418,11 +450,11 @@ def _subgroups(samples: pd.DataFrame, arms: list[Arm], split: str, margin: float
             row = {"level": arm.level, "reference": reference.level, split: value,
                    "mean_loss": float(mine[value].mean()), "mean_loss_reference": float(theirs[value].mean())}
             tested = seed_level(mine[value].dropna().to_numpy(), theirs[value].dropna().to_numpy(),
-                                margin, seed)
+                                margin)
             row |= {k: tested[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p")}
             if value != values[0]:  # the interaction: does the arm's advantage change in this subgroup?
                 contrast = seed_level((mine[value] - mine[values[0]]).dropna().to_numpy(),
-                                      (theirs[value] - theirs[values[0]]).dropna().to_numpy(), margin, seed)
+                                      (theirs[value] - theirs[values[0]]).dropna().to_numpy(), margin)
                 row |= {f"interaction_{k}": contrast[k] for k in ("diff", "diff_ci_low", "diff_ci_high", "p")}
             rows.append(row)
     return pd.DataFrame(rows)

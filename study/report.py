@@ -25,6 +25,7 @@ import pickle
 import warnings
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -43,8 +44,8 @@ from study.data import build
 from study.files import atomic_write
 from study.models import AttConv, build_network
 from study.results import TRAINED, weights_path
-from study.sequential import describe
-from study.stats import ALPHA, IMAGE_KEYS
+from study.sequential import DESIGN_POWER_KEYS, describe
+from study.stats import ALPHA, IMAGE_KEYS, MAX_SEEDS, POWER_KEYS
 from study.storage import may_hold_trials, optuna_storage, study_name, study_names
 from study.train import as_images, as_inputs
 from study.words import counted, duration
@@ -304,7 +305,7 @@ def _table(frame: pd.DataFrame) -> str:
 
 VERDICT_COLUMNS = ["level", "reference", "seeds", "seeds_reference", "mean_loss", "mean_loss_reference",
                    "diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "p_equivalent_holm", "verdict"]
-CHECK_COLUMNS = ["level", "p_perm", "p_perm_min", "sd", "sd_reference", "power_at_margin", "seeds_for_margin"]
+POWER_COLUMNS = ["level", *POWER_KEYS]
 SECONDARY_COLUMNS = ["level", *[f"{prefix}{k}" for prefix in ("acc_", "f1_")
                                 for k in ("diff", "diff_ci_low", "diff_ci_high", "p_holm", "verdict")]]
 IMAGE_COLUMNS = ["level", "reference", *IMAGE_KEYS]
@@ -325,7 +326,7 @@ def reading(analysis: Analysis) -> list[str]:
     rests on), its power at the margin, the secondary measures, then the image-level test
     labelled for what it is."""
     margin, family = analysis.study.analysis.margin, analysis.family
-    interval, test = ("repeated 95 % CI", "repeated p") if analysis.decisions else ("95 % CI", "Welch p")
+    label, test = ("repeated 95 % CI", "repeated p") if analysis.decisions else ("95 % CI", "Welch p")
     lines = []
     for row in analysis.comparisons.itertuples():
         head = (f"{row.level} vs {row.reference}: mean test loss {row.mean_loss:.4f} vs "
@@ -338,40 +339,22 @@ def reading(analysis: Analysis) -> list[str]:
             if row.verdict in ("better", "worse") and row.p_equivalent_holm < ALPHA:
                 meaning += f"; the equivalence tests also support a difference within ±{margin:g}"
             lines.append(
-                f"{head}; difference {row.diff:+.4f} [{interval} {row.diff_ci_low:+.4f}, "
+                f"{head}; difference {row.diff:+.4f} [{label} {row.diff_ci_low:+.4f}, "
                 f"{row.diff_ci_high:+.4f}], {test} = {row.p:.2g} (Holm over {family}: {row.p_holm:.2g}); "
                 f"equivalence within ±{margin:g}: p = {row.p_equivalent_holm:.2g} (Holm): "
                 f"{row.verdict.upper()}: {meaning}.")
-            check = (f"exact permutation p = {row.p_perm:.2g}" if not pd.isna(row.p_perm)
-                     else "no permutation test (a test of the last look alone would ignore the looks "
-                     "before it)" if analysis.decisions else "no permutation test (arms of unequal size)")
-            if not pd.isna(row.p_perm_min) and row.p_perm_min > ALPHA:
-                check += (f"; with {row.seeds} vs {row.seeds_reference} networks its smallest possible p "
-                          f"is {row.p_perm_min:.2g}, so it cannot reach α = {ALPHA}")
-            lines.append(f"  Check: {check}.")
-            eighty = (f"{row.seeds_for_margin:.0f} networks per arm would give 80 %"
-                      if not pd.isna(row.seeds_for_margin) else "no arm size up to 10,000 would give 80 %")
-            power = (f"this design (up to {analysis.study.design().max} networks per arm) would find a true "
-                     f"difference of ±{margin:g} at Holm's first step (α/{family}) with probability "
-                     f"{row.design_power_at_margin:.2f} (normal theory, a little above what Welch's test "
-                     f"reaches at a few networks per arm), as would a fixed design of "
-                     f"{row.fixed_seeds_same_power:.1f} networks per arm; in a fixed design, {eighty}"
-                     if analysis.decisions else
-                     f"the Welch test at Holm's first step (α/{family}) would find a true difference of "
-                     f"±{margin:g} with probability {row.power_at_margin:.2f}, and {eighty}")
-            lines.append(f"  Power: seed SDs {row.sd:.4f} vs {row.sd_reference:.4f}; if these were the true "
-                         f"SDs, {power}.")
+            lines.append(f"  Power: {_power(analysis, row)}.")
         secondary = []
         for name, prefix in (("exact-set accuracy", "acc_"), ("digit F1", "f1_")):
             diff, low, high, verdict = (getattr(row, prefix + k) for k in
                                         ("diff", "diff_ci_low", "diff_ci_high", "verdict"))
             if not pd.isna(diff):
-                interval = "" if pd.isna(low) else f" [95 % CI {low:+.4f}, {high:+.4f}]"
+                interval = "" if pd.isna(low) else f" [{label} {low:+.4f}, {high:+.4f}]"
                 secondary.append(f"{name} {diff:+.4f}{interval} ({verdict})")
         if secondary:
-            caveat = (" These are fixed-size tests of the networks compared at this look, not "
-                      "corrected for the looks before it: descriptive, not the design's verdict."
-                      if analysis.decisions else "")
+            caveat = (" Each is tested at the look where the loss stopped (or the latest, while it "
+                      "goes on), with its own alpha spending over the looks: repeated CIs and p-values, "
+                      "valid whatever the look." if analysis.decisions else "")
             lines.append(f"  Secondary measures, higher is better: {'; '.join(secondary)}, margin "
                          f"±{analysis.study.analysis.accuracy_margin:g}.{caveat}")
         if not pd.isna(row.image_p):
@@ -383,6 +366,30 @@ def reading(analysis: Analysis) -> list[str]:
                 f"Wilcoxon W = {row.image_wilcoxon_w:.0f}, p = {row.image_p:.2g}, "
                 f"r = {row.image_rank_biserial:.2f}.")
     return lines
+
+
+def _power(analysis: Analysis, row: Any) -> str:
+    """The power line of one comparison: each number with the 95 % interval that the
+    uncertainty of seed SDs measured on a few networks gives it."""
+    margin, family = analysis.study.analysis.margin, analysis.family
+
+    def networks(value: float) -> str:
+        return f"{value:.0f}" if not pd.isna(value) else f"more than {MAX_SEEDS:,}"
+
+    spread = (f"seed SDs {row.sd:.4f} vs {row.sd_reference:.4f} (over {row.seeds} vs {row.seeds_reference} "
+              "networks; intervals: 95 %, from how uncertain SDs measured on so few networks are)")
+    eighty = (f"{networks(row.seeds_for_margin)} networks per arm (interval "
+              f"{networks(row.seeds_for_margin_low)}–{networks(row.seeds_for_margin_high)}) would give 80 %")
+    if analysis.decisions:
+        return (f"{spread}; this design (up to {analysis.study.design().max} networks per arm) would find a "
+                f"true difference of ±{margin:g} at Holm's first step (α/{family}) with probability "
+                f"{row.design_power_at_margin:.2f} (interval {row.design_power_at_margin_low:.2f}–"
+                f"{row.design_power_at_margin_high:.2f}; normal theory, a little above what Welch's test "
+                f"reaches at a few networks per arm), as would a fixed design of "
+                f"{row.fixed_seeds_same_power:.1f} networks per arm; in a fixed design, {eighty}")
+    return (f"{spread}; the Welch test at Holm's first step (α/{family}) would find a true difference of "
+            f"±{margin:g} with probability {row.power_at_margin:.2f} (interval {row.power_at_margin_low:.2f}–"
+            f"{row.power_at_margin_high:.2f}), and {eighty}")
 
 
 def sequential_section(analysis: Analysis) -> list[str]:
@@ -400,13 +407,13 @@ def sequential_section(analysis: Analysis) -> list[str]:
     undecided = (rows["verdict"] == "continue").any()
     table = rows.reindex(columns=["level", "verdict", "look", "seeds", "seeds_reference", "diff",
                                   "diff_ci_low", "diff_ci_high", "p", "p_holm", "p_equivalent_holm",
-                                  "design_power_at_margin", "fixed_seeds_same_power"])
+                                  *DESIGN_POWER_KEYS])
     return [
         "## Sequential design", "",
         f"`{key}: {{start: {design.start}, step: {design.step}, max: {design.max}}}`: {design.start} "
         f"networks per arm, then {design.step} more per round for every level still undecided (and "
         f"the reference while any is), looks at {', '.join(map(str, looks))} networks per arm. "
-        f"Boundaries by Lan–DeMets alpha spending ({design.spending} form) over the information "
+        f"Boundaries by alpha spending (`{design.spending}`, see `study.sequential`) over the information "
         "fraction, for the Welch test of a difference and for each one-sided test of equivalence "
         f"within ±{study.analysis.margin:g}, so that over all looks each error rate stays ≤ α = {ALPHA}; "
         "Holm over the levels at every look, on repeated p-values; a level's verdict is final once "
@@ -419,15 +426,19 @@ def sequential_section(analysis: Analysis) -> list[str]:
         "design stopped at; `p` and `p_equivalent` the repeated p-values (the smallest level whose "
         "boundary the test crossed at some look), `*_holm` adjusted over the family. "
         "`design_power_at_margin`: this design's power against a true difference of the margin at "
-        "Holm's first step, if the observed seed SDs were the truth; `fixed_seeds_same_power`: the "
-        "networks per arm a fixed design needs for the same power (normal theory).", "",
+        "Holm's first step, at the median of the true seed SDs given the observed ones, with its 95 % "
+        "interval (`_low`, `_high`); `fixed_seeds_same_power`: the networks per arm a fixed design "
+        "needs for the median's power (normal theory). Secondary measures are tested at the look "
+        "where the loss stopped, each with its own alpha spending.", "",
         _table(table), "",
-        f"Networks spent{' so far (the design has not finished)' if undecided else ''}: {spent} "
-        "compared networks in all ("
+        f"Networks spent{' so far' if undecided else ''}: {spent} compared networks in all ("
         + ", ".join(f"{arm.level}: {len(arm.networks)}" for arm in analysis.selected) + "), "
-        + (f"against {fixed_all:.0f} for a fixed design with the same power at the margin "
+        + ("of at most " f"{len(analysis.selected) * design.max}; the comparison with a fixed design waits "
+           "until the design has finished." if undecided else
+           f"against {fixed_all:.0f} for a fixed design with the same power at the margin "
            f"({', '.join(f'{n:.0f}' for n in fixed)} per compared level, the reference at the most "
-           f"of these) and {len(analysis.selected) * design.max} at the design's maximum."
+           f"of these; an estimate, from the median of the seed SDs) and "
+           f"{len(analysis.selected) * design.max} at the design's maximum."
            if not np.isnan(fixed_all) else f"against {len(analysis.selected) * design.max} at the "
            "design's maximum (no fixed design to compare: the seed SDs are unknown)."), "",
     ]
@@ -449,9 +460,12 @@ def run_record(analysis: Analysis, study_dir: Path) -> list[tuple[str, str]]:
     settings that matter, the devices, the compute, when, and with which versions."""
     study, search = analysis.study, analysis.study.search
     data, train = study.data, study.train
-    trials = pd.read_parquet(study_dir / "trials.parquet").drop_duplicates("trial_id")
+    networks = pd.read_parquet(study_dir / "trials.parquet")
+    trials = networks.drop_duplicates("trial_id")
     tuned = [key for key in study.space if key != analysis.factor]
     devices = sorted(trials["device"].dropna().unique()) if "device" in trials else []
+    trained = networks[networks["status"].isin(TRAINED)]
+    nodes = trained["node"].dropna().value_counts().sort_index() if "node" in trained else pd.Series()
     compute = trials["wall_s"].dropna().sum() if "wall_s" in trials else 0.0
     written = datetime.fromtimestamp((study_dir / "trials.parquet").stat().st_mtime)
     seeds = describe(search.seeds, per="configuration") + (
@@ -468,6 +482,8 @@ def run_record(analysis: Analysis, study_dir: Path) -> list[tuple[str, str]]:
         ("margins", f"test loss ±{study.analysis.margin:g}; accuracy and digit F1 ±"
                     f"{study.analysis.accuracy_margin:g}"),
         ("devices", ", ".join(devices) or "not recorded"),
+        ("nodes", "; ".join(f"{node}: {counted(n, 'network')}" for node, n in nodes.items())
+                  or "not recorded"),
         ("compute", f"{duration(compute)} of trial time in all (trials that ran at once overlap)"),
         ("results written", written.isoformat(sep=" ", timespec="minutes")),
         ("analysed", f"{datetime.now().isoformat(sep=' ', timespec='minutes')} with study {__version__}, "
@@ -500,14 +516,15 @@ def markdown(analysis: Analysis, notes: dict[str, str], run: list[tuple[str, str
         "file names (a level without networks counts as not rejected); `p_equivalent_holm`, two "
         f"one-sided Welch tests that |diff| < {study.analysis.margin:g} (`analysis.margin`), Holm-"
         "adjusted the same way; `verdict`: better or worse where `p_holm` < α, else equivalent where "
-        "`p_equivalent_holm` < α, else inconclusive.", "",
+        "`p_equivalent_holm` < α, else inconclusive." + (
+            " In this sequential design the CI and the p-values are the repeated ones at the look "
+            "where each level stopped (see Sequential design)." if analysis.decisions else ""), "",
         _table(analysis.comparisons[VERDICT_COLUMNS]), "",
-        "`p_perm`: a permutation test of the Welch statistic (arms of equal size only), "
-        "`p_perm_min` the smallest p it can give with these arms; `sd*`: seed-to-seed SDs; "
-        "`power_at_margin`: the Welch test's power at Holm's first step against a true difference "
-        "of the margin, if the observed SDs were the truth; `seeds_for_margin`: the networks per arm "
-        "that would give 80 % there (both estimates: the SDs come from few networks).", "",
-        _table(analysis.comparisons[CHECK_COLUMNS]), "",
+        "`sd*`: seed-to-seed SDs; `power_at_margin`: the Welch test's power at Holm's first step "
+        "against a true difference of the margin, and `seeds_for_margin`: the networks per arm that "
+        "would give 80 % there, each at the median of the true SDs given the observed ones and at "
+        "both ends of their 95 % interval (`_low`, `_high`): SDs from few networks are uncertain.", "",
+        _table(analysis.comparisons[POWER_COLUMNS]), "",
         "Exact-set accuracy (`acc_*`: all three digits right) and digit F1 (`f1_*`: macro F1 over the "
         "ten digits, which moves before exact sets do), tested the same way with margin "
         f"±{study.analysis.accuracy_margin:g}; higher is better. All columns: `comparisons.csv`.", "",

@@ -9,12 +9,25 @@ fixed size, the difference of mean test loss (Welch) and equivalence within ``an
 
 - **Alpha spending** (Lan–DeMets). The level α is spent over the looks by the information
   fraction t = I / I_max (I = 1 / (1/n + 1/n_reference), I_max at ``max`` per arm, so a failed
-  network lowers t and its look spends less). The default, O'Brien–Fleming's form, spends
-  almost nothing at the first looks, where 2–5 networks per arm give a Welch test with a few
-  degrees of freedom, and keeps the last look's boundary near the fixed design's, so a study
-  that goes to ``max`` loses almost no power to its early looks; Pocock's form spends evenly and
-  stops earlier on large effects, at the price of a stricter last look. ``bench/sequential.py``
-  measures both.
+  network lowers t and its look spends less). ``spending`` names the function as the literature
+  does (Lan & DeMets 1983; gsDesign's ``sfLDOF`` and ``sfLDPocock``):
+
+  - ``lan-demets-obrien-fleming`` (the default), O'Brien–Fleming-type: each side of a test
+    spends its share a of α (α/2 on each side of the two-sided difference test, α for each
+    one-sided equivalence test) by a(t) = 2 − 2Φ(z_{a/2} / √t), the form of the published tables
+    (three equally spaced looks at α = 0.05 two-sided: |z| ≥ 3.71, 2.51, 1.99). It spends almost
+    nothing at the first looks, where 2–5 networks per arm give a Welch test with a few degrees of
+    freedom, and keeps the last look's boundary near the fixed design's, so a study that goes to
+    ``max`` loses almost no power to its early looks.
+  - ``lan-demets-obrien-fleming-two-sided``: the same function applied to the two-sided α as a
+    whole, α(t) = 2 − 2Φ(z_{α/2} / √t), halved between the sides (3.40, 2.41, 2.01): about three
+    times the published form's α at a first look at t = 1/3. It is what studies written before the
+    published form was the default used (``obrien-fleming`` in their files), kept so that their
+    decisions replay as they were made.
+  - ``lan-demets-pocock``, Pocock-type: α·ln(1 + (e − 1)t), spending evenly (``pocock`` in older
+    files); it stops earlier on large effects at the price of a stricter last look.
+
+  ``bench/sequential.py`` measures each against the fixed design of the same power.
 - **Boundaries** come from the canonical joint distribution of the looks' z statistics
   (independent increments; Jennison & Turnbull 2000, ch. 19), by numerical integration on a
   grid, look by look. A look's Welch p-value is compared with the look's nominal level (the
@@ -41,10 +54,10 @@ Example:
     >>> arm, reference = [0.30, 0.33, 0.27], [0.36, 0.33, 0.39]
     >>> d = decide(arm, reference, design, margin=0.005)
     >>> d.verdict, d.look, round(d.p, 2)  # 3 networks per arm: too early to spend much α
-    ('continue', 1, 0.3)
+    ('continue', 1, 0.45)
     >>> d = decide(arm + [0.31, 0.29, 0.30], reference + [0.37, 0.35, 0.36], design, margin=0.005)
     >>> d.verdict, d.look, round(d.diff, 2), round(d.p, 4)
-    ('better', 2, -0.06, 0.0039)
+    ('better', 2, -0.06, 0.0048)
 """
 
 from __future__ import annotations
@@ -56,12 +69,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from scipy import optimize, special, stats
 from statsmodels.stats.weightstats import ttost_ind
 
 from study.sections import Section
-from study.stats import ALPHA, MIN_SEEDS, holm, verdict
+from study.stats import ALPHA, MIN_SEEDS, holm, sd_scales, verdict
 from study.words import counted
 
 # Networks per configuration at most: far past what a verdict between arms needs (a seed-level
@@ -73,7 +86,9 @@ GRID = 161  # points per look of the numerical integration (odd: Simpson's rule)
 FLOOR = -8.0  # z below this (Φ(-8) ≈ 6e-16) is left out of the integration
 LEVELS = np.geomspace(1e-7, 0.5, 141)  # overall levels at which repeated p-values are tabulated
 SQRT_2PI = math.sqrt(2 * math.pi)
-Spending = Literal["obrien-fleming", "pocock"]
+Spending = Literal["lan-demets-obrien-fleming", "lan-demets-obrien-fleming-two-sided", "lan-demets-pocock"]
+# The names older study files used, read as the functions they meant (see the module docstring).
+OLD_NAMES = {"obrien-fleming": "lan-demets-obrien-fleming-two-sided", "pocock": "lan-demets-pocock"}
 
 
 class Design(Section):
@@ -83,7 +98,12 @@ class Design(Section):
     start: int = Field(ge=MIN_SEEDS, le=MAX_SEEDS, description="networks per arm at the first look")
     step: int = Field(ge=1, description="networks added per arm and round")
     max: int = Field(le=MAX_SEEDS, description="networks per arm at the last look")
-    spending: Spending = Field("obrien-fleming", description="how α is spent over the looks")
+    spending: Spending = Field("lan-demets-obrien-fleming", description="how α is spent over the looks")
+
+    @field_validator("spending", mode="before")
+    @classmethod
+    def _old_name(cls, value: Any) -> Any:
+        return OLD_NAMES.get(value, value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _bounds(self) -> Design:
@@ -108,8 +128,8 @@ def describe(seeds: int | Design, per: str = "") -> str:
     Example:
         >>> describe(3, per="configuration")
         '3 seeds per configuration'
-        >>> describe(Design(start=3, step=3, max=15))
-        '3 seeds, then 3 more per round while a level is undecided, up to 15 (obrien-fleming spending)'
+        >>> describe(Design(start=3, step=3, max=15, spending="lan-demets-pocock"))
+        '3 seeds, then 3 more per round while a level is undecided, up to 15 (lan-demets-pocock spending)'
     """
     first = seeds if isinstance(seeds, int) else seeds.start
     counts = counted(first, "seed") + (f" per {per}" if per else "")
@@ -120,10 +140,21 @@ def describe(seeds: int | Design, per: str = "") -> str:
 
 
 def spent(level: float, t: float, sides: int, spending: Spending) -> float:
-    """The part of ``level`` spent by information fraction ``t`` (all of it at t = 1)."""
+    """The part of ``level`` (over all ``sides``) spent by information fraction ``t`` (all of it at
+    t = 1).
+
+    Example:
+        >>> round(spent(0.05, 1 / 3, 2, "lan-demets-obrien-fleming"), 6)  # α/2 per side, sfLDOF's form
+        0.000207
+        >>> round(spent(0.05, 1 / 3, 2, "lan-demets-obrien-fleming-two-sided"), 6)
+        0.000687
+    """
     t = min(t, 1.0)
-    if spending == "pocock":
+    if spending == "lan-demets-pocock":
         return level * math.log1p((math.e - 1) * t)
+    if spending == "lan-demets-obrien-fleming":
+        share = level / sides  # what each side spends: a(t) = 2 − 2Φ(z_{a/2} / √t)
+        return sides * 2 * float(stats.norm.sf(stats.norm.isf(share / 2) / math.sqrt(t)))
     z = stats.norm.isf(level / sides)
     return sides * float(stats.norm.sf(z / math.sqrt(t)))
 
@@ -238,8 +269,8 @@ def equal_power(design: Design, sd: float, sd_reference: float, margin: float,
 
     Example:
         >>> achieved, n = equal_power(Design(start=3, step=3, max=15), 1.0, 1.0, 1.0)
-        >>> round(achieved, 2), round(n, 1)  # a fixed design needs 14.4 per arm for the same power
-        (0.77, 14.4)
+        >>> round(achieved, 2), round(n, 1)  # a fixed design needs 14.6 per arm for the same power
+        (0.77, 14.6)
     """
     spread = sd**2 + sd_reference**2
     if not spread > 0:
@@ -247,6 +278,34 @@ def equal_power(design: Design, sd: float, sd_reference: float, margin: float,
     achieved = power(design, margin / math.sqrt(spread / design.max), level)
     n = spread * (stats.norm.isf(level / 2) + stats.norm.ppf(achieved)) ** 2 / margin**2
     return achieved, float(n)
+
+
+DESIGN_POWER_KEYS = ("design_power_at_margin_low", "design_power_at_margin", "design_power_at_margin_high",
+                     "fixed_seeds_same_power")
+
+
+def design_power(design: Design, sd: float, sd_reference: float, n: int, n_reference: int,
+                 margin: float, level: float = ALPHA) -> dict[str, float]:
+    """``equal_power`` from seed SDs observed on ``n`` and ``n_reference`` networks: the design's
+    power at the median of the true SDs and at both ends of their 95 % interval
+    (``study.stats.sd_scales``; larger SDs, less power), and the fixed design's networks per arm
+    for the median's power.
+
+    Example:
+        >>> row = design_power(Design(start=3, step=3, max=15), 1.0, 1.0, 6, 6, margin=1.0)
+        >>> [round(row[k], 2) for k in DESIGN_POWER_KEYS[:3]], round(row["fixed_seeds_same_power"], 1)
+        ([0.34, 0.74, 0.97], 14.6)
+    """
+    row = dict.fromkeys(DESIGN_POWER_KEYS, math.nan)
+    if min(n, n_reference) < MIN_SEEDS or not sd + sd_reference > 0:
+        return row
+    small, middle, large = sd_scales(sd, sd_reference, n, n_reference)
+    for suffix, k in (("_low", large), ("_high", small)):
+        row[f"design_power_at_margin{suffix}"] = equal_power(design, k * sd, k * sd_reference, margin,
+                                                             level)[0]
+    row["design_power_at_margin"], row["fixed_seeds_same_power"] = equal_power(
+        design, middle * sd, middle * sd_reference, margin, level)
+    return row
 
 
 @dataclass(frozen=True)
@@ -268,6 +327,12 @@ class Decision:
 
     def settled(self) -> bool:
         return self.verdict != "continue"
+
+    def seed_level(self) -> dict[str, float]:
+        """The numbers ``study.stats.seed_level`` gives a fixed-size comparison, as this look
+        has them: the difference with its repeated 95 % interval and the repeated p-values."""
+        return {"diff": self.diff, "diff_ci_low": self.ci_low, "diff_ci_high": self.ci_high,
+                "p": self.p, "p_equivalent": self.p_equivalent}
 
 
 def _fractions(tested: list[tuple[int, int]], design: Design) -> tuple[float, ...]:

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from study import analysis, config, report
+from study import analysis, config, report, sequential
 from study.cli import app
 from study.errors import UserError
 from study.stats import IMAGE_KEYS, welch_power
@@ -69,18 +69,22 @@ def test_the_primary_result_is_a_test_across_networks_recomputed_with_scipy(tmp_
     ci = welch.confidence_interval(0.95)
     assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-4)
     assert row["p_holm"] == pytest.approx(row["p"])  # one comparison: nothing to adjust
-    # 3 vs 3 networks have C(6, 3) = 20 splits: the exact permutation p is a multiple of 1/20,
-    # and never below 2/20 = 0.1 (the observed split and its mirror image).
-    assert row["p_perm"] * 20 == pytest.approx(round(row["p_perm"] * 20))
-    assert row["p_perm_min"] == pytest.approx(0.1)
     # Equivalence within the margin: the larger of two one-sided Welch tests (scipy's, shifted).
     margin = config.load(SMOKE).analysis.margin
     above = stats.ttest_ind(arm + margin, ref, equal_var=False, alternative="greater").pvalue
     below = stats.ttest_ind(arm - margin, ref, equal_var=False, alternative="less").pvalue
     assert row["p_equivalent"] == pytest.approx(max(above, below), rel=1e-6)
     assert row["sd"] == pytest.approx(arm.std(ddof=1), rel=1e-5)
-    assert row["power_at_margin"] == pytest.approx(
-        welch_power(margin, arm.std(ddof=1), ref.std(ddof=1), 3, 3, alpha=0.05), rel=1e-6)
+    # Power at the median of the true SDs and at both ends of their 95 % interval: with equal
+    # arms the estimated variance of the difference is V·χ²_ν/ν (ν Welch–Satterthwaite's).
+    a, b = arm.var(ddof=1) / 3, ref.var(ddof=1) / 3
+    nu = (a + b) ** 2 / ((a**2 + b**2) / 2)
+    for key, q in (("power_at_margin_low", 0.025), ("power_at_margin", 0.5), ("power_at_margin_high", 0.975)):
+        k = np.sqrt(nu / stats.chi2.ppf(q, nu))
+        assert row[key] == pytest.approx(
+            welch_power(margin, k * arm.std(ddof=1), k * ref.std(ddof=1), 3, 3, alpha=0.05), rel=1e-5)
+    assert row["power_at_margin_low"] < row["power_at_margin"] < row["power_at_margin_high"]
+    assert row["seeds_for_margin_low"] <= row["seeds_for_margin"] <= row["seeds_for_margin_high"]
     assert row["verdict"] in ("better", "worse", "equivalent", "inconclusive")
     correct = {t: (v < 0.1).mean() for t, v in losses.items()}
     acc = stats.ttest_ind([correct[f"t{i}"] for i in (3, 4, 5)], [correct[f"t{i}"] for i in (0, 1, 2)],
@@ -122,7 +126,10 @@ def test_holms_family_is_fixed_by_the_study_file_even_when_a_level_lost_every_ne
     levels = {"[]": 0.0, "[0]": -0.01, "[1]": 0.0}
     fake_study(tmp_path, [(level, shift, s) for level, shift in levels.items() for s in range(3)],
                study=config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1], [0, 1]]}}"]))
-    table = analysis.analyze(tmp_path).comparisons  # [0, 1] planned, never trained: still in the family
+    result = analysis.analyze(tmp_path)
+    table = result.comparisons  # [0, 1] planned, never trained: still in the family
+    (note,) = result.notes  # and the reader is told
+    assert note.startswith("[0, 1] has no network in trials.parquet") and "not rejected" in note
     p = table["p"].to_numpy()
     order = np.argsort(p)
     expected = np.maximum.accumulate(np.minimum(1, p[order] * np.array([3, 2])))
@@ -260,6 +267,21 @@ def test_failed_networks_are_left_out_and_named(tmp_path):
     assert "diverged at epoch 2" in report.markdown(result, {}, [])
 
 
+def test_a_reference_whose_every_network_failed_is_named_where_another_stands_in(tmp_path):
+    levels = {"[]": 0.0, "[0]": -0.01, "[1]": 0.0}
+    fake_study(tmp_path, [(level, shift, s) for level, shift in levels.items() for s in range(3)],
+               study=config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1]]}}"]))
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    trials["reason"] = None
+    trials.loc[trials[LAYERS] == "[]", ["status", "reason"]] = ["ERROR", "diverged at epoch 1"]
+    trials.to_parquet(tmp_path / "trials.parquet")
+    result = analysis.analyze(tmp_path)
+    assert result.comparisons[["level", "reference"]].values.tolist() == [["[1]", "[0]"]]
+    assert any(note.startswith("no network of the reference level [] trained, so [0] stands in as the "
+                               "reference") for note in result.notes)
+    assert "stands in as the reference" in report.markdown(result, {}, [])
+
+
 def test_a_configuration_trained_again_on_the_same_seeds_counts_each_seed_once(tmp_path):
     """A sampler that proposes a configuration twice retrains it on seeds 0..S-1 again: the same
     networks, which must not enter the test as if they were replicates."""
@@ -318,6 +340,15 @@ def test_a_sequential_design_reports_where_each_level_stopped_against_the_refere
     assert ours["diff_ci_low"] < welch.low and ours["diff_ci_high"] > welch.high
     text = report.markdown(result, {}, [])
     assert "## Sequential design" in text and "Networks spent: 16" in text
+    # The secondary measures are tested at the look where the loss stopped, with their own
+    # spending: the same numbers decide() gives on their values there, per network from the samples.
+    per_network = result.networks.set_index(["level", "seed"])["test_exact_acc"]
+    accuracy = {level: per_network[level].sort_index().to_numpy() for level in ("[]", "[0]")}
+    expected = sequential.decide(accuracy["[0]"][:4], accuracy["[]"][:4], study.design(),
+                                 study.analysis.accuracy_margin)
+    assert rows.loc["[0]", ["acc_diff", "acc_diff_ci_low", "acc_diff_ci_high", "acc_p"]].tolist() == \
+        pytest.approx([expected.diff, expected.ci_low, expected.ci_high, expected.p], nan_ok=True)
+    assert "with its own alpha spending" in text and "repeated 95 % CI" in text
     # A failed network is spent: its arm is one smaller at the look, and the look spends less.
     failed = trials.assign(status=np.where((trials[LAYERS] == "[1]") & (trials["seed"] == 5), "ERROR",
                                            trials["status"]))

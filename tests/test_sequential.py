@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from study import config, sequential
+from study import config, sequential, stats
 from study.errors import UserError
 from study.sequential import Design, critical_values, decide, replay, spent
 
@@ -32,7 +32,8 @@ def inside(c, fractions, sides, mean=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spending", ["obrien-fleming", "pocock"])
+@pytest.mark.parametrize("spending", ["lan-demets-obrien-fleming", "lan-demets-obrien-fleming-two-sided",
+                                      "lan-demets-pocock"])
 @pytest.mark.parametrize("sides", [1, 2])
 @pytest.mark.parametrize("fractions", [(0.2, 0.4, 0.6, 0.8, 1.0), UNEVEN, tuple(np.arange(2, 15, 2) / 14)])
 def test_each_look_spends_what_the_spending_function_says(spending, sides, fractions):
@@ -45,11 +46,41 @@ def test_each_look_spends_what_the_spending_function_says(spending, sides, fract
 
 
 def test_the_first_look_alone_is_a_normal_quantile_and_the_forms_differ_as_designed():
-    obf = critical_values(ALPHA, (0.2, 1.0), 2, "obrien-fleming", True)
-    pocock = critical_values(ALPHA, (0.2, 1.0), 2, "pocock", True)
-    assert obf[0] == pytest.approx(scipy_stats.norm.isf(spent(ALPHA, 0.2, 2, "obrien-fleming") / 2))
+    obf = critical_values(ALPHA, (0.2, 1.0), 2, "lan-demets-obrien-fleming", True)
+    pocock = critical_values(ALPHA, (0.2, 1.0), 2, "lan-demets-pocock", True)
+    first = spent(ALPHA, 0.2, 2, "lan-demets-obrien-fleming")
+    assert obf[0] == pytest.approx(scipy_stats.norm.isf(first / 2))
     assert obf[0] > 4 and obf[1] < 2.0  # spends almost nothing early, near 1.96 at the end
     assert pocock[0] < 2.6 and pocock[1] > obf[1]
+
+
+# Lan–DeMets O'Brien–Fleming-type boundaries at equally spaced looks, one-sided α = 0.025, as
+# published (Jennison & Turnbull 2000, ch. 7; gsDesign's sfLDOF): the two-sided test at α = 0.05
+# spends α/2 on each side and has the same boundaries.
+PUBLISHED = {3: (3.7103, 2.5114, 1.9930), 4: (4.3326, 2.9631, 2.3590, 2.0141),
+             5: (4.8769, 3.3569, 2.6803, 2.2898, 2.0310)}
+
+
+@pytest.mark.parametrize("looks", sorted(PUBLISHED))
+def test_the_default_spending_gives_the_published_boundaries(looks):
+    fractions = tuple(k / looks for k in range(1, looks + 1))
+    assert Design(start=2, step=1, max=3).spending == "lan-demets-obrien-fleming"
+    assert critical_values(0.025, fractions, 1, "lan-demets-obrien-fleming", True) == pytest.approx(
+        PUBLISHED[looks], abs=2e-4)
+    assert critical_values(ALPHA, fractions, 2, "lan-demets-obrien-fleming", True) == pytest.approx(
+        PUBLISHED[looks], abs=2e-4)
+
+
+def test_the_two_sided_alpha_form_spends_more_at_the_first_look_and_older_files_keep_their_meaning():
+    thirds = (1 / 3, 2 / 3, 1.0)
+    assert critical_values(ALPHA, thirds, 2, "lan-demets-obrien-fleming-two-sided", True) == pytest.approx(
+        (3.395, 2.407, 2.015), abs=1e-3)
+    assert spent(ALPHA, 1 / 3, 2, "lan-demets-obrien-fleming-two-sided") > 3 * spent(
+        ALPHA, 1 / 3, 2, "lan-demets-obrien-fleming")
+    # A study file written before the names changed is read with the functions it was run with.
+    assert Design(start=3, step=3, max=9, spending="obrien-fleming").spending == \
+        "lan-demets-obrien-fleming-two-sided"
+    assert Design(start=3, step=3, max=9, spending="pocock").spending == "lan-demets-pocock"
 
 
 @pytest.mark.parametrize("shift", [0.0, 1.5, 2.8])
@@ -78,7 +109,7 @@ def simulate(design, difference, runs, margin=0.5, sd=1.0, sd_reference=1.0, lev
 
 
 @pytest.mark.parametrize("design", [Design(start=2, step=2, max=8), Design(start=3, step=3, max=15),
-                                    Design(start=3, step=3, max=15, spending="pocock")])
+                                    Design(start=3, step=3, max=15, spending="lan-demets-pocock")])
 @pytest.mark.slow
 def test_identical_arms_are_called_different_at_most_alpha_often_over_all_looks(design):
     runs = simulate(design, 0.0, 1000)
@@ -112,6 +143,34 @@ def test_the_repeated_interval_covers_the_truth_whatever_the_look_it_stopped_at(
     looks = [d[0].look for d in runs]
     assert min(looks) < max(looks)  # stops at different looks
     assert within_level([not d[0].ci_low <= 1.0 <= d[0].ci_high for d in runs])
+
+
+@pytest.mark.slow
+def test_a_secondary_measure_at_the_stopping_look_keeps_its_level_with_its_own_spending():
+    """Identical arms; each network's secondary measure (accuracy, say) correlates with its loss
+    (ρ = −0.7). The loss decides where each of two levels stops; the secondary is tested there with
+    its own spending (``decide`` on its values, what ``study analyze`` does), Holm over the two:
+    better or worse in ≤ α of studies. Its repeated p-values only fall from look to look, so no
+    earlier look's report said otherwise. Fixed-size tests at each reported look do not hold."""
+    design, rho = Design(start=3, step=3, max=12), -0.7
+    rng = np.random.default_rng(7)
+    own, fixed = [], []
+    for _ in range(600):
+        loss = rng.normal(0.0, 1.0, (3, design.max))  # the reference, then two levels
+        accuracy = rho * loss + math.sqrt(1 - rho**2) * rng.normal(0.0, 1.0, loss.shape)
+        decided = replay({1: loss[1], 2: loss[2]}, loss[0], design, margin=0.5, family=2)
+        p_own, p_fixed = [], []
+        for level, d in decided.items():
+            n = design.looks()[d.look - 1]
+            p_own.append(decide(accuracy[level][:n], accuracy[0][:n], design, margin=0.5).p)
+            p_fixed.append([stats.welch(accuracy[level][:m], accuracy[0][:m])[0]
+                            for m in design.looks()[:d.look]])
+        own.append((stats.holm(p_own, 2) < ALPHA).any())
+        looks = max(len(p) for p in p_fixed)
+        fixed.append(any((stats.holm([p[min(k, len(p) - 1)] for p in p_fixed], 2) < ALPHA).any()
+                         for k in range(looks)))
+    assert within_level(own)
+    assert np.mean(fixed) > ALPHA + 0.02  # what the report printed before: interim verdicts over α
 
 
 def test_a_clear_difference_stops_early_and_spends_fewer_networks():
