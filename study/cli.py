@@ -206,7 +206,7 @@ def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> None:
 
     outcome = fit(study, seeds, report=progress)
     result_files.write_study(study_dir, study)
-    result_files.write_trial(study_dir, trial_id, "tune", params, outcome)
+    result_files.write_trial(study_dir, trial_id, "tune", params, outcome, result_files.ran_on(study))
     result_files.consolidate(study_dir)
     for network in outcome.networks:
         typer.echo(f"seed {network.seed}: FAILED, {network.failure}" if network.failure else

@@ -158,9 +158,12 @@ def check_address(address: str, timeout: float = 5.0) -> None:
     if not host or not port.isdigit():
         return  # "auto", a ray:// client address: Ray resolves those itself
     hint = f"--address {address}: "
+    # A head with Ray's TLS on answers in TLS, not in the plain HTTP/2 this probe speaks: there
+    # only reachability is checked here, and the token through Ray's own (TLS) channel.
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout) as conn:
-            speaks_grpc = _answers_http2(conn)
+            speaks_grpc = tls or _answers_http2(conn)
     except ConnectionRefusedError:
         raise UserError(hint + f"connection refused: nothing listens on port {port} of {host}. Start "
                         f"the head there with `ray start --head --port={port}`, or correct the "
@@ -186,19 +189,20 @@ def _check_token(address: str, hint: str, timeout: float) -> None:
     """Ask the head's GCS for the cluster's id, as ``ray.init`` first does, with this machine's
     token: a refused token is one message now, not a minute of Ray's retries and warnings."""
     import grpc
+    from ray._private.grpc_utils import init_grpc_channel
     from ray._raylet import AuthenticationTokenLoader
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
-    loader = AuthenticationTokenLoader.instance()
-    metadata = tuple(loader.get_token_for_http_header().items()) if loader.has_token() else ()
-    with grpc.insecure_channel(address) as channel:
+    # Ray's own channel: its TLS where RAY_USE_TLS is on, this machine's token in every call.
+    with init_grpc_channel(address) as channel:
         try:
             gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
-                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout, metadata=metadata)
+                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                has = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
                 raise UserError(hint + "the cluster refused this machine's Ray auth token (" +
-                                ("none here" if not metadata else "not the head's") + "): copy the head "
+                                ("not the head's" if has else "none here") + "): copy the head "
                                 "node's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN to "
                                 "it") from None
             # Anything else (a head still starting, say) is left to ray.init and its message.

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,13 @@ import torch
 from study.config import Study, dump
 from study.errors import UserError
 from study.files import atomic_write
-from study.train import Network, TrialResult
+from study.models import attconv_cpu
+from study.train import Network, TrialResult, pick_device
 
 TRIAL_COLUMNS_FIRST = ("trial_id", "seed", "stage", "status", "reason")
 TRIAL_COLUMNS_LAST = (
     "n_params", "flops", "best_epoch", "best_val_loss", "test_loss", "test_exact_acc",
-    "test_digit_f1", "wall_s", "device", "data_fingerprint", "data_source",
+    "test_digit_f1", "wall_s", "device", "node", "attconv", "data_fingerprint", "data_source",
 )
 # A network with test results and weights: trained to the end, or stopped early by ASHA (tuning only).
 TRAINED = ("COMPLETED", "STOPPED")
@@ -117,9 +119,21 @@ def trained(result: TrialResult) -> list[Network]:
     return [network for network in result.networks if network.failure is None]
 
 
-def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialResult) -> list[dict]:
+def ran_on(study: Study, node: str | None = None) -> dict[str, str | None]:
+    """Where and how this process trains ``study`` (resolved): the ``node`` (a Ray node's
+    address; default: this host's name) and, with an AttConv layer, which ``attconv`` it runs
+    (``attconv_cpu.taken``)."""
+    attention = bool(study.model.attention.layers)
+    return {"node": node or socket.gethostname(),
+            "attconv": attconv_cpu.taken(pick_device(study.train.device)) if attention else None}
+
+
+def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialResult,
+               where: Mapping[str, str | None] | None = None) -> list[dict]:
     """One row per network of the trial; a failed one is ERROR with its reason and no test results;
-    those of a trial a scheduler stopped are STOPPED, with the reason."""
+    those of a trial a scheduler stopped are STOPPED, with the reason; ``where`` it ran
+    (``ran_on``)."""
+    where = where or {}
     return [{
         "trial_id": trial_id,
         "seed": network.seed,
@@ -137,15 +151,17 @@ def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialR
                                                                result.dataset["test"].targets),
         "wall_s": result.wall_s,
         "device": result.device,
+        "node": where.get("node") or socket.gethostname(),
+        "attconv": where.get("attconv"),
         "data_fingerprint": result.dataset.fingerprint,
         "data_source": result.dataset.source,
     } for network in result.networks]
 
 
 def write_trial(study_dir: Path, trial_id: str, stage: str, params: dict[str, Any],
-                result: TrialResult) -> None:
+                result: TrialResult, where: Mapping[str, str | None] | None = None) -> None:
     """Everything one completed trial of ``stage`` (tune or confirm) leaves behind (not yet in
-    ``trials.parquet``)."""
+    ``trials.parquet``); ``where`` it trained, as ``trial_rows`` takes it."""
     study_dir = Path(study_dir)
     if trained(result):
         table = samples_table(trial_id, result)
@@ -156,7 +172,7 @@ def write_trial(study_dir: Path, trial_id: str, stage: str, params: dict[str, An
                      lambda tmp, state=network.best_state: torch.save(state, tmp))
     epochs = [{"trial_id": trial_id, "seed": network.seed, **e}
               for network in result.networks for e in network.epochs]
-    _stage(study_dir, trial_id, trial_rows(trial_id, stage, params, result), epochs)
+    _stage(study_dir, trial_id, trial_rows(trial_id, stage, params, result, where), epochs)
 
 
 def write_failed(study_dir: Path, trial_id: str, stage: str, seeds: list[int],

@@ -46,8 +46,12 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1, epochs: int =
     assert (trials.groupby("trial_id")["seed"].apply(sorted) == [list(range(seeds))] * n_trials).all()
     for column in ("trial_id", "status", "seed", "model.attention.layers", "n_params", "flops",
                    "best_epoch", "best_val_loss", "test_loss", "test_exact_acc", "test_digit_f1", "wall_s",
-                   "device", "data_fingerprint"):
+                   "device", "node", "data_fingerprint"):
         assert column in trials, column
+    assert trials["node"].notna().all()  # where each network trained, and with which AttConv
+    with_attconv = trials["model.attention.layers"] == "[0]"
+    assert set(trials.loc[with_attconv, "attconv"]) <= {"C kernel", "tensor operations"}
+    assert trials.loc[~with_attconv, "attconv"].isna().all()
     assert set(trials["model.attention.layers"]) == {"[]", "[0]"}
     n_params = trials.groupby("model.attention.layers")["n_params"].unique().map(list).to_dict()
     assert n_params == {"[]": [169_270], "[0]": [169_420]}

@@ -112,6 +112,12 @@ def available() -> bool:
     return _library() is not None
 
 
+def taken(device: torch.device) -> str:
+    """Which AttConv a network on ``device`` runs, as ``trials.parquet``'s ``attconv`` column
+    records it: the ``C kernel`` (a CPU where it is built) or ``tensor operations``."""
+    return "C kernel" if device.type == "cpu" and available() else "tensor operations"
+
+
 def path() -> str:
     """The path AttConv takes on this machine's CPU in float32, in words (building the kernel if
     needed): for ``study plan`` and the run's first lines."""

@@ -33,6 +33,7 @@ from study.data import build
 from study.errors import UserError
 from study.preflight import check_resources
 from study.sequential import describe
+from study.tune.nodes import check_results_folder
 from study.tune.progress import Progress
 from study.tune.recorder import Recorder, TrialFailures
 from study.tune.schedulers import FreedCPUs, PerLevelASHA, gpu_share, largest_node, reallocates
@@ -74,6 +75,7 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     try:
         if address:  # a cluster's nodes are known only now: nothing is written yet
             check_resources(study, *largest_node(), where=f"the largest node of the cluster at {address}")
+            check_results_folder(study_dir)
         if resume:
             gone = results.discard_unfinished(study_dir)
             told, failed = settle_interrupted(study, study_dir)
@@ -214,6 +216,10 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=trials,
+            # Without it Tune keeps one trial of a search algorithm pending at a time, and counts a
+            # trial as pending until its worker has started: on a cluster the trials then ran one
+            # after another, a node idle. As many as can run at once keep every node busy.
+            max_concurrent_trials=max(1, min(trials, stages.progress.slots)),
             scheduler=ResourceChangingScheduler(scheduler or FIFOScheduler(), FreedCPUs(trials))
             if reallocate else scheduler,
             # Reused actors spare each trial a new worker process (importing torch: seconds);

@@ -20,8 +20,8 @@ from ray import tune
 
 from study import checkpoints, results
 from study.config import Study, resolve
-from study.models import attconv_cpu
 from study.train import Snapshot, conclude, fit, pick_device
+from study.tune.nodes import node_address
 
 
 def params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
@@ -42,15 +42,15 @@ def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, s
     resolved = resolve(base, chosen)
     who = checkpoints.identity(stage, chosen, seeds)
     snapshot = checkpoints.latest(who, left)
+    where = results.ran_on(resolved, node_address())
     # Where this node has no C compiler, AttConv runs as tensor operations: the driver says so.
-    slow = bool(resolved.model.attention.layers) and pick_device(resolved.train.device).type == "cpu" \
-        and not attconv_cpu.available()
+    slow = where["attconv"] == "tensor operations" and pick_device(resolved.train.device).type == "cpu"
 
     def report(metrics: dict, take: Callable[[], Snapshot]) -> None:
         checkpoints.report({**metrics, "threads": torch.get_num_threads(), "attconv_slow": slow}, take(), who)
 
     result = fit(resolved, seeds, report=report, resume=snapshot)
-    results.write_trial(Path(study_dir), tune.get_context().get_trial_id(), stage, chosen, result)
+    results.write_trial(Path(study_dir), tune.get_context().get_trial_id(), stage, chosen, result, where)
     checkpoints.remove_left(who, left)  # the interrupted runs' checkpoints of it, now redundant
 
 
@@ -61,7 +61,9 @@ def finish_stopped(study: dict, study_dir: str, threads: int, stage: str, trial_
     torch.set_num_threads(threads)
     with checkpoint.as_directory() as folder:
         snapshot = Snapshot.load(Path(folder) / checkpoints.SNAPSHOT)
-    result = conclude(resolve(Study.model_validate(study), params), snapshot, stopped=reason)
-    results.write_trial(Path(study_dir), trial_id, stage, params, result)
+    resolved = resolve(Study.model_validate(study), params)
+    result = conclude(resolved, snapshot, stopped=reason)
+    results.write_trial(Path(study_dir), trial_id, stage, params, result,
+                        results.ran_on(resolved, node_address()))
 
 
