@@ -271,7 +271,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         raise UserError(f"{study_dir / 'study.yaml'} varies {', '.join(strangers)}, which trials.parquet "
                         "has no column for: the folder holds files of two studies. Analyse the folder "
                         "a study run wrote, with the study.yaml it wrote")
-    done = r.trials[r.trials["status"].isin(results.TRAINED)]
+    trained = r.trials[r.trials["status"].isin(results.TRAINED)]
     if "reason" not in r.trials:  # results written before failures had reasons
         r.trials["reason"] = None
     if split is not None and split not in r.samples:
@@ -282,7 +282,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     if len(arms) < 2:
         raise UserError(f"{study_dir}: {factor} has completed trials at {len(arms)} level(s); "
                         "a comparison needs two")
-    fingerprint = {arm.level: _fingerprint(done, arm, study_dir) for arm in arms}
+    fingerprint = {arm.level: _fingerprint(trained, arm, study_dir) for arm in arms}
     notes = []
     unpaired = [str(arm.level) for arm in arms[1:] if fingerprint[arm.level] != fingerprint[arms[0].level]]
     if unpaired:
@@ -315,7 +315,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     if len(stopped):
         tuned = r.trials.loc[r.trials["stage"] == "tune", "trial_id"].nunique()
         entered = [str(arm.level) for arm in arms
-                   if (of_networks(done, arm.networks)["status"] == "STOPPED").any()]
+                   if (of_networks(trained, arm.networks)["status"] == "STOPPED").any()]
         notes.append(f"ASHA stopped {len(stopped)} of {tuned} tuning trials early (status STOPPED); they "
                      "entered the selection with their best validation loss so far" +
                      (f", and the networks of {', '.join(entered)} are theirs, trained for fewer epochs "
@@ -418,7 +418,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
             notes.append(f"the sequential design has not finished: {', '.join(undecided)} still undecided "
                          "after the last round that ran; `study run --resume` trains the next")
     subgroups = _subgroups(r.samples, arms, split, study.analysis.margin) if split else None
-    sources = done["data_source"].dropna().unique() if "data_source" in done else []
+    sources = trained["data_source"].dropna().unique() if "data_source" in trained else []
     source = "; ".join(sources) if len(sources) else f"not recorded (data.source: {study.data.source})"
     fingerprints = sorted(set(fingerprint.values()))
     shown = fingerprints[0] if len(fingerprints) == 1 else ", ".join(

@@ -44,7 +44,7 @@ from study.data import build
 from study.files import atomic_write
 from study.models import AttConv, build_network
 from study.results import TRAINED, weights_path
-from study.sequential import DESIGN_POWER_KEYS, describe
+from study.sequential import DESIGN_POWER_KEYS, seeds_in_words
 from study.stats import ALPHA, IMAGE_KEYS, MAX_SEEDS, POWER_KEYS
 from study.storage import may_hold_trials, optuna_storage, study_name, study_names
 from study.train import as_images, as_inputs
@@ -468,8 +468,9 @@ def run_record(analysis: Analysis, study_dir: Path) -> list[tuple[str, str]]:
     nodes = trained["node"].dropna().value_counts().sort_index() if "node" in trained else pd.Series()
     compute = trials["wall_s"].dropna().sum() if "wall_s" in trials else 0.0
     written = datetime.fromtimestamp((study_dir / "trials.parquet").stat().st_mtime)
-    seeds = describe(search.seeds, per="configuration") + (
-        f"; each arm's selected configuration retrained on fresh seeds: {describe(search.confirm_seeds)}"
+    seeds = seeds_in_words(search.seeds, per="configuration") + (
+        "; each arm's selected configuration retrained on fresh seeds: "
+        f"{seeds_in_words(search.confirm_seeds)}"
         if study.confirms() else "")
     return [
         ("data", f"{data.source} digits, {data.n_images:,} images split {data.split} (train, val, test), "

@@ -122,13 +122,13 @@ def looks(seeds: int | Design) -> list[int]:
     return seeds.looks() if isinstance(seeds, Design) else [seeds]
 
 
-def describe(seeds: int | Design, per: str = "") -> str:
+def seeds_in_words(seeds: int | Design, per: str = "") -> str:
     """The seeds of a configuration in words (``per``: what they are counted per).
 
     Example:
-        >>> describe(3, per="configuration")
+        >>> seeds_in_words(3, per="configuration")
         '3 seeds per configuration'
-        >>> describe(Design(start=3, step=3, max=15, spending="lan-demets-pocock"))
+        >>> seeds_in_words(Design(start=3, step=3, max=15, spending="lan-demets-pocock"))
         '3 seeds, then 3 more per round while a level is undecided, up to 15 (lan-demets-pocock spending)'
     """
     first = seeds if isinstance(seeds, int) else seeds.start

@@ -39,7 +39,7 @@ class Dataset:
     fingerprint: str
     seconds: float  # time to build or load
     cached: bool  # loaded from the cache rather than generated
-    source: str  # the source digits and how many each split draws on, in words (``describe``)
+    source: str  # the source digits and how many each split draws on, in words (``source_in_words``)
 
     def __getitem__(self, split: str) -> Composites:
         return self.splits[split]
@@ -62,7 +62,7 @@ def pools(labels: np.ndarray, fractions: tuple[float, float, float], rng: np.ran
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
-def describe(config: DataConfig, digits: source.Digits) -> str:
+def source_in_words(config: DataConfig, digits: source.Digits) -> str:
     """The source digits in words, with the distinct handwritten digits each split draws on.
 
     The original drew on all 70,000 MNIST digits; the embedded 5,000 make a reduced-source
@@ -121,11 +121,11 @@ def build(config: DataConfig, use_cache: bool = True) -> Dataset:
                 name: Composites(**{f: stored[f"{name}/{f}"] for f in Composites.__dataclass_fields__})
                 for name in SPLITS
             }
-        return Dataset(splits, key, time.perf_counter() - start, True, describe(config, digits))
+        return Dataset(splits, key, time.perf_counter() - start, True, source_in_words(config, digits))
     splits = generate(config, digits)
     if use_cache:
         _save(path, splits)
-    return Dataset(splits, key, time.perf_counter() - start, False, describe(config, digits))
+    return Dataset(splits, key, time.perf_counter() - start, False, source_in_words(config, digits))
 
 
 def _save(path: Path, splits: dict[str, Composites]) -> None:

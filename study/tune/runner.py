@@ -32,7 +32,7 @@ from study.config import Study
 from study.data import build
 from study.errors import UserError
 from study.preflight import check_resources
-from study.sequential import describe
+from study.sequential import seeds_in_words
 from study.tune.nodes import check_results_folder
 from study.tune.progress import Progress
 from study.tune.recorder import Recorder, TrialFailures
@@ -112,7 +112,8 @@ def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
     study, the trials it lacks."""
     search = study.search
     finished = results.finished(study_dir).drop_duplicates("trial_id")  # a row per configuration
-    done = [{k: row[k] for k in study.space} for _, row in finished[finished["stage"] == "tune"].iterrows()]
+    configurations_tuned = [{k: row[k] for k in study.space}
+                            for _, row in finished[finished["stage"] == "tune"].iterrows()]
     gpu, cluster = study.resources.gpu, ray.cluster_resources()
     if gpu == "auto":
         gpu = gpu_share(study.n_configurations()) if cluster.get("GPU", 0) > 0 else 0
@@ -128,14 +129,15 @@ def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
     progress = Progress(planned, len(finished), study.train.epochs, slots)
     stages = Stages(study, study_dir, gpu, progress, verbose)
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
-          f"{describe(search.seeds)}, "
+          f"{seeds_in_words(search.seeds)}, "
           f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
           f"and {gpu:g} GPU per trial" + ("; the CPUs a finished trial frees go to the running ones"
                                           if reallocates(study, gpu) else ""), flush=True)
-    missing = study.n_configurations() - len(done)
+    missing = study.n_configurations() - len(configurations_tuned)
     stages.progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
     if missing > 0:
-        _trials(stages, "tune", searcher(study, study_dir, done), missing, None, study.seeds("tune"))
+        _trials(stages, "tune", searcher(study, study_dir, configurations_tuned), missing, None,
+                study.seeds("tune"))
     if not study.confirms() and study.design() is None:
         return
     finished = results.finished(study_dir)  # with the tuning stage's trials
@@ -256,8 +258,8 @@ def _test_stopped(stages: Stages, grid: tune.ResultGrid, scheduler: PerLevelASHA
                                  params(study, stopped[trial_id].config),
                                  f"{scheduler.reason(trial_id)}; testing its best epochs then failed: {last}")
     if stopped:
-        done = results.consolidate(study_dir)
-        print(f"{stages.progress(done)} tested the best epochs of {len(stopped)} trial(s) ASHA stopped",
+        written = results.consolidate(study_dir)
+        print(f"{stages.progress(written)} tested the best epochs of {len(stopped)} trial(s) ASHA stopped",
               flush=True)
     for r in grid:
         if r.checkpoint:

@@ -104,6 +104,7 @@ def test_a_head_with_rays_tls_on_is_joined_across_hosts(tmp_path, hosts):
     """Ray's TLS on every node and the driver (RAY_USE_TLS and a self-signed certificate, as
     Ray's documentation sets it up): the address check lets the valid head through, and a token
     the head does not know is still one message."""
+    pytest.importorskip("cryptography", reason="a certificate needs cryptography (ray[default] has it)")
     head, worker = hosts
     certificate, private_key = self_signed([head.address, worker.address])
     (tmp_path / "server.crt").write_bytes(certificate)
