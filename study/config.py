@@ -298,6 +298,15 @@ class Study(Section):
         one per compared level in the confirmation stage."""
         return self.n_configurations() + (self.n_levels() if self.confirms() else 0)
 
+    def trials_at_once(self, cpus: float, gpus: float = 0, gpu: float = 0) -> int:
+        """Trials that fit at once on ``cpus`` CPUs and ``gpus`` GPUs, each taking
+        ``resources.cpu`` CPUs and ``gpu`` of a GPU, at least one: the slots the run's progress,
+        the plan and the memory check all count with (a study of fewer trials leaves some empty)."""
+        fits = int(cpus // self.resources.cpu)
+        if gpu:
+            fits = min(fits, int(gpus // gpu))
+        return max(1, fits)
+
     def n_networks(self) -> int:
         """Networks the study trains at most: every configuration once per seed, and each level's
         selected configuration once per confirmation seed (a sequential design's ``max``)."""

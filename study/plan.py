@@ -280,7 +280,6 @@ def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
     """The plan of ``study`` on this machine, with ``cpus`` CPUs for the trials; with
     ``compile_here``, the compiled steps are timed (a compile's warm-up each, which fills the cache
     the trials read), else projected from the eager ones."""
-    slots = max(1, int(cpus // study.resources.cpu))
     device = pick_device(study.train.device)
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     parts = stages(study)
@@ -289,7 +288,8 @@ def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
     keys = section_keys(study, "model")
     attention = any(resolve(study, params).model.attention.layers for params in combinations(study, keys))
     path = attconv_cpu.path() if attention and device.type == "cpu" else None
-    return Plan(study, parts, timed, slots, name, path, study.reallocates(0 if device.type == "cpu" else 1))
+    return Plan(study, parts, timed, study.trials_at_once(cpus), name, path,
+                study.reallocates(0 if device.type == "cpu" else 1))
 
 
 def lines(p: Plan) -> list[str]:

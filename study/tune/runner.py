@@ -117,9 +117,7 @@ def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
     gpu, cluster = study.resources.gpu, ray.cluster_resources()
     if gpu == "auto":
         gpu = gpu_share(study.n_configurations()) if cluster.get("GPU", 0) > 0 else 0
-    slots = int(cluster.get("CPU", 1) // study.resources.cpu) if study.resources.cpu else study.n_trials()
-    if gpu:
-        slots = min(slots, int(cluster.get("GPU", 0) // gpu))
+    slots = study.trials_at_once(cluster.get("CPU", 1), cluster.get("GPU", 0), gpu)
     # The confirmation stage retrains each level in the space's order; the tuning stage's order is
     # the sampler's to choose.
     planned: list[tuple[list[str | None], int]] = [([None] * study.n_configurations(), study.looks()[0])]
