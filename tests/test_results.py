@@ -1,4 +1,6 @@
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,7 @@ from study import config, results
 from study.errors import UserError
 from study.train import fit
 
-from .conftest import SMOKE
+from .conftest import ROOT, SMOKE
 
 
 @pytest.mark.slow
@@ -109,3 +111,14 @@ def test_analysis_of_a_folder_whose_study_yaml_is_another_studys_is_a_message(tm
     results.write_study(tmp_path, other)
     with pytest.raises(UserError, match="varies train.lr, which trials.parquet has no column for"):
         analyze(tmp_path)
+
+
+def test_the_readmes_pandas_example_reads_the_shipped_thesis_results():
+    """The README's example on results/thesis, run as a reader would, from the repository."""
+    readme = (ROOT / "README.md").read_text()
+    block = next(b.split("```", 1)[0] for b in readme.split("```python\n")[1:] if '"results/thesis/' in b)
+    out = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "networks" in lines[0] and "test_bce" in lines[0]
+    assert sorted(line.split()[0] for line in lines[2:]) == ["[0]", "[]"]  # one row per arm

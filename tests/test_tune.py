@@ -154,7 +154,7 @@ def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
     assert "performance bottleneck" not in run.stdout + run.stderr
     # The README's Python block runs on the folder its first command creates.
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    block = next(b.split("```", 1)[0] for b in readme.split("```python\n")[1:] if "results/thesis-small" in b)
     (tmp_path / "cwd" / "results").mkdir(parents=True)
     (tmp_path / "cwd" / "results" / "thesis-small").symlink_to(study_dir)
     python = subprocess.run([sys.executable, "-c", block], cwd=tmp_path / "cwd", capture_output=True,
