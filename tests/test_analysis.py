@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from study import analysis, config, report, sequential
+from study import analysis, config, figures, report, sequential
 from study.cli import app
 from study.errors import UserError
 from study.stats import IMAGE_KEYS, welch_power
@@ -314,7 +314,7 @@ def test_the_attention_figure_draws_from_weights_saved_with_the_retired_top_down
         path = results.weights_path(tmp_path, "attentional", seed)
         torch.save({**torch.load(path), "features.0.0.bias_td": torch.zeros(1)}, path)
     path = tmp_path / "attention.png"
-    assert report.attention_maps(analysis.analyze(tmp_path), tmp_path, path) == ""
+    assert figures.attention_maps(analysis.analyze(tmp_path), tmp_path, path) == ""
     assert path.stat().st_size > 1000
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from study.report import FIGURES
+from study.figures import FIGURES
 
 from .conftest import SMOKE
 

@@ -1,11 +1,11 @@
-"""The report reads result files it did not write with care: weights load as tensors only."""
+"""The figures read result files they did not write with care: weights load as tensors only."""
 
 import types
 
 import pytest
 import torch
 
-from study import config, report, results
+from study import config, figures, results
 from study.train import fit
 
 from .conftest import SMOKE
@@ -30,6 +30,6 @@ def test_a_crafted_weights_file_is_not_loaded_and_runs_nothing(tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({"conv.0.weight": _Payload(str(marker))}, results.weights_path(tmp_path, "t", 0))
     analysis = types.SimpleNamespace(study=study)
-    reason = report.attention_maps(analysis, tmp_path, tmp_path / "attention.png")
+    reason = figures.attention_maps(analysis, tmp_path, tmp_path / "attention.png")
     assert "holds more than tensors" in reason and "not loaded" in reason
     assert not marker.exists() and not (tmp_path / "attention.png").exists()
