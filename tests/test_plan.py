@@ -111,20 +111,21 @@ def test_the_activations_counted_without_storage_are_those_a_real_step_saves(lay
 )
 @pytest.mark.slow
 def test_planning_is_bounded_in_time_and_memory_whatever_the_settings(tmp_path, sets, code, expected):
-    """Each ends within 15 s, under 2 GB, one message and no traceback where it refuses, nothing
-    written: the process's own peak memory, measured by the parent that waits for it."""
+    """Each takes under 15 s of each of 2 cores (its CPU time: wall time stretches with whatever
+    else the machine runs), under 2 GB, one message and no traceback where it refuses, nothing
+    written: the process's own CPU time and peak memory, measured by the parent that waits for it."""
     args = [str(BIN / "study"), "plan", str(SMOKE), *[a for s in sets for a in ("--set", s)],
             "--results", str(tmp_path / "results")]
-    probe = ("import resource, subprocess, sys, time; start = time.monotonic(); "
+    probe = ("import resource, subprocess, sys; "
              "done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-             "print(done.returncode, time.monotonic() - start, "
-             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024); "
+             "used = resource.getrusage(resource.RUSAGE_CHILDREN); "
+             "print(done.returncode, used.ru_utime + used.ru_stime, used.ru_maxrss * 1024); "
              "print(done.stdout + done.stderr)")
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path)
     (rc, seconds, peak), shown = out.stdout.split("\n", 1)[0].split(), out.stdout.split("\n", 1)[1]
     assert int(rc) == code and expected in shown, shown
-    assert float(seconds) < 15 and int(peak) < 2 * 10**9, (seconds, peak)
+    assert float(seconds) < 2 * 15 and int(peak) < 2 * 10**9, (seconds, peak)
     assert "Traceback" not in shown and not list(tmp_path.iterdir())
     if code:
         assert len(shown.strip().splitlines()) == 1  # one message
