@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -233,47 +233,56 @@ class Plan:
         return at_once * footprint.trial_bytes(self.study)
 
 
-def schedule(trials: list[float], slots: int, reallocate: bool) -> tuple[float, float]:
+def speed(k: int) -> float:
+    """How many times as fast a trial given ``k`` times its CPUs trains (``SCALING``, ``MAX_SHARE``)."""
+    return 1 + SCALING * (min(k, MAX_SHARE) - 1)
+
+
+def schedule(trials: list[float], slots: int, reallocate: bool,
+             running: Sequence[tuple[float, int]] = ()) -> tuple[float, float]:
     """Wall time of trials that take ``trials`` seconds each on their own CPUs, ``slots`` at a
-    time in the order given, and the use of the slots: the trials' own seconds over the slots'
-    wall time (a slot given to a trial that gains less than a slot's worth counts short). With
+    time in the order given, after the ``running`` ones (seconds left at their present speed, and
+    the slots each holds), and the use of the slots: the trials' own seconds over the slots' wall
+    time (a slot given to a trial that gains less than a slot's worth counts short). With
     ``reallocate``, once no trial waits, the slots of each trial that ends are shared out among the
     running ones (the longest first), each given more restarting from its checkpoint
-    (``TRIAL_START_S``) and running ``1 + SCALING·(k − 1)`` times as fast with k slots (at most
-    ``MAX_SHARE``).
+    (``TRIAL_START_S``) and running ``speed(k)`` times as fast with k slots. The plan and the
+    run's progress line both lay trials out with it.
 
     Example:
         >>> schedule([100.0, 300.0], slots=2, reallocate=False)
         (300.0, 0.666...)
         >>> round(schedule([100.0, 300.0], slots=2, reallocate=True)[0])
         216
+        >>> schedule([100.0], slots=2, reallocate=False, running=[(50.0, 1)])[0]  # beside one with 50 s left
+        100.0
     """
-    def speed(k: int) -> float:
-        return 1 + SCALING * (min(k, MAX_SHARE) - 1)
-
-    waiting, running, now = list(trials), [], 0.0  # running: [work left, slots]
-    free = slots
-    while waiting or running:
+    # Each trial as [work left in seconds on one slot, the slots it holds].
+    waiting, now = list(trials), 0.0
+    active = [[left * speed(k), k] for left, k in running]
+    work = sum(trials) + sum(w for w, _ in active)
+    free = max(0, slots - sum(k for _, k in active))
+    while waiting or active:
         while waiting and free:
-            running.append([waiting.pop(0), 1])
+            active.append([waiting.pop(0), 1])
             free -= 1
-        if reallocate and not waiting and free and running:
+        if reallocate and not waiting and free and active:
             given = set()
             for _ in range(free):  # a slot at a time to the running trial with the longest time left
-                trial = max(running, key=lambda r: r[0] / speed(r[1]))
+                trial = max(active, key=lambda r: r[0] / speed(r[1]))
                 trial[1] += 1
                 given.add(id(trial))
-            for trial in running:  # each restarts once, at its new speed
+            for trial in active:  # each restarts once, at its new speed
                 trial[0] += TRIAL_START_S * speed(trial[1]) if id(trial) in given else 0.0
             free = 0
-        step = min(work / speed(k) for work, k in running)
+        step = min(left / speed(k) for left, k in active)
         now += step
-        for trial in running:
+        for trial in active:
             trial[0] -= step * speed(trial[1])
-        done = [r for r in running if r[0] <= 1e-9]
-        free += sum(k for _, k in done)
-        running = [r for r in running if r[0] > 1e-9]
-    return now, sum(trials) / (now * slots) if now else 1.0
+        ended = [r for r in active if r[0] <= 1e-9]
+        free += sum(k for _, k in ended)
+        active = [r for r in active if r[0] > 1e-9]
+    return now, work / (now * slots) if now else 1.0
 
 
 def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:

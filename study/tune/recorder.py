@@ -43,8 +43,10 @@ class Recorder(tune.Callback):
                   "AttConv trials run as tensor operations, the same numbers several times slower "
                   "(install gcc or clang there, or set $CC)", flush=True)
         level = trial.config.get(self.study.compare_key())
+        share = max(1, round(result.get("threads", 1) / max(1.0, self.study.resources.cpu)))
         self.progress.epoch(trial.trial_id, None if level is None else str(level), len(self.seeds),
-                            result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]))
+                            result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]),
+                            share)
         more = result.get("threads", 0) > self.study.resources.cpu  # given CPUs a trial freed
         self._line(trial, f"epoch {result['epoch'] + 1}/{self.study.train.epochs}: val_loss "
                    f"{result['val_loss']:.4f} (mean of {counted(len(self.seeds), 'seed')}), "

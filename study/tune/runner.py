@@ -124,7 +124,7 @@ def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
     if study.confirms():
         levels = [str(v) for v in study.space[study.compare_key()].levels()]
         planned.append((levels, study.looks("confirm")[0]))
-    progress = Progress(planned, len(finished), study.train.epochs, slots)
+    progress = Progress(planned, len(finished), study.train.epochs, slots, reallocates(study, gpu))
     stages = Stages(study, study_dir, gpu, progress, verbose)
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
           f"{seeds_in_words(search.seeds)}, "

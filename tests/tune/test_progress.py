@@ -1,5 +1,7 @@
 """The progress line's count and time left, on a fake clock."""
 
+import pytest
+
 from study.tune import progress as progress_module
 
 
@@ -33,3 +35,27 @@ def test_the_time_left_comes_from_measured_epochs(monkeypatch):
     progress.epoch("d", "y", 1, 2, 10.0, since_start=40.0)
     progress.finished("d")  # c still runs: the freed slot waits for it, 30 s, then 130 s
     assert progress(3) == "[3/6 1m20s, ~2m40s left]"
+
+
+def test_the_time_left_counts_the_cpus_a_finished_trial_hands_on(monkeypatch):
+    """The plan's model (``study.plan.schedule``) with reallocation: when a ends, b restarts from its
+    checkpoint (5 s) on both CPUs, 1.8 times as fast; once b reports from both CPUs, its measured
+    epochs are not sped up a second time."""
+    clock = [0.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
+    shared = progress_module.Progress([(["x", "y"], 1)], done_before=0, epochs=3, slots=2, reallocate=True)
+    alone = progress_module.Progress([(["x", "y"], 1)], done_before=0, epochs=3, slots=2)
+    clock[0] = 15.0
+    for progress in (shared, alone):
+        progress.epoch("a", "x", 1, 0, 10.0, since_start=15.0)
+        progress.epoch("b", "y", 1, 0, 30.0, since_start=15.0)
+    # a: 15 s left, b: 75 s; then b's last 60 s of one CPU's work, plus its 5 s restart, at 1.8×.
+    assert alone(0) == "[0/2 15s, ~1m15s left]"
+    assert shared(0) == "[0/2 15s, ~53s left]"
+    clock[0] = 40.0
+    shared.epoch("a", "x", 1, 2, 10.0, since_start=40.0)
+    shared.finished("a")  # 10 s beyond its 3 epochs of 10 s
+    clock[0] = 50.0
+    shared.epoch("b", "y", 1, 1, 16.0, since_start=50.0, share=2)  # its second epoch, on both CPUs
+    # 10 s fixed + 3 epochs of 16 s − 50 s gone: b already has both CPUs, nothing to hand on.
+    assert shared.left_s(1) == pytest.approx(10 + 3 * 16 - 50)
