@@ -14,7 +14,7 @@ import typer
 
 from study import config
 from study.errors import UserError
-from study.words import counted
+from study.words import configuration, counted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -197,8 +197,7 @@ def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> None:
 
     params = {key: config.current(study, key) for key in study.space}
     trial_id = f"trial-{uuid.uuid4().hex[:8]}"
-    shown = ", ".join(f"{k}={v}" for k, v in params.items())
-    typer.echo(f"trial {trial_id}: {shown}, seeds {seeds}")
+    typer.echo(f"trial {trial_id}: {configuration(params, short=False)}, seeds {seeds}")
 
     def progress(row: dict, _snapshot: object) -> None:
         typer.echo(f"  epoch {row['epoch']:3d}  train {row['train_loss']:.4f}  "

@@ -35,6 +35,7 @@ from pydantic import (
 from study.errors import UserError
 from study.sections import DataConfig, ModelConfig, Section, TrainConfig, feature_side
 from study.sequential import MAX_SEEDS, Design, looks
+from study.words import configuration
 
 TUNABLE_SECTIONS = ("data", "model", "train")
 
@@ -520,7 +521,7 @@ def _check_candidates(study: Study, path: Path) -> None:
         try:
             resolve(study, params)
         except ValidationError as err:
-            shown = ", ".join(f"{k}={v}" for k, v in params.items())
+            shown = configuration(params, short=False)
             raise UserError(_describe(err, path, f" (with space choice {shown})")) from None
 
 

@@ -29,6 +29,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from study.config import Study, combinations, resolve, section_keys
 from study.models import Stacked, build_network, n_params
 from study.train import EVAL_BATCH, pick_device
+from study.words import configuration
 
 PROCESS_BYTES = 600 * 2**20  # a trial's worker before its data: Python, torch, Ray (measured ~0.5 GB)
 STATES = 5  # copies of the parameters a trial keeps per seed: weights, gradients, Adam's two, best
@@ -64,7 +65,7 @@ def networks(study: Study) -> list[Network]:
         resolved = resolve(study, params)
         key = repr((resolved.model, resolved.data.canvas, resolved.data.channels()))
         counts[key] += 1
-        label = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
+        label = configuration(params)
         first.setdefault(key, (resolved, label or "the study's network"))
     total = sum(counts.values())
     return [Network(resolved, label, counts[key] / total) for key, (resolved, label) in first.items()]

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from study import words
 from study.config import Study, dump
 from study.errors import UserError
 from study.files import atomic_write
@@ -47,17 +48,6 @@ _STAGED = ".trials"
 def param_columns(columns: Iterable[str]) -> list[str]:
     """The space keys among a trials table's columns: every column the contract does not fix."""
     return [c for c in columns if c not in (*TRIAL_COLUMNS_FIRST, *TRIAL_COLUMNS_LAST)]
-
-
-def shown(params: dict[str, Any]) -> str:
-    """A configuration as a progress line shows it, numbers to 4 significant digits.
-
-    Example:
-        >>> shown({"model.attention.layers": "[0]", "train.lr": 0.0006466422717414558})
-        'layers=[0] lr=0.0006466'
-    """
-    return " ".join(f"{key.rsplit('.', 1)[-1]}={value:.4g}" if isinstance(value, float)
-                    else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items())
 
 
 def write_study(study_dir: Path, study: Study) -> None:
@@ -255,7 +245,7 @@ def failures(study_dir: Path) -> list[str]:
     for trial_id, rows in trials.groupby("trial_id", sort=False):
         failed = rows[rows["status"] == "ERROR"]
         if len(failed):
-            configuration = shown({k: rows[k].iloc[0] for k in params})
+            configuration = words.configuration({k: rows[k].iloc[0] for k in params})
             lines.append(f"{rows['stage'].iloc[0]} trial {trial_id} {configuration}: {len(failed)} of "
                          f"{len(rows)} networks failed: {failed['reason'].iloc[0]}")
     return lines

@@ -1,4 +1,5 @@
-"""How counts and times read in what a person sees: "1 seed", never "1 seeds"; "3m05s".
+"""How counts, times and configurations read in what a person sees: "1 seed", never "1 seeds";
+"3m05s"; "layers=[0] lr=0.0006466".
 
 Example:
     >>> counted(1, "seed"), counted(3, "seed"), counted(2, "thread"), counted(1, "level")
@@ -8,6 +9,9 @@ Example:
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 
 def counted(n: int | float, noun: str) -> str:
@@ -23,3 +27,20 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def configuration(params: Mapping[str, Any], short: bool = True) -> str:
+    """A configuration (space key → value): ``short``, as progress lines show it, each key by its
+    last part and numbers to 4 significant digits; else every key in full, for messages that must
+    name the study file's keys.
+
+    Example:
+        >>> configuration({"model.attention.layers": "[0]", "train.lr": 0.0006466422717414558})
+        'layers=[0] lr=0.0006466'
+        >>> configuration({"model.attention.layers": [0], "train.lr": 0.001}, short=False)
+        'model.attention.layers=[0], train.lr=0.001'
+    """
+    if not short:
+        return ", ".join(f"{key}={value}" for key, value in params.items())
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value:.4g}" if isinstance(value, float)
+                    else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items())

@@ -14,6 +14,7 @@ import pandas as pd
 from study.config import Study, combinations, resolve, section_keys
 from study.models.baseline import matched
 from study.models.lenet import LeNet, forward_flops, n_params
+from study.words import configuration
 
 
 def catalogue(study: Study) -> pd.DataFrame:
@@ -34,8 +35,8 @@ def catalogue(study: Study) -> pd.DataFrame:
             try:
                 match = matched(config, canvas, channels)
             except ValueError as err:
-                shown = ", ".join(f"{k}={v}" for k, v in params.items())
-                raise ValueError(f"model.baseline (with space choice {shown}): {err}") from None
+                raise ValueError(f"model.baseline (with space choice {configuration(params, short=False)}): "
+                                 f"{err}") from None
             config = match.config
         net = LeNet(config, canvas, channels)
         row = {**params, "channels": str(config.channels), "hidden": str(config.hidden),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ray import tune
 
-from study import checkpoints, results
+from study import checkpoints, results, words
 from study.config import Study
 from study.errors import UserError
 from study.preflight import disk_full
@@ -83,7 +83,7 @@ class Recorder(tune.Callback):
         if consolidate:
             self.progress.done = results.consolidate(self.study_dir)
         n = self.progress.done
-        configuration = results.shown(params(self.study, trial.config))
+        configuration = words.configuration(params(self.study, trial.config))
         # A study that does not select has one stage: its trials are just trials.
         label = {"tune": "tuning trial", "confirm": "confirmation trial"}[self.stage] \
             if self.study.confirms() else "trial"
