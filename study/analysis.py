@@ -283,48 +283,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         raise UserError(f"{study_dir}: {factor} has completed trials at {len(arms)} level(s); "
                         "a comparison needs two")
     fingerprint = {arm.level: _fingerprint(trained, arm, study_dir) for arm in arms}
-    notes = []
-    unpaired = [str(arm.level) for arm in arms[1:] if fingerprint[arm.level] != fingerprint[arms[0].level]]
-    if unpaired:
-        notes.append(f"{', '.join(unpaired)} saw other images than the reference (another data "
-                     "setting), so only the seed-level comparison of mean test losses is made there; "
-                     "images cannot be paired")
-    lost_levels = [str(level) for level in study.space[factor].levels()
-                   if level not in {arm.level for arm in arms} and (r.trials[factor] == level).any()]
-    if lost_levels:
-        notes.append(f"every network of {', '.join(lost_levels)} failed (status ERROR, reason in "
-                     "trials.parquet), so no arm stands for it")
-    absent = [str(level) for level in study.space[factor].levels() if not (r.trials[factor] == level).any()]
-    if absent:
-        notes.append(f"{', '.join(absent)} has no network in trials.parquet (the run has not reached it, "
-                     "or stopped before it), so no arm stands for it; Holm's family still counts it, as "
-                     "not rejected")
-    if any(arm.failed for arm in arms):
-        lost = "; ".join(f"{arm.level}: {len(arm.failed)} of {len(arm.failed) + len(arm.networks)} "
-                         f"({arm.failed[0]})" for arm in arms if arm.failed)
-        counts = " vs ".join(str(len(arm.networks)) for arm in arms)
-        notes.append(f"networks that failed are left out (status ERROR, reason in trials.parquet): {lost}. "
-                     f"The arms compare {counts} networks; a failure that depends on the arm "
-                     "(divergence, say) is itself a result and biases the comparison of the rest")
-    if any(arm.repeated for arm in arms):
-        repeats = ", ".join(f"{arm.level}: {arm.repeated}" for arm in arms if arm.repeated)
-        notes.append(f"the sampler proposed a configuration more than once, and a configuration trained "
-                     f"again on the same seed is the same network again, not a replicate: each seed "
-                     f"counts once, and {repeats} repeated networks are left out")
-    stopped = r.trials.loc[r.trials["status"] == "STOPPED", "trial_id"].unique()
-    if len(stopped):
-        tuned = r.trials.loc[r.trials["stage"] == "tune", "trial_id"].nunique()
-        entered = [str(arm.level) for arm in arms
-                   if (of_networks(trained, arm.networks)["status"] == "STOPPED").any()]
-        notes.append(f"ASHA stopped {len(stopped)} of {tuned} tuning trials early (status STOPPED); they "
-                     "entered the selection with their best validation loss so far" +
-                     (f", and the networks of {', '.join(entered)} are theirs, trained for fewer epochs "
-                      "than train.epochs" if entered else ""))
-    if study.confirms() and any(arm.stage == "tune" for arm in arms):
-        unconfirmed = [str(arm.level) for arm in arms if arm.stage == "tune"]
-        notes.append(f"not confirmed on fresh seeds: {', '.join(unconfirmed)}. Their networks are the "
-                     "ones that won the selection by validation loss, so their luck counts twice and "
-                     "the seed-level difference is biased in their favour")
+    notes = _notes(study, r.trials, arms, factor, fingerprint)
 
     networks = pd.concat([per_network(r.samples, arm.networks).assign(level=arm.level) for arm in arms])
     averaged = {arm.level: seed_average(r.samples, arm.networks, split) for arm in arms}
@@ -425,6 +384,57 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
         f"{level}: {f}" for level, f in fingerprint.items())
     return Analysis(study, factor, split, shown, source, pd.DataFrame(arm_rows),
                     comparisons, subgroups, arms, networks, averaged, notes, family, decided)
+
+
+def _notes(study: config.Study, trials: pd.DataFrame, arms: list[Arm], factor: str,
+           fingerprint: dict[Any, str]) -> list[str]:
+    """What a reader must know about which networks entered before reading the numbers: arms on
+    other images, levels without an arm, failed and repeated networks, trials ASHA stopped, and
+    selections not confirmed on fresh seeds (``trials``: every row of ``trials.parquet``)."""
+    notes = []
+    trained = trials[trials["status"].isin(results.TRAINED)]
+    unpaired = [str(arm.level) for arm in arms[1:] if fingerprint[arm.level] != fingerprint[arms[0].level]]
+    if unpaired:
+        notes.append(f"{', '.join(unpaired)} saw other images than the reference (another data "
+                     "setting), so only the seed-level comparison of mean test losses is made there; "
+                     "images cannot be paired")
+    lost_levels = [str(level) for level in study.space[factor].levels()
+                   if level not in {arm.level for arm in arms} and (trials[factor] == level).any()]
+    if lost_levels:
+        notes.append(f"every network of {', '.join(lost_levels)} failed (status ERROR, reason in "
+                     "trials.parquet), so no arm stands for it")
+    absent = [str(level) for level in study.space[factor].levels() if not (trials[factor] == level).any()]
+    if absent:
+        notes.append(f"{', '.join(absent)} has no network in trials.parquet (the run has not reached it, "
+                     "or stopped before it), so no arm stands for it; Holm's family still counts it, as "
+                     "not rejected")
+    if any(arm.failed for arm in arms):
+        lost = "; ".join(f"{arm.level}: {len(arm.failed)} of {len(arm.failed) + len(arm.networks)} "
+                         f"({arm.failed[0]})" for arm in arms if arm.failed)
+        counts = " vs ".join(str(len(arm.networks)) for arm in arms)
+        notes.append(f"networks that failed are left out (status ERROR, reason in trials.parquet): {lost}. "
+                     f"The arms compare {counts} networks; a failure that depends on the arm "
+                     "(divergence, say) is itself a result and biases the comparison of the rest")
+    if any(arm.repeated for arm in arms):
+        repeats = ", ".join(f"{arm.level}: {arm.repeated}" for arm in arms if arm.repeated)
+        notes.append(f"the sampler proposed a configuration more than once, and a configuration trained "
+                     f"again on the same seed is the same network again, not a replicate: each seed "
+                     f"counts once, and {repeats} repeated networks are left out")
+    stopped = trials.loc[trials["status"] == "STOPPED", "trial_id"].unique()
+    if len(stopped):
+        tuned = trials.loc[trials["stage"] == "tune", "trial_id"].nunique()
+        entered = [str(arm.level) for arm in arms
+                   if (of_networks(trained, arm.networks)["status"] == "STOPPED").any()]
+        notes.append(f"ASHA stopped {len(stopped)} of {tuned} tuning trials early (status STOPPED); they "
+                     "entered the selection with their best validation loss so far" +
+                     (f", and the networks of {', '.join(entered)} are theirs, trained for fewer epochs "
+                      "than train.epochs" if entered else ""))
+    if study.confirms() and any(arm.stage == "tune" for arm in arms):
+        unconfirmed = [str(arm.level) for arm in arms if arm.stage == "tune"]
+        notes.append(f"not confirmed on fresh seeds: {', '.join(unconfirmed)}. Their networks are the "
+                     "ones that won the selection by validation loss, so their luck counts twice and "
+                     "the seed-level difference is biased in their favour")
+    return notes
 
 
 def _fingerprint(trials: pd.DataFrame, arm: Arm, study_dir: Path) -> str:
