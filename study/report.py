@@ -163,7 +163,7 @@ def sequential_section(analysis: Analysis) -> list[str]:
         f"`{key}: {{start: {design.start}, step: {design.step}, max: {design.max}}}`: {design.start} "
         f"networks per arm, then {design.step} more per round for every level still undecided (and "
         f"the reference while any is), looks at {', '.join(map(str, looks))} networks per arm. "
-        f"Boundaries by alpha spending (`{design.spending}`, see `study.sequential`) over the information "
+        f"Boundaries by alpha spending (`{design.spending}`, see `study.boundaries`) over the information "
         "fraction, for the Welch test of a difference and for each one-sided test of equivalence "
         f"within ±{study.analysis.margin:g}, so that over all looks each error rate stays ≤ α = {ALPHA}; "
         "Holm over the levels at every look, on repeated p-values; a level's verdict is final once "

@@ -8,8 +8,9 @@ import pytest
 from scipy import stats as scipy_stats
 
 from study import config, sequential, stats
+from study.boundaries import critical_values, spent
 from study.errors import UserError
-from study.sequential import Design, critical_values, decide, replay, spent
+from study.sequential import Design, decide, replay
 
 from .conftest import SMOKE
 from .test_stats import ALPHA, within_level
