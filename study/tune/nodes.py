@@ -25,7 +25,7 @@ PROBE_TIMEOUT_S = 120  # a node that has not answered by then is named as not an
 
 
 def node_address() -> str:
-    """This process's Ray node: its address, as the cluster knows it (no Ray: the host's name)."""
+    """The address of this process's Ray node, as the cluster knows it."""
     return ray.util.get_node_ip_address()
 
 
@@ -54,6 +54,7 @@ def check_results_folder(study_dir: Path) -> None:
         probe.unlink(missing_ok=True)
     if blind:
         raise UserError(f"--results {study_dir.parent}: Ray node(s) {', '.join(blind)} do not see this "
-                        f"folder (a file written to {study_dir} is not there). Trials write their files "
+                        f"folder (a file written to {study_dir} is not there, or they did not answer "
+                        f"within {PROBE_TIMEOUT_S} s). Trials write their files "
                         "on the node they run on: put the folder on a file system every node mounts "
                         "(NFS, say), and pass it with --results")
