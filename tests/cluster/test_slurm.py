@@ -15,7 +15,9 @@ from ..test_tune import check_contract
 from .conftest import BIN
 
 pytestmark = pytest.mark.slow  # a real Slurm and Ray on two hosts
-LONGER = ["--set", "data.n_images=3000", "--set", "train.epochs=2", "--set", "search.seeds=1"]
+# Trials long enough (the resumed one too) that the second starts on its own node's new worker
+# before the first ends: Ray Tune hands an ended trial's worker to a trial still waiting for its own.
+LONGER = ["--set", "data.n_images=3000", "--set", "train.epochs=8", "--set", "search.seeds=1"]
 
 CONFIG = """\
 ClusterName=studyhosts
@@ -81,7 +83,7 @@ def test_two_nodes_train_through_sbatch_and_a_cancelled_job_resumes_to_the_plann
     first = tmp_path / "first.out"
     number = head.run([*args[:1], f"--output={first}", *args[1:]], env=env, cwd=ROOT).stdout.split()[-1]
     deadline = time.monotonic() + 600
-    while "epoch 1/2" not in (first.read_text() if first.exists() else ""):
+    while "epoch 1/8" not in (first.read_text() if first.exists() else ""):
         assert time.monotonic() < deadline, first.read_text() if first.exists() else "no output"
         time.sleep(1)
     assert "2 node(s)" in first.read_text()
@@ -95,6 +97,6 @@ def test_two_nodes_train_through_sbatch_and_a_cancelled_job_resumes_to_the_plann
     second = tmp_path / "second.out"
     done = head.run([*args[:1], "--wait", f"--output={second}", *args[1:]], env=env, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr + second.read_text()[-3000:]
-    trials = check_contract(tmp_path / "smoke", n_trials=2, n_test=300)
+    trials = check_contract(tmp_path / "smoke", n_trials=2, epochs=8, n_test=300)
     assert set(trials["node"]) == {head.address, worker.address}, second.read_text()[-3000:]
     assert job_processes(done.stdout.split()[-1]) == []
