@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ..conftest import ROOT, SMOKE
-from ..test_slurm import SCRIPT, installed, job_processes
+from ..test_slurm import COMMON, SCRIPT, installed, job_processes
 from ..test_tune import check_contract
 from .conftest import BIN
 
@@ -19,31 +19,17 @@ pytestmark = pytest.mark.slow  # a real Slurm and Ray on two hosts
 # before the first ends: Ray Tune hands an ended trial's worker to a trial still waiting for its own.
 LONGER = ["--set", "data.n_images=3000", "--set", "train.epochs=8", "--set", "search.seeds=1"]
 
-CONFIG = """\
+CONFIG = COMMON + """\
 ClusterName=studyhosts
 SlurmctldHost={host}({head})
 SlurmctldPort=6817
 SlurmdPort=6818
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/none
-CredType=cred/none
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool-%n
 SlurmctldPidFile={folder}/slurmctld.pid
 SlurmdPidFile={folder}/slurmd-%n.pid
 SlurmctldLogFile={folder}/slurmctld.log
 SlurmdLogFile={folder}/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-ReturnToService=2
-SchedulerType=sched/builtin
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-KillWait=30
 NodeName=node1 NodeAddr={head} CPUs=1 RealMemory=4000 State=UNKNOWN
 NodeName=node2 NodeAddr={worker} CPUs=1 RealMemory=4000 State=UNKNOWN
 PartitionName=test Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
