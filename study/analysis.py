@@ -317,10 +317,12 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     # In a sequential design the secondary measures are tested at the look at which the primary
     # stopped, each with its own alpha spending: a fixed-size test there would ignore the looks
     # before it. Their values are the ones computed from the samples above, in seed order.
-    secondary = [measure for measure in MEASURES if measure != "test_loss"]
-    measured = r.trials.drop(columns=secondary, errors="ignore").merge(
-        networks[["trial_id", "seed", *secondary]], on=["trial_id", "seed"], how="left")
-    values = {measure: seed_values(study, measured, measure) for measure in secondary} if decided else {}
+    values = {}
+    if decided:
+        secondary = [measure for measure in MEASURES if measure != "test_loss"]
+        measured = r.trials.drop(columns=secondary, errors="ignore").merge(
+            networks[["trial_id", "seed", *secondary]], on=["trial_id", "seed"], how="left")
+        values = {measure: seed_values(study, measured, measure) for measure in secondary}
     rows = []
     for arm in others:
         mine, theirs = of_level[arm.level], of_level[reference.level]
