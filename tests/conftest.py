@@ -10,6 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "searchspaces" / "smoke.yaml"
 
 
+def readme_python(containing: str) -> str:
+    """The README's one ```python block whose own text contains `containing`."""
+    blocks = [b.split("```", 1)[0] for b in (ROOT / "README.md").read_text().split("```python\n")[1:]]
+    (block,) = [b for b in blocks if containing in b]
+    return block
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _data_cache(tmp_path_factory):
     """Keep generated datasets out of the user's cache."""

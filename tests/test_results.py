@@ -11,7 +11,7 @@ from study import config, results
 from study.errors import UserError
 from study.train import fit
 
-from .conftest import ROOT, SMOKE
+from .conftest import ROOT, SMOKE, readme_python
 
 
 @pytest.mark.slow
@@ -115,8 +115,7 @@ def test_analysis_of_a_folder_whose_study_yaml_is_another_studys_is_a_message(tm
 
 def test_the_readmes_pandas_example_reads_the_shipped_thesis_results():
     """The README's example on results/thesis, run as a reader would, from the repository."""
-    readme = (ROOT / "README.md").read_text()
-    block = next(b.split("```", 1)[0] for b in readme.split("```python\n")[1:] if '"results/thesis/' in b)
+    block = readme_python('"results/thesis/')
     out = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

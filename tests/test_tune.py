@@ -22,7 +22,7 @@ from scipy import stats
 
 from study.figures import FIGURES
 
-from .conftest import SMOKE
+from .conftest import SMOKE, readme_python
 
 pytestmark = pytest.mark.slow  # every test here runs studies through Ray
 BIN = Path(sys.executable).parent
@@ -153,8 +153,7 @@ def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
     assert "TensorBoard" not in run.stdout and "WARNING" not in run.stdout
     assert "performance bottleneck" not in run.stdout + run.stderr
     # The README's Python block runs on the folder its first command creates.
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = next(b.split("```", 1)[0] for b in readme.split("```python\n")[1:] if "results/thesis-small" in b)
+    block = readme_python("results/thesis-small")
     (tmp_path / "cwd" / "results").mkdir(parents=True)
     (tmp_path / "cwd" / "results" / "thesis-small").symlink_to(study_dir)
     python = subprocess.run([sys.executable, "-c", block], cwd=tmp_path / "cwd", capture_output=True,
