@@ -19,8 +19,8 @@ from typing import get_args
 
 import numpy as np
 
-from study.boundaries import Spending
-from study.sequential import Design, replay
+from study.sections import Design, Spending
+from study.sequential import replay
 from study.stats import ALPHA, welch_power
 
 # Three designs (about 75 %, 90 % and 95 % power against one seed SD), each with every spending function.

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from study import config
+from study import loading, resolution
 from study.data import build
 from study.train import fit
 
@@ -30,13 +30,13 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append",
                         default=["data.n_images=3000", "train.epochs=2"])
     args = parser.parse_args()
-    study = config.load(args.space, args.sets)
+    study = loading.load(args.space, args.sets)
     build(study.data)  # generate once; every fit below loads the same cached dataset
     seeds = list(range(args.seeds))
     print(f"{args.space} with {' '.join(args.sets)}; threads {torch.get_num_threads()}")
     print(f"{'model':<12}{'1 trial × S seeds':>19}{'S trials × 1 seed':>19}{'throughput ratio':>18}")
     for layers in ("[]", "[0]"):
-        trial = config.resolve(study, {"model.attention.layers": layers}) \
+        trial = resolution.resolve(study, {"model.attention.layers": layers}) \
             if "model.attention.layers" in study.space else study
         start = time.perf_counter()
         fit(trial, seeds)

@@ -37,16 +37,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import numpy as np
 from scipy import optimize, special, stats
+
+from study.sections import Spending
 
 GRID = 161  # points per look of the numerical integration (odd: Simpson's rule)
 FLOOR = -8.0  # z below this (Φ(-8) ≈ 6e-16) is left out of the integration
 LEVELS = np.geomspace(1e-7, 0.5, 141)  # overall levels at which repeated p-values are tabulated
 SQRT_2PI = math.sqrt(2 * math.pi)
-Spending = Literal["lan-demets-obrien-fleming", "lan-demets-obrien-fleming-two-sided", "lan-demets-pocock"]
 
 
 def spent(level: float, t: float, sides: int, spending: Spending) -> float:

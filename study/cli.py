@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from study import config
+from study import config, loading, resolution
 from study.errors import UserError
 from study.words import configuration, counted
 
@@ -40,7 +40,7 @@ def _fail(err: UserError) -> None:
 def _load(space: Path, sets: list[str] | None, download: bool,
           verbatim: dict[str, tuple[str, str | None]] | None = None) -> config.Study:
     """The study, with MNIST fetched first when asked and its source digits checked."""
-    study = config.load(space, sets or [], verbatim)
+    study = loading.load(space, sets or [], verbatim)
     from study.data import source
 
     if download and study.data.source == "mnist":
@@ -61,7 +61,7 @@ def _shared(results: Path) -> None:
 def _same_study(study: config.Study, space: Path, study_dir: Path) -> None:
     """An interrupted run in ``study_dir`` must be of this very study to be resumed."""
     stored = study_dir / "study.yaml"
-    before = config.load(stored)
+    before = loading.load(stored)
     if before != study:
         was, now = before.model_dump(), study.model_dump()
         differ = [key for key in now if was.get(key) != now[key]]
@@ -143,7 +143,7 @@ def _outcome(study: config.Study, study_dir: Path) -> None:
     """What the run leaves: the next command, or how to resume, and the networks that failed."""
     import pandas as pd
 
-    from study.analysis import planned_networks
+    from study.decisions import planned_networks
     from study.results import failures, status_counts
 
     trials = study_dir / "trials.parquet"
@@ -195,7 +195,7 @@ def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> None:
     from study import results as result_files
     from study.train import fit
 
-    params = {key: config.current(study, key) for key in study.space}
+    params = {key: resolution.current(study, key) for key in study.space}
     trial_id = f"trial-{uuid.uuid4().hex[:8]}"
     typer.echo(f"trial {trial_id}: {configuration(params, short=False)}, seeds {seeds}")
 
@@ -264,7 +264,7 @@ def plan_(space: Space, sets: Sets = None, results: ResultsDir = Path("results")
 def models(space: Space, sets: Sets = None) -> None:
     """Every model the space can produce: widths, parameters, forward FLOPs, baseline matches."""
     try:
-        study = config.load(space, sets or [])
+        study = loading.load(space, sets or [])
         typer.echo(_shown(_models(study, space)))
     except UserError as err:
         _fail(err)

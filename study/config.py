@@ -1,41 +1,29 @@
-"""The search-space file: its schema, loading with ``--set`` overrides, and resolving a trial.
+"""The study file's schema: its top level (``name``, ``space``, ``search``, ``compare``,
+``analysis``, ``resources``) over the sections of one configuration (``study.sections``).
 
 A study file has fixed sections (``data``, ``model``, ``train``) holding one configuration, and a
-``space`` whose dotted keys name the values Optuna chooses. ``load`` validates the whole file
-(every choice included) before anything runs, so a typo fails in a second, not after an hour.
+``space`` whose dotted keys name the values Optuna chooses. Validation checks the whole file, every
+choice included (``study.loading``), before anything runs, so a typo fails in a second, not after
+an hour. A trial's study is resolved from Optuna's values by ``study.resolution``; what ``Study``
+counts (levels, stages, seeds per round) is ``study.layout``'s.
 
 Example:
-    >>> study = load("searchspaces/smoke.yaml", ["train.epochs=1"])
-    >>> trial = resolve(study, {"model.attention.layers": "[0]"})
-    >>> trial.model.attention.layers
-    [0]
+    >>> study = Study.model_validate({"name": "lr", "space": {"train.lr": {"choice": [0.001, 0.01]}},
+    ...                               "search": {"sampler": "grid"}})
+    >>> study.space["train.lr"].levels(), study.n_configurations()
+    ([0.001, 0.01], 2)
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from study.errors import UserError
-from study.sections import DataConfig, ModelConfig, Section, TrainConfig, feature_side
-from study.sequential import MAX_SEEDS, Design, looks
-from study.words import configuration
+from study.layout import Layout
+from study.sections import MAX_SEEDS, DataConfig, Design, ModelConfig, Section, TrainConfig, feature_side
+from study.words import excerpt
 
 TUNABLE_SECTIONS = ("data", "model", "train")
 
@@ -164,7 +152,7 @@ class AnalysisConfig(Section):
         "the same for exact-set accuracy and digit F1, as proportions (0.02: two points)"))
 
 
-class Study(Section):
+class Study(Section, Layout):
     # `name: 2024` or --set name=2024 is a folder name, not a number
     model_config = ConfigDict(**Section.model_config, coerce_numbers_to_str=True)
 
@@ -188,7 +176,7 @@ class Study(Section):
                   else "is longer than the 255 bytes a folder name can have"
                   if len(name.encode()) > 255 else None)
         if reason:
-            raise ValueError(f"{_excerpt(name)} {reason}: the name becomes the results folder")
+            raise ValueError(f"{excerpt(name)} {reason}: the name becomes the results folder")
         return name
 
     @field_validator("space")
@@ -264,80 +252,6 @@ class Study(Section):
             raise ValueError(f"a sequential design compares levels, and {self.compare_key()!r} has "
                              f"{self.n_levels()}: compare a 'choice' key with two or more")
 
-    def grid_size(self) -> int:
-        return math.prod(len(d.choice or ()) for d in self.space.values())
-
-    def tuned_per_level(self) -> bool:
-        """Whether each level of ``compare`` gets its own Optuna study (see ``SearchConfig``)."""
-        return self.search.sampler != "grid" and self.compare is not None
-
-    def reallocates(self, gpu: float) -> bool:
-        """Whether freed CPUs go to the running trials (``resources.reallocate``), given the GPU
-        share each trial has: ``auto`` where the trials train on CPUs."""
-        reallocate = self.resources.reallocate
-        return gpu == 0 if reallocate == "auto" else reallocate
-
-    def n_configurations(self) -> int:
-        if self.search.sampler == "grid":
-            return self.grid_size()
-        if self.tuned_per_level():
-            return self.search.trials * len(self.space[self.compare].choice)
-        return self.search.trials
-
-    def confirms(self) -> bool:
-        """Whether ``study run`` ends with a confirmation stage: the space varies more than the
-        compared factor, so each level's configuration is selected by validation loss, and the
-        networks that won the selection must not also be the ones that are tested."""
-        return len(self.space) > 1 and self.n_levels() > 0
-
-    def n_levels(self) -> int:
-        """Levels of the compared factor (none when it is a ranged key)."""
-        return len(self.space[self.compare_key()].levels())
-
-    def n_trials(self) -> int:
-        """Ray trials the study runs: one per configuration, training all its seeds at once, and
-        one per compared level in the confirmation stage."""
-        return self.n_configurations() + (self.n_levels() if self.confirms() else 0)
-
-    def trials_at_once(self, cpus: float, gpus: float = 0, gpu: float = 0) -> int:
-        """Trials that fit at once on ``cpus`` CPUs and ``gpus`` GPUs, each taking
-        ``resources.cpu`` CPUs and ``gpu`` of a GPU, at least one: the slots the run's progress,
-        the plan and the memory check all count with (a study of fewer trials leaves some empty)."""
-        fits = int(cpus // self.resources.cpu)
-        if gpu:
-            fits = min(fits, int(gpus // gpu))
-        return max(1, fits)
-
-    def n_networks(self) -> int:
-        """Networks the study trains at most: every configuration once per seed, and each level's
-        selected configuration once per confirmation seed (a sequential design's ``max``)."""
-        confirming = self.n_levels() * self.looks("confirm")[-1] if self.confirms() else 0
-        return self.n_configurations() * self.looks("tune")[-1] + confirming
-
-    def compared_stage(self) -> str:
-        """The stage whose networks ``study analyze`` compares: confirm where the study selects."""
-        return "confirm" if self.confirms() else "tune"
-
-    def design(self) -> Design | None:
-        """The sequential design of the compared networks, where the study file gives one."""
-        seeds = self.search.confirm_seeds if self.confirms() else self.search.seeds
-        return seeds if isinstance(seeds, Design) else None
-
-    def looks(self, stage: str = "tune") -> list[int]:
-        """Networks per configuration of ``stage`` after each round: one round unless sequential."""
-        return looks(self.search.seeds if stage == "tune" else self.search.confirm_seeds)
-
-    def seeds(self, stage: str = "tune", look: int = 1) -> list[int]:
-        """The training seeds of a stage's round ``look``: 0..S−1 for tuning, the ones after them
-        for confirmation (fresh: no network of the selection is retrained); a sequential design's
-        later rounds continue where the round before ended."""
-        offset = 0 if stage == "tune" else self.looks("tune")[-1]
-        ends = [0, *self.looks(stage)]
-        return list(range(offset + ends[look - 1], offset + ends[look]))
-
-    def compare_key(self) -> str:
-        """The factor ``study analyze`` compares by default: ``compare``, else the first key."""
-        return self.compare or next(iter(self.space))
 
 
 def _check_path(key: str, spec: Distribution) -> None:
@@ -370,182 +284,3 @@ def _check_path(key: str, spec: Distribution) -> None:
 def encode(value: Any) -> Any:
     """A choice value as Optuna and the result files store it: lists and dicts become JSON."""
     return json.dumps(value) if isinstance(value, list | dict) else value
-
-
-def section_keys(study: Study, section: str) -> list[str]:
-    """The keys of the space that change ``section`` (``data``, ``model`` or ``train``)."""
-    return [key for key in study.space if key == section or key.startswith(f"{section}.")]
-
-
-def combinations(study: Study, keys: list[str]) -> Iterator[dict[str, Any]]:
-    """Every combination of the given space keys' candidates (their levels, or both ends of a
-    range), as ``{key: stored value}`` in the keys' order."""
-    for values in itertools.product(*(study.space[k].candidates() for k in keys)):
-        yield dict(zip(keys, values, strict=True))
-
-
-def resolve(study: Study, params: dict[str, Any]) -> Study:
-    """The study with ``params`` (dotted keys, values as the result files store them) filled in."""
-    raw = study.model_dump(by_alias=True)
-    for key, stored in params.items():
-        _set_dotted(raw, key, study.space[key].value(stored), merge=True)
-    return Study.model_validate(raw)
-
-
-def current(study: Study, key: str) -> Any:
-    """What the file's own sections hold at ``key``, stored as the result files store choices.
-
-    For labelled choices this is the first label that leaves the study unchanged, or None.
-    """
-    spec = study.space[key]
-    if isinstance(spec.choice, dict):
-        return next((level for level in spec.levels() if resolve(study, {key: level}) == study), None)
-    return encode(get(study, key))
-
-
-def get(study: Study, key: str) -> Any:
-    """The value at a dotted key, e.g. ``get(study, "train.lr")``."""
-    node: Any = study
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def _set_dotted(raw: dict, key: str, value: Any, merge: bool = False) -> None:
-    """Set ``value`` at a dotted key; with ``merge``, a mapping is merged into the section there."""
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"{key!r}: {part!r} holds a value, not settings")
-    if merge and isinstance(value, dict) and isinstance(node.get(leaf), dict):
-        for name, inner in value.items():
-            _set_dotted(node[leaf], name, inner, merge=True)
-    else:
-        node[leaf] = value
-
-
-# Settings that only ever had one value, since removed: files that still carry them at that value
-# (every results folder's study.yaml written before) load as before; any other value is an error.
-RETIRED = {("model", "family"): "lenet5", ("train", "select"): "best_val",
-           ("search", "metric"): "best_val_loss", ("search", "mode"): "min"}
-
-
-MAX_NODES = 100_000  # a study file is a few hundred values; aliases may not expand past this
-EXCERPT = 80  # characters of the user's input a message quotes, at most
-
-
-def _excerpt(value: Any) -> str:
-    """``repr(value)``, cut short: a message never echoes more than a line of the input."""
-    text = repr(value)
-    return text if len(text) <= EXCERPT else f"{text[:EXCERPT]}… ({len(text):,} characters)"
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a document whose aliases expand past ``MAX_NODES`` values:
-    an 838-byte "billion laughs" file otherwise expands to gigabytes once anything walks it."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        sizes: dict[int, int] = {}
-
-        def size(n: yaml.Node) -> int:  # values after expansion; each shared node sized once
-            if id(n) not in sizes:
-                sizes[id(n)] = 0  # a recursive alias counts once
-                children = n.value if isinstance(n, yaml.SequenceNode) else \
-                    [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else []
-                sizes[id(n)] = min(MAX_NODES + 1, 1 + sum(size(c) for c in children))
-            return sizes[id(n)]
-
-        if size(node) > MAX_NODES:
-            raise yaml.YAMLError(f"its aliases expand to more than {MAX_NODES:,} values; a study file "
-                                 "needs a few hundred: write the values out")
-        return super().construct_document(node)
-
-
-def _parse(text: str) -> Any:
-    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader, bounded)
-
-
-def load(path: str | Path, overrides: list[str] = (),
-         verbatim: dict[str, tuple[str, str | None]] | None = None) -> Study:
-    """Read, override and validate a study file; every mistake is one ``UserError``.
-    ``verbatim`` maps dotted keys to (the option that gave it, text): the text is set as given,
-    unparsed (``--name 2024``, ``--name 'a #2'``), and a mistake in it is blamed on the option."""
-    path = Path(path)
-    try:
-        raw = _parse(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: a folder; name a study file in it, e.g. searchspaces/smoke.yaml") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start} cannot be read); save the study "
-                        "file as UTF-8") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections (name, data, model, …)")
-    for (section, key), only in RETIRED.items():
-        if isinstance(raw.get(section), dict) and raw[section].get(key) == only:
-            del raw[section][key]
-    given: dict[str, str] = {}  # key → the option that set it: a mistake in its value is blamed on it
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {_excerpt(item)}: write KEY=VALUE, e.g. --set train.epochs=2")
-        try:
-            _set_dotted(raw, key.strip(), _parse(text))
-        except (ValueError, yaml.YAMLError) as err:
-            raise UserError(f"--set {_excerpt(item)}: {err}") from None
-        given[key.strip()] = f"--set {_excerpt(item)}"
-    given |= {key: option for key, (option, text) in (verbatim or {}).items() if text is not None}
-    for key, (_, text) in (verbatim or {}).items():
-        if text is not None:
-            _set_dotted(raw, key, text)
-    study = _validate(raw, path, given)
-    _check_candidates(study, path)
-    return study
-
-
-def _validate(raw: dict, path: Path, given: dict[str, str]) -> Study:
-    try:
-        return Study.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(_describe(err, path, given=given)) from None
-
-
-def _check_candidates(study: Study, path: Path) -> None:
-    """Every value the space can choose must make a valid study, checked before any trial runs."""
-    for params in itertools.islice(combinations(study, list(study.space)), 10_000):
-        try:
-            resolve(study, params)
-        except ValidationError as err:
-            shown = configuration(params, short=False)
-            raise UserError(_describe(err, path, f" (with space choice {shown})")) from None
-
-
-def _describe(err: ValidationError, path: Path, context: str = "",
-              given: dict[str, str] | None = None) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-") and p not in SEED_FORMS)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key; check its spelling against README.md's search-space reference"
-        elif e["type"] not in ("value_error", "missing"):
-            msg = f"{msg} (got {_excerpt(e['input'])})"
-        setter = next((k for k in sorted(given or {}, key=len, reverse=True)
-                       if key == k or key.startswith(f"{k}.")), None)  # the most specific
-        if setter is None:
-            where = f"{path}: {key or '(top level)'}"
-        else:
-            by_name = setter == key and not given[setter].startswith("--set ")  # --name: its key
-            where = given[setter] if by_name else f"{given[setter]}: {key}"
-        lines.append(f"{where}: {msg}{context}")
-    return "\n".join(lines)
-
-
-def dump(study: Study) -> str:
-    """The fully resolved study as YAML, defaults filled in: what ``study.yaml`` holds."""
-    return yaml.safe_dump(study.model_dump(by_alias=True, mode="json"), sort_keys=False)

@@ -35,8 +35,9 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from study import config
-from study.analysis import Analysis, of_networks
+from study import config, resolution
+from study.analysis import Analysis
+from study.arms import of_networks
 from study.data import build
 from study.models import AttConv, build_network
 from study.results import TRAINED, weights_path
@@ -209,7 +210,7 @@ def attention_maps(analysis: Analysis, study_dir: Path, path: Path) -> str:
     study, trials = analysis.study, pd.read_parquet(study_dir / "trials.parquet")
     trials = trials[trials["status"].isin(TRAINED)].sort_values("best_val_loss")
     for _, row in trials.iterrows():
-        trial_study = config.resolve(study, {key: row[key] for key in study.space})
+        trial_study = resolution.resolve(study, {key: row[key] for key in study.space})
         weights = weights_path(study_dir, row["trial_id"], row["seed"])
         if trial_study.model.attention.layers and weights.exists():
             break

@@ -11,7 +11,7 @@ tensor it saves for the backward is counted; the difference between the two is w
 further image adds. Nothing of the study's size is allocated to know its size.
 
 Example:
-    >>> from study.config import load
+    >>> from study.loading import load
     >>> study = load("searchspaces/smoke.yaml")
     >>> net = networks(study)[0]
     >>> 0 < activations(net.study).per_image < 2**20  # LeNet-5 on a 48-pixel canvas
@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from study.config import Study, combinations, resolve, section_keys
+from study.config import Study
 from study.models import Stacked, build_network, n_params
+from study.resolution import combinations, resolve, section_keys
 from study.train import EVAL_BATCH, pick_device
 from study.words import configuration
 

@@ -10,7 +10,7 @@ running ones where the study reallocates them (``resources.reallocate``), and ho
 use the CPUs. What it cannot see: other load on the machine, and a cluster's other nodes.
 
 Example:
-    >>> from study.config import load
+    >>> from study.loading import load
     >>> study = load("searchspaces/smoke.yaml", ["data.n_images=300", "train.epochs=2"])
     >>> [(s.name, s.trials, s.networks, s.steps) for s in stages(study)]
     [('tune', 2, 6, 16)]
@@ -27,10 +27,11 @@ import torch
 
 from study import footprint
 from study.compiled import GAIN, WARMUP_S, ShapeSpecialised, pays, use_cache
-from study.config import Study, combinations, resolve, section_keys
+from study.config import Study
 from study.data.dataset import split_sizes
 from study.footprint import Network, dataset_bytes
 from study.models import Stacked, attconv_cpu, build_network, n_params
+from study.resolution import combinations, resolve, section_keys
 from study.train import eval_chunk, inference, make_optimizer, pick_device, snapshot_bytes, training_step
 from study.words import counted, duration
 

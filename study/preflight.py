@@ -5,7 +5,7 @@ that could never run (a trial no node can schedule, a storage that cannot be rea
 larger than memory) is a message within seconds, not a hang or a traceback minutes in.
 
 Example:
-    >>> from study.config import load
+    >>> from study.loading import load
     >>> study = load("searchspaces/smoke.yaml", ["resources.cpu=64"])
     >>> try:
     ...     check_resources(study, cpus=2, gpus=0, where="this machine")

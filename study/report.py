@@ -24,7 +24,7 @@ from study.figures import FIGURES
 from study.files import atomic_write
 from study.results import TRAINED
 from study.sequential import DESIGN_POWER_KEYS, seeds_in_words
-from study.stats import ALPHA, IMAGE_KEYS, MAX_SEEDS, POWER_KEYS
+from study.stats import ALPHA, IMAGE_KEYS, POWER_KEYS, SEARCH_LIMIT
 from study.words import counted, duration
 
 
@@ -124,7 +124,7 @@ def _power(analysis: Analysis, row: Any) -> str:
     margin, family = analysis.study.analysis.margin, analysis.family
 
     def networks(value: float) -> str:
-        return f"{value:.0f}" if not pd.isna(value) else f"more than {MAX_SEEDS:,}"
+        return f"{value:.0f}" if not pd.isna(value) else f"more than {SEARCH_LIMIT:,}"
 
     spread = (f"seed SDs {row.sd:.4f} vs {row.sd_reference:.4f} (over {row.seeds} vs {row.seeds_reference} "
               "networks; intervals: 95 %, from how uncertain SDs measured on so few networks are)")

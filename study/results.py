@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 import torch
 
 from study import words
-from study.config import Study, dump
+from study.config import Study
 from study.errors import UserError
 from study.files import atomic_write
+from study.loading import dump
 from study.models import attconv_cpu
 from study.train import Network, TrialResult, pick_device
 

@@ -1,8 +1,9 @@
-"""The sections of a study file that describe one configuration: ``data``, ``model``, ``train``.
+"""The sections of a study file that describe one configuration (``data``, ``model``, ``train``),
+and the sequential ``Design`` its ``search.seeds`` may give.
 
 Each is a frozen pydantic model that refuses unknown keys and values that are not finite; the
-study file as a whole (its ``space``, ``search``, ``resources``) and its loading are in
-``study.config``.
+study file as a whole (its ``space``, ``search``, ``resources``) is ``study.config``, its
+loading ``study.loading``.
 
 Example:
     >>> ModelConfig(attention={"layers": [0], "iterations": 2}).attention.iterations_at(0)
@@ -14,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -201,6 +202,45 @@ class TrainConfig(Section):
     compile: bool | Literal["auto"] = Field(
         "auto", description="the training step and evaluation through torch.compile: true, false, "
         "or auto (after an eager first epoch, when the rest repays the warm-up; study.compiled)")
+
+
+MIN_SEEDS = 2  # a seed-to-seed variance needs two networks per arm
+# The alpha-spending functions a sequential design may name (``study.boundaries`` computes them).
+Spending = Literal["lan-demets-obrien-fleming", "lan-demets-obrien-fleming-two-sided", "lan-demets-pocock"]
+
+# Networks per configuration at most: far past what a verdict between arms needs (a seed-level
+# test at 100 networks per arm detects a difference of 0.4 seed SDs), and a bound on what one
+# trial stacks, plans and stores.
+MAX_SEEDS = 100
+
+# The names older study files used, read as the functions they meant (``study.boundaries``).
+OLD_NAMES = {"obrien-fleming": "lan-demets-obrien-fleming-two-sided", "pocock": "lan-demets-pocock"}
+
+
+class Design(Section):
+    """A sequential number of seeds: ``start`` networks per arm, ``step`` more per round for the
+    levels still undecided, at most ``max``; ``spending`` names the alpha-spending function."""
+
+    start: int = Field(ge=MIN_SEEDS, le=MAX_SEEDS, description="networks per arm at the first look")
+    step: int = Field(ge=1, description="networks added per arm and round")
+    max: int = Field(le=MAX_SEEDS, description="networks per arm at the last look")
+    spending: Spending = Field("lan-demets-obrien-fleming", description="how α is spent over the looks")
+
+    @field_validator("spending", mode="before")
+    @classmethod
+    def _old_name(cls, value: Any) -> Any:
+        return OLD_NAMES.get(value, value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Design:
+        if self.max <= self.start:
+            raise ValueError(f"max ({self.max}) must exceed start ({self.start}); for a fixed number "
+                             f"of networks write the number (seeds: {self.start})")
+        return self
+
+    def looks(self) -> list[int]:
+        """Networks per arm at each look; the last look is at ``max``."""
+        return [*range(self.start, self.max, self.step), self.max]
 
 
 def feature_side(canvas: int, model: ModelConfig) -> int:

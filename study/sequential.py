@@ -49,53 +49,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 from scipy import stats
 from statsmodels.stats.weightstats import ttost_ind
 
-from study.boundaries import Spending, critical_values, nominal, propagate, repeated_p
-from study.sections import Section
+from study.boundaries import critical_values, nominal, propagate, repeated_p
+from study.sections import Design
 from study.stats import ALPHA, MIN_SEEDS, holm, sd_scales, verdict
 from study.words import counted
-
-# Networks per configuration at most: far past what a verdict between arms needs (a seed-level
-# test at 100 networks per arm detects a difference of 0.4 seed SDs), and a bound on what one
-# trial stacks, plans and stores.
-MAX_SEEDS = 100
-
-# The names older study files used, read as the functions they meant (see the module docstring).
-OLD_NAMES = {"obrien-fleming": "lan-demets-obrien-fleming-two-sided", "pocock": "lan-demets-pocock"}
-
-
-class Design(Section):
-    """A sequential number of seeds: ``start`` networks per arm, ``step`` more per round for the
-    levels still undecided, at most ``max``; ``spending`` names the alpha-spending function."""
-
-    start: int = Field(ge=MIN_SEEDS, le=MAX_SEEDS, description="networks per arm at the first look")
-    step: int = Field(ge=1, description="networks added per arm and round")
-    max: int = Field(le=MAX_SEEDS, description="networks per arm at the last look")
-    spending: Spending = Field("lan-demets-obrien-fleming", description="how α is spent over the looks")
-
-    @field_validator("spending", mode="before")
-    @classmethod
-    def _old_name(cls, value: Any) -> Any:
-        return OLD_NAMES.get(value, value) if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Design:
-        if self.max <= self.start:
-            raise ValueError(f"max ({self.max}) must exceed start ({self.start}); for a fixed number "
-                             f"of networks write the number (seeds: {self.start})")
-        return self
-
-    def looks(self) -> list[int]:
-        """Networks per arm at each look; the last look is at ``max``."""
-        return [*range(self.start, self.max, self.step), self.max]
-
-
-def looks(seeds: int | Design) -> list[int]:
-    """Networks per arm at each look: one look for a fixed number of seeds."""
-    return seeds.looks() if isinstance(seeds, Design) else [seeds]
 
 
 def seeds_in_words(seeds: int | Design, per: str = "") -> str:

@@ -51,11 +51,12 @@ import numpy as np
 from scipy import optimize, stats
 from statsmodels.stats.weightstats import ttost_ind
 
+from study.sections import MIN_SEEDS
+
 ALPHA = 0.05
 POWER = 0.8
-MIN_SEEDS = 2  # a seed-to-seed variance needs two networks per arm
 CONFIDENCE = 0.95  # of the interval around power and the networks a margin needs
-MAX_SEEDS = 10_000  # the search for the networks a margin needs gives up beyond this
+SEARCH_LIMIT = 10_000  # the search for the networks a margin needs gives up beyond this
 POWER_KEYS = ("sd", "sd_reference", "power_at_margin_low", "power_at_margin", "power_at_margin_high",
               "seeds_for_margin_low", "seeds_for_margin", "seeds_for_margin_high")
 VERDICTS = ("better", "worse", "equivalent", "inconclusive", "no test")
@@ -138,13 +139,13 @@ def welch_power(difference: float, sd: float, sd_reference: float, n: int, n_ref
 def seeds_for(difference: float, sd: float, sd_reference: float, alpha: float = ALPHA,
               power: float = POWER) -> float:
     """The fewest networks per arm (equal arms) at which the Welch test at ``alpha`` has
-    ``power`` against a true ``difference`` (NaN beyond ``MAX_SEEDS`` or without spread)."""
+    ``power`` against a true ``difference`` (NaN beyond ``SEARCH_LIMIT`` or without spread)."""
     if difference == 0 or sd + sd_reference == 0:
         return math.nan
     low, high = MIN_SEEDS, MIN_SEEDS
     while welch_power(difference, sd, sd_reference, high, high, alpha) < power:
         low, high = high, high * 2
-        if high > MAX_SEEDS:
+        if high > SEARCH_LIMIT:
             return math.nan
     while low < high:  # power grows with the arms: the first n that reaches it
         middle = (low + high) // 2

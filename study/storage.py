@@ -7,7 +7,7 @@
   many drivers or when no shared file system is at hand.
 
 Example:
-    >>> from study.config import load
+    >>> from study.loading import load
     >>> study = load("searchspaces/smoke.yaml", ["search.storage=postgresql://db.example/studies"])
     >>> study.search.storage, study_names(study)
     ('postgresql://db.example/studies', ['smoke'])

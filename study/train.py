@@ -19,7 +19,7 @@ same numbers where the machine and thread count are the same), and ``conclude`` 
 that a scheduler stopped early from its snapshot.
 
 Example:
-    >>> from study.config import load
+    >>> from study.loading import load
     >>> study = load("searchspaces/smoke.yaml", ["train.epochs=1", "data.n_images=300"])
     >>> result = fit(study, seeds=[0, 1])
     >>> [(n.seed, n.best_epoch, len(n.test_loss)) for n in result.networks]

@@ -44,3 +44,12 @@ def configuration(params: Mapping[str, Any], short: bool = True) -> str:
         return ", ".join(f"{key}={value}" for key, value in params.items())
     return " ".join(f"{key.rsplit('.', 1)[-1]}={value:.4g}" if isinstance(value, float)
                     else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items())
+
+
+EXCERPT = 80  # characters of the user's input a message quotes, at most
+
+
+def excerpt(value: Any) -> str:
+    """``repr(value)``, cut short: a message never echoes more than a line of the input."""
+    text = repr(value)
+    return text if len(text) <= EXCERPT else f"{text[:EXCERPT]}… ({len(text):,} characters)"

@@ -9,12 +9,14 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from study import analysis, config, figures, report, sequential
+from study import analysis, decisions, figures, loading, report, resolution, sequential
 from study.cli import app
 from study.errors import UserError
 from study.stats import IMAGE_KEYS, welch_power
 
 from .conftest import SMOKE
+
+FOUR_LEVELS = "space={model.attention.layers: {choice: [[], [0], [1], [0, 1]]}}"
 
 N = 200
 LAYERS = "model.attention.layers"
@@ -23,8 +25,8 @@ LAYERS = "model.attention.layers"
 def fake_study(tmp_path, networks, fingerprints=None, study=None):
     """A results directory with per-sample losses drawn for each network: (level, shift, seed)
     or (level, shift, seed, stage, lr). Each network is its own trial."""
-    study = study or config.load(SMOKE)
-    (tmp_path / "study.yaml").write_text(config.dump(study))
+    study = study or loading.load(SMOKE)
+    (tmp_path / "study.yaml").write_text(loading.dump(study))
     rng = np.random.default_rng(0)
     rows, losses, epochs = [], {}, []
     for i, (level, shift, seed, *rest) in enumerate(networks):
@@ -70,7 +72,7 @@ def test_the_primary_result_is_a_test_across_networks_recomputed_with_scipy(tmp_
     assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-4)
     assert row["p_holm"] == pytest.approx(row["p"])  # one comparison: nothing to adjust
     # Equivalence within the margin: the larger of two one-sided Welch tests (scipy's, shifted).
-    margin = config.load(SMOKE).analysis.margin
+    margin = loading.load(SMOKE).analysis.margin
     above = stats.ttest_ind(arm + margin, ref, equal_var=False, alternative="greater").pvalue
     below = stats.ttest_ind(arm - margin, ref, equal_var=False, alternative="less").pvalue
     assert row["p_equivalent"] == pytest.approx(max(above, below), rel=1e-6)
@@ -111,7 +113,7 @@ def test_the_image_level_result_is_labelled_and_recomputed_by_hand(tmp_path):
 def test_holms_family_is_the_seed_level_test_of_every_compared_level(tmp_path):
     levels = {"[]": 0.0, "[0]": -0.01, "[1]": 0.0, "[0, 1]": 0.01}
     fake_study(tmp_path, [(level, shift, s) for level, shift in levels.items() for s in range(3)],
-               study=config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1], [0, 1]]}}"]))
+               study=loading.load(SMOKE, [FOUR_LEVELS]))
     table = analysis.analyze(tmp_path).comparisons
     assert list(table["level"]) == ["[0]", "[1]", "[0, 1]"]
     p = table["p"].to_numpy()
@@ -125,7 +127,7 @@ def test_holms_family_is_the_seed_level_test_of_every_compared_level(tmp_path):
 def test_holms_family_is_fixed_by_the_study_file_even_when_a_level_lost_every_network(tmp_path):
     levels = {"[]": 0.0, "[0]": -0.01, "[1]": 0.0}
     fake_study(tmp_path, [(level, shift, s) for level, shift in levels.items() for s in range(3)],
-               study=config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1], [0, 1]]}}"]))
+               study=loading.load(SMOKE, [FOUR_LEVELS]))
     result = analysis.analyze(tmp_path)
     table = result.comparisons  # [0, 1] planned, never trained: still in the family
     (note,) = result.notes  # and the reader is told
@@ -138,7 +140,7 @@ def test_holms_family_is_fixed_by_the_study_file_even_when_a_level_lost_every_ne
 
 def test_identical_arms_with_ten_seeds_are_called_equivalent_within_the_margin(tmp_path):
     """The issue's check: 10 networks per arm, no true difference, seed SD far below the margin."""
-    study = config.load(SMOKE, ["analysis.margin=0.01"])
+    study = loading.load(SMOKE, ["analysis.margin=0.01"])
     fake_study(tmp_path, [(level, 0.0, s) for level in ("[]", "[0]") for s in range(10)], study=study)
     (row,) = analysis.analyze(tmp_path).comparisons.to_dict("records")
     assert row["power_at_margin"] > 0.8  # the margin lies above what the study detects
@@ -152,7 +154,7 @@ def test_identical_arms_with_ten_seeds_are_called_equivalent_within_the_margin(t
 
 
 def test_only_confirmation_networks_enter_when_the_study_selected(tmp_path):
-    tuned = config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0]]}, "
+    tuned = loading.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0]]}, "
                                 "train.lr: {choice: [0.001, 0.01]}}"])
     # Tuning: lr 0.01 wins for both levels (lower validation loss); confirmation: fresh seeds 3, 4.
     networks = [(level, shift, s, "tune", lr) for level in ("[]", "[0]")
@@ -270,7 +272,7 @@ def test_failed_networks_are_left_out_and_named(tmp_path):
 def test_a_reference_whose_every_network_failed_is_named_where_another_stands_in(tmp_path):
     levels = {"[]": 0.0, "[0]": -0.01, "[1]": 0.0}
     fake_study(tmp_path, [(level, shift, s) for level, shift in levels.items() for s in range(3)],
-               study=config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1]]}}"]))
+               study=loading.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1]]}}"]))
     trials = pd.read_parquet(tmp_path / "trials.parquet")
     trials["reason"] = None
     trials.loc[trials[LAYERS] == "[]", ["status", "reason"]] = ["ERROR", "diverged at epoch 1"]
@@ -304,10 +306,10 @@ def test_the_attention_figure_draws_from_weights_saved_with_the_retired_top_down
     from study import results
     from study.train import fit
 
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1"])
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=1"])
     results.write_study(tmp_path, study)
     for trial_id, layers in (("plain", "[]"), ("attentional", "[0]")):
-        trained = fit(config.resolve(study, {"model.attention.layers": layers}), seeds=[0, 1])
+        trained = fit(resolution.resolve(study, {"model.attention.layers": layers}), seeds=[0, 1])
         results.write_trial(tmp_path, trial_id, "tune", {"model.attention.layers": layers}, trained)
     results.consolidate(tmp_path)
     for seed in (0, 1):
@@ -322,7 +324,7 @@ def test_a_sequential_design_reports_where_each_level_stopped_against_the_refere
     """[0] is clearly better and stops at look 2; [1] is like the reference and goes on to look 3,
     so the reference has 6 networks, of which [0]'s comparison takes the 4 of its look."""
     space = "space={model.attention.layers: {choice: [[], [0], [1]]}}"
-    study = config.load(SMOKE, [space, "search.seeds={start: 2, step: 2, max: 6}"])
+    study = loading.load(SMOKE, [space, "search.seeds={start: 2, step: 2, max: 6}"])
     fake_study(tmp_path, [("[]", 0.0, s) for s in range(6)] + [("[0]", -0.05, s) for s in range(4)]
                + [("[1]", 0.0, s) for s in range(6)], study=study)
     result = analysis.analyze(tmp_path)
@@ -331,8 +333,8 @@ def test_a_sequential_design_reports_where_each_level_stopped_against_the_refere
     assert rows.loc["[1]", ["look", "seeds", "seeds_reference"]].tolist() == [3, 6, 6]
     assert rows.loc["[1]", "verdict"] in ("inconclusive", "equivalent")
     trials = pd.read_parquet(tmp_path / "trials.parquet")
-    assert analysis.planned_networks(study, trials) == 16  # what the run trains: nothing is missing
-    assert analysis.planned_networks(study, trials[trials["seed"] < 4]) == 16  # round 3 is still to come
+    assert decisions.planned_networks(study, trials) == 16  # what the run trains: nothing is missing
+    assert decisions.planned_networks(study, trials[trials["seed"] < 4]) == 16  # round 3 is still to come
     # The repeated interval is wider than the plain Welch interval of the same networks.
     ours = rows.loc["[0]"]
     welch = stats.ttest_ind(*(trials.loc[(trials[LAYERS] == level) & (trials["seed"] < 4), "test_loss"]
@@ -352,5 +354,5 @@ def test_a_sequential_design_reports_where_each_level_stopped_against_the_refere
     # A failed network is spent: its arm is one smaller at the look, and the look spends less.
     failed = trials.assign(status=np.where((trials[LAYERS] == "[1]") & (trials["seed"] == 5), "ERROR",
                                            trials["status"]))
-    decided = analysis.decisions(study, failed)["[1]"]
+    decided = decisions.decisions(study, failed)["[1]"]
     assert (decided.look, decided.n, decided.n_reference) == (3, 5, 6)

@@ -3,6 +3,7 @@
 import pytest
 from typer.testing import CliRunner
 
+from study import loading
 from study.cli import app
 
 from .conftest import ROOT, SMOKE
@@ -116,9 +117,7 @@ def test_a_study_file_that_is_not_utf8_or_is_a_folder_is_one_message(tmp_path):
 
 
 def test_analyze_of_a_damaged_parquet_file_is_one_message(tmp_path):
-    from study import config
-
-    (tmp_path / "study.yaml").write_text(config.dump(config.load(SMOKE)))
+    (tmp_path / "study.yaml").write_text(loading.dump(loading.load(SMOKE)))
     (tmp_path / "trials.parquet").write_bytes(b"PAR1 cut short")
     result = runner.invoke(app, ["analyze", str(tmp_path)])
     assert result.exit_code == 2 and "trials.parquet: not readable as Parquet" in result.output
@@ -128,9 +127,8 @@ def test_analyze_of_a_damaged_parquet_file_is_one_message(tmp_path):
 def test_analyze_of_a_folder_missing_a_result_file_says_missing(tmp_path):
     import pandas as pd
 
-    from study import config
 
-    (tmp_path / "study.yaml").write_text(config.dump(config.load(SMOKE)))
+    (tmp_path / "study.yaml").write_text(loading.dump(loading.load(SMOKE)))
     pd.DataFrame({"trial_id": ["a"], "seed": [0]}).to_parquet(tmp_path / "trials.parquet")
     result = runner.invoke(app, ["analyze", str(tmp_path)])
     assert result.exit_code == 2 and "epochs.parquet: missing" in result.output, result.output

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from study import config
+from study import config, loading, resolution
 from study.errors import UserError
 from study.sections import AttentionConfig
 
@@ -17,12 +17,12 @@ def write(tmp_path, text):
 
 def test_every_shipped_study_validates():
     for path in sorted((ROOT / "searchspaces").glob("*.yaml")):
-        study = config.load(path)
+        study = loading.load(path)
         assert study.name == path.stem
 
 
 def test_defaults_are_the_original_experiment():
-    study = config.load(ROOT / "searchspaces" / "thesis.yaml")
+    study = loading.load(ROOT / "searchspaces" / "thesis.yaml")
     assert (study.data.n_images, study.data.canvas, study.data.digits) == (86_000, 48, 3)
     assert (study.train.epochs, study.train.batch_size, study.train.lr) == (30, 32, 3.0e-4)
     assert study.model.channels == [6, 16] and study.model.hidden == [120, 84]
@@ -31,14 +31,14 @@ def test_defaults_are_the_original_experiment():
 
 def test_an_asha_study_reloads_from_the_study_yaml_it_wrote(tmp_path):
     space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.1, 0.2]}}"
-    study = config.load(SMOKE, [space, "search.scheduler=asha", "search.reduction_factor=3"])
-    assert config.load(write(tmp_path, config.dump(study))) == study
-    fifo = config.load(SMOKE)  # a fifo study's file holds ASHA's defaults too, and loads
-    assert config.load(write(tmp_path, config.dump(fifo))) == fifo
+    study = loading.load(SMOKE, [space, "search.scheduler=asha", "search.reduction_factor=3"])
+    assert loading.load(write(tmp_path, loading.dump(study))) == study
+    fifo = loading.load(SMOKE)  # a fifo study's file holds ASHA's defaults too, and loads
+    assert loading.load(write(tmp_path, loading.dump(fifo))) == fifo
 
 
 def test_set_overrides_dotted_keys_with_yaml_values():
-    study = config.load(SMOKE, ["train.epochs=7", "data.n_images=500", "model.attention.layers=[0, 1]"])
+    study = loading.load(SMOKE, ["train.epochs=7", "data.n_images=500", "model.attention.layers=[0, 1]"])
     assert study.train.epochs == 7 and study.data.n_images == 500
     assert study.model.attention.layers == [0, 1]
 
@@ -64,7 +64,7 @@ def test_set_overrides_dotted_keys_with_yaml_values():
 )
 def test_bad_input_is_one_message_naming_file_and_key(sets, expected):
     with pytest.raises(UserError) as err:
-        config.load(SMOKE, sets)
+        loading.load(SMOKE, sets)
     assert expected in str(err.value)
     assert "Traceback" not in str(err.value)
     # A mistake in a --set value is blamed on that --set, not on the file; one in its syntax too.
@@ -75,7 +75,7 @@ def test_every_space_choice_is_validated_up_front(tmp_path):
     path = write(tmp_path, "name: x\nspace:\n  model.attention.layers: {choice: [[], [0], [2]]}\n"
                            "search: {sampler: grid}\n")
     with pytest.raises(UserError, match=r"space\.yaml: model: .*\[2\].*with space choice"):
-        config.load(path)
+        loading.load(path)
 
 
 @pytest.mark.parametrize(
@@ -94,27 +94,27 @@ def test_space_keys_and_distributions_are_checked(tmp_path, space, expected):
     path = write(tmp_path, f"name: x\nspace:\n  {space}\n  train.weight_decay: {{uniform: [0, 0.1]}}\n"
                            "search: {sampler: random, trials: 2}\n")
     with pytest.raises(UserError, match=expected):
-        config.load(path)
+        loading.load(path)
 
 
 def test_yaml_errors_name_the_file(tmp_path):
     with pytest.raises(UserError, match="space.yaml: not valid YAML"):
-        config.load(write(tmp_path, "name: [unclosed\n"))
+        loading.load(write(tmp_path, "name: [unclosed\n"))
     with pytest.raises(UserError, match="no such file"):
-        config.load(tmp_path / "missing.yaml")
+        loading.load(tmp_path / "missing.yaml")
 
 
 def test_resolve_applies_encoded_choices_and_leaves_the_base_alone():
-    study = config.load(SMOKE)
+    study = loading.load(SMOKE)
     base = study.model.attention.layers
-    trial = config.resolve(study, {"model.attention.layers": config.encode([])})
+    trial = resolution.resolve(study, {"model.attention.layers": config.encode([])})
     assert trial.model.attention.layers == [] and study.model.attention.layers == base
-    assert config.get(trial, "model.attention.layers") == []
+    assert resolution.get(trial, "model.attention.layers") == []
 
 
 def test_dump_round_trips(tmp_path):
-    study = config.load(SMOKE, ["train.epochs=3"])
-    again = config.load(write(tmp_path, config.dump(study)))
+    study = loading.load(SMOKE, ["train.epochs=3"])
+    again = loading.load(write(tmp_path, loading.dump(study)))
     assert again == study
 
 
@@ -136,7 +136,7 @@ def test_dump_round_trips(tmp_path):
 )
 def test_model_and_search_mistakes_are_caught_before_running(sets, expected):
     with pytest.raises(UserError, match=re.escape(expected)):
-        config.load(SMOKE, sets)
+        loading.load(SMOKE, sets)
 
 
 def test_iterations_per_layer_follow_the_layers_order():
@@ -146,19 +146,19 @@ def test_iterations_per_layer_follow_the_layers_order():
 
 
 def test_labelled_choices_store_labels_and_merge_sections():
-    study = config.load(ROOT / "searchspaces" / "complexity.yaml")
+    study = loading.load(ROOT / "searchspaces" / "complexity.yaml")
     spec = study.space["model"]
     assert spec.levels() == ["attconv", "lenet5", "params-matched", "flops-matched"]
-    flops = config.resolve(study, {"model": "flops-matched", "train.lr": 1e-3}).model
+    flops = resolution.resolve(study, {"model": "flops-matched", "train.lr": 1e-3}).model
     # Merged, not replaced: the rest of the model section stays as the file has it.
     assert flops.attention.layers == [] and flops.channels == [6, 16] and flops.batchnorm
     assert flops.baseline.match == "flops" and flops.baseline.like.layers == [0]
-    assert config.current(study, "model") == "attconv"  # what `study trial` records
-    assert config.current(study, "train.lr") == study.train.lr
+    assert resolution.current(study, "model") == "attconv"  # what `study trial` records
+    assert resolution.current(study, "train.lr") == study.train.lr
 
 
 def test_tuning_per_level_multiplies_configurations_by_levels():
-    study = config.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=3"])
+    study = loading.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=3"])
     assert study.tuned_per_level() and study.n_configurations() == 3 * 4
     # One Ray trial per configuration, each training all its seeds; then one per level confirming it.
     assert study.n_trials() == 3 * 4 + 4
@@ -169,6 +169,6 @@ def test_tuning_per_level_multiplies_configurations_by_levels():
 def test_retired_single_value_settings_still_load_and_nothing_else_does(tmp_path):
     old = SMOKE.read_text().replace("batchnorm: true,", "family: lenet5, batchnorm: true,").replace(
         "seeds: 3}", "seeds: 3, metric: best_val_loss, mode: min, scheduler: fifo}")
-    assert config.load(write(tmp_path, old)) == config.load(SMOKE)
+    assert loading.load(write(tmp_path, old)) == loading.load(SMOKE)
     with pytest.raises(UserError, match="model.family: unknown key"):
-        config.load(write(tmp_path, old.replace("family: lenet5", "family: resnet")))
+        loading.load(write(tmp_path, old.replace("family: lenet5", "family: resnet")))

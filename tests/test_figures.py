@@ -5,7 +5,7 @@ import types
 import pytest
 import torch
 
-from study import config, figures, results
+from study import figures, loading, results
 from study.train import fit
 
 from .conftest import SMOKE
@@ -23,7 +23,7 @@ class _Payload:
 
 @pytest.mark.slow
 def test_a_crafted_weights_file_is_not_loaded_and_runs_nothing(tmp_path):
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1"])  # AttConv at conv1
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=1"])  # AttConv at conv1
     results.write_trial(tmp_path, "t", "tune", {"model.attention.layers": "[0]"}, fit(study, seeds=[0]))
     results.consolidate(tmp_path)
     results.write_study(tmp_path, study)

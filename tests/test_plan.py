@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from study import config, footprint
+from study import footprint, loading
 from study.cli import app
 from study.models import Stacked, build_network
 from study.plan import schedule, stages
@@ -21,7 +21,7 @@ runner = CliRunner()
 
 
 def test_stages_count_the_trials_networks_and_steps_fit_runs():
-    study = config.load(ROOT / "searchspaces" / "position.yaml",
+    study = loading.load(ROOT / "searchspaces" / "position.yaml",
                         ["data.n_images=1010", "train.epochs=3", "train.batch_size=16", "search.trials=2",
                          "search.seeds=2", "search.confirm_seeds=4"])
     tune, confirm = stages(study)
@@ -35,10 +35,10 @@ def test_stages_count_the_trials_networks_and_steps_fit_runs():
 
 def test_a_last_batch_of_one_image_is_not_a_step():
     # 817 training images = 24 × 34 + 1: fit skips the batch of one (batch norm needs two)
-    (tune,) = stages(config.load(SMOKE, ["data.n_images=1021", "train.epochs=2", "train.batch_size=34"]))
+    (tune,) = stages(loading.load(SMOKE, ["data.n_images=1021", "train.epochs=2", "train.batch_size=34"]))
     assert tune.steps == 2 * 24
     # 818 = 24 × 34 + 2: a short last batch of two is a step
-    (tune,) = stages(config.load(SMOKE, ["data.n_images=1022", "train.epochs=2", "train.batch_size=34"]))
+    (tune,) = stages(loading.load(SMOKE, ["data.n_images=1022", "train.epochs=2", "train.batch_size=34"]))
     assert tune.steps == 2 * 25
 
 
@@ -79,7 +79,7 @@ def test_the_schedule_lays_trials_over_the_cpus_and_hands_freed_ones_on(trials, 
 def test_the_activations_counted_without_storage_are_those_a_real_step_saves(layers):
     """``footprint`` counts on fake tensors at one and two images; a real forward of three seeds
     at 32 images each, on the path the trials take (AttConv's CPU kernel), saves that much."""
-    study = config.load(SMOKE, [f"model.attention.layers={layers}"])
+    study = loading.load(SMOKE, [f"model.attention.layers={layers}"])
     saved = footprint.activations(study)
     net = Stacked([build_network(study.model, 48, 1) for _ in range(3)])
     real = 0

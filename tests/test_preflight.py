@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from study import config, preflight
+from study import loading, preflight
 from study.cli import app
 from study.errors import UserError
 
@@ -104,13 +104,13 @@ def test_an_alias_bomb_is_refused_at_once_and_no_message_echoes_much_input(tmp_p
 
 def test_a_name_is_taken_as_given():
     for name in ("2024", "smoke #2", "Größe: 3 seeds"):
-        study = config.load(SMOKE, verbatim={"name": ("--name", name)})
+        study = loading.load(SMOKE, verbatim={"name": ("--name", name)})
         assert study.name == name
-    assert config.load(SMOKE, ["name=2024"]).name == "2024"  # a number in YAML is a name too
+    assert loading.load(SMOKE, ["name=2024"]).name == "2024"  # a number in YAML is a name too
 
 
 def test_memory_and_disk_are_compared_with_what_the_study_needs(tmp_path):
-    study = config.load(SMOKE, ["data.n_images=86000"])  # 198 MB of images
+    study = loading.load(SMOKE, ["data.n_images=86000"])  # 198 MB of images
     preflight.check_memory(study, workers=4, available=8 * 2**30)
     with pytest.raises(UserError, match=r"needs about 4\.\d GiB here .* 4 trial\(s\) at once"):
         preflight.check_memory(study, workers=4, available=2 * 2**30)
@@ -120,13 +120,13 @@ def test_memory_and_disk_are_compared_with_what_the_study_needs(tmp_path):
 def test_a_trial_whose_networks_exceed_memory_is_a_message_naming_what_to_lower():
     """A 512-pixel canvas: LeNet-5's first feature maps are 6 × 508² per image, so one evaluation
     chunk of 1,024 images and a step's activations take gigabytes, whatever the image count."""
-    study = config.load(SMOKE, ["data.n_images=300", "data.canvas=512"])
+    study = loading.load(SMOKE, ["data.n_images=300", "data.canvas=512"])
     with pytest.raises(UserError, match=r"3 networks per trial, training 32 images each per step on a "
                                         r"512-pixel canvas, need about \d+\.\d GiB per trial .* lower "
                                         r"search.seeds \(or confirm_seeds\), train.batch_size or "
                                         r"data.canvas"):
         preflight.check_memory(study, workers=2, available=16 * 2**30)
-    preflight.check_memory(config.load(SMOKE, ["data.n_images=300"]), workers=2, available=16 * 2**30)
+    preflight.check_memory(loading.load(SMOKE, ["data.n_images=300"]), workers=2, available=16 * 2**30)
 
 
 @contextlib.contextmanager
@@ -161,7 +161,7 @@ def test_results_on_a_read_only_disk_are_a_message(tmp_path):
 def test_a_damaged_optuna_db_on_resume_is_a_message(tmp_path):
     study_dir = tmp_path / "results" / "smoke"
     study_dir.mkdir(parents=True)
-    (study_dir / "study.yaml").write_text(config.dump(config.load(SMOKE)))
+    (study_dir / "study.yaml").write_text(loading.dump(loading.load(SMOKE)))
     (study_dir / "optuna.db").write_bytes(b"garbage header" * 100)
     result = run(tmp_path, "--resume")
     assert result.exit_code == 2 and "optuna.db" in result.output

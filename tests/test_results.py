@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from study import config, results
+from study import loading, results
 from study.errors import UserError
 from study.train import fit
 
@@ -16,7 +16,7 @@ from .conftest import ROOT, SMOKE, readme_python
 
 @pytest.mark.slow
 def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[]"])
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[]"])
     params = {"model.attention.layers": "[]"}
     result = fit(study, seeds=[0, 1])
     results.write_trial(tmp_path, "good", "tune", params, result)
@@ -56,7 +56,7 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
 
 @pytest.mark.slow
 def test_a_network_that_failed_is_an_error_row_with_its_reason_and_leaves_no_samples(tmp_path):
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
     result = fit(study, seeds=[0, 1])
     result.networks[1] = dataclasses.replace(result.networks[1], failure="diverged at epoch 0: ...")
     results.write_trial(tmp_path, "half", "tune", {"model.attention.layers": "[]"}, result)
@@ -75,7 +75,7 @@ def test_trial_ids_of_digits_only_read_back_as_text(tmp_path):
     # A Ray trial id is 8 hex digits: all decimal for about 1 trial in 43. Where every trial's id is,
     # pyarrow's default reads the folder trial_id=01234567 as the number 1234567 and then refuses
     # to merge it with the files' text.
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
     result = fit(study, seeds=[0])
     for trial_id in ("01234567", "12345678"):
         results.write_trial(tmp_path, trial_id, "tune", {"model.attention.layers": "[]"}, result)
@@ -88,7 +88,7 @@ def test_trial_ids_of_digits_only_read_back_as_text(tmp_path):
 
 @pytest.mark.slow
 def test_samples_from_another_dataset_than_their_network_are_a_message(tmp_path):
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
     params = {"model.attention.layers": "[]"}
     results.write_trial(tmp_path, "t", "tune", params, fit(study, seeds=[0]))
     results.consolidate(tmp_path)
@@ -104,10 +104,10 @@ def test_samples_from_another_dataset_than_their_network_are_a_message(tmp_path)
 def test_analysis_of_a_folder_whose_study_yaml_is_another_studys_is_a_message(tmp_path):
     from study.analysis import analyze
 
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=1", "model.attention.layers=[]"])
     results.write_trial(tmp_path, "t", "tune", {"model.attention.layers": "[]"}, fit(study, seeds=[0]))
     results.consolidate(tmp_path)
-    other = config.load(SMOKE, ["space={train.lr: {choice: [0.001, 0.003]}}", "compare=train.lr"])
+    other = loading.load(SMOKE, ["space={train.lr: {choice: [0.001, 0.003]}}", "compare=train.lr"])
     results.write_study(tmp_path, other)
     with pytest.raises(UserError, match="varies train.lr, which trials.parquet has no column for"):
         analyze(tmp_path)

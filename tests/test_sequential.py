@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from study import config, sequential, stats
+from study import loading, sequential, stats
 from study.boundaries import critical_values, spent
 from study.errors import UserError
-from study.sequential import Design, decide, replay
+from study.sections import Design
+from study.sequential import decide, replay
 
 from .conftest import SMOKE
 from .test_stats import ALPHA, within_level
@@ -205,11 +206,11 @@ def test_too_few_values_for_the_first_look_is_an_error():
 
 
 def test_the_study_file_gives_a_design_where_the_compared_networks_are():
-    study = config.load(SMOKE, ["search.seeds={start: 2, step: 2, max: 5}"])
+    study = loading.load(SMOKE, ["search.seeds={start: 2, step: 2, max: 5}"])
     assert study.design().looks() == [2, 4, 5] and study.looks() == [2, 4, 5]
     assert [study.seeds("tune", k) for k in (1, 2, 3)] == [[0, 1], [2, 3], [4]]
     assert study.n_networks() == 2 * 5
-    selecting = config.load(SMOKE, [LR_SPACE, "search.seeds=2",
+    selecting = loading.load(SMOKE, [LR_SPACE, "search.seeds=2",
                                     "search.confirm_seeds={start: 3, step: 2, max: 7}"])
     assert selecting.seeds("confirm", 1) == [2, 3, 4] and selecting.seeds("confirm", 3) == [7, 8]
     assert selecting.n_networks() == 4 * 2 + 2 * 7
@@ -225,4 +226,4 @@ def test_the_study_file_gives_a_design_where_the_compared_networks_are():
 ])
 def test_a_design_in_the_wrong_place_or_shape_is_one_message(sets, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        config.load(SMOKE, sets)
+        loading.load(SMOKE, sets)

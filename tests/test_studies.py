@@ -9,7 +9,7 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from study import config
+from study import loading
 from study.cli import app
 
 from .conftest import ROOT
@@ -24,7 +24,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("name", FACTOR_STUDIES)
 def test_factor_studies_tune_every_arm_and_confirm_it_on_ten_fresh_seeds(name):
-    study = config.load(ROOT / "searchspaces" / f"{name}.yaml")
+    study = loading.load(ROOT / "searchspaces" / f"{name}.yaml")
     assert study.question and study.compare and study.search.seeds >= 3
     assert "train.lr" in study.space and study.tuned_per_level() and study.confirms()
     assert study.search.confirm_seeds == 10 and not set(study.seeds("confirm")) & set(study.seeds())
@@ -32,7 +32,7 @@ def test_factor_studies_tune_every_arm_and_confirm_it_on_ten_fresh_seeds(name):
 
 @pytest.mark.parametrize("name", ["thesis", *DATA_STUDIES])
 def test_studies_that_tune_nothing_train_ten_seeds_per_arm(name):
-    study = config.load(ROOT / "searchspaces" / f"{name}.yaml")
+    study = loading.load(ROOT / "searchspaces" / f"{name}.yaml")
     assert study.search.seeds == 10 and not study.confirms()
 
 
@@ -54,7 +54,7 @@ def test_each_study_runs_at_smoke_scale_and_analyses_every_level(cluster, tmp_pa
     result = runner.invoke(app, ["run", str(path), *sets, "--results", str(tmp_path)])
     assert result.exit_code == 0, result.output
 
-    study = config.load(path)
+    study = loading.load(path)
     levels = study.space[study.compare].levels()
     trials = pd.read_parquet(tmp_path / name / "trials.parquet")
     tuned = trials[trials["stage"] == "tune"]

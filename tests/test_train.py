@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from study import config
+from study import loading
 from study.models import LeNet
 from study.results import trial_rows
 from study.sections import TrainConfig
@@ -15,7 +15,7 @@ SEEDS = [0, 1, 2]
 
 @pytest.fixture(scope="module")
 def run():
-    study = config.load(SMOKE, ["data.n_images=400", "train.epochs=4", "train.lr=0.01",
+    study = loading.load(SMOKE, ["data.n_images=400", "train.epochs=4", "train.lr=0.01",
                                 "model.attention.layers=[]"])
     reports, snapshots = [], []
 
@@ -51,7 +51,7 @@ def test_a_trial_stopped_early_is_finished_as_a_trial_of_that_length_ends(run, t
     study, full, _, snapshots = run
     snapshots[1].save(tmp_path / "snapshot.pt")
     stopped = conclude(study, Snapshot.load(tmp_path / "snapshot.pt"), stopped="a scheduler stopped it")
-    short = fit(config.load(SMOKE, ["data.n_images=400", "train.epochs=2", "train.lr=0.01",
+    short = fit(loading.load(SMOKE, ["data.n_images=400", "train.epochs=2", "train.lr=0.01",
                                     "model.attention.layers=[]"]), seeds=SEEDS)
     assert [len(n.epochs) for n in full.networks] == [4, 4, 4]
     for a, b in zip(stopped.networks, short.networks, strict=True):
@@ -116,7 +116,7 @@ def test_seed_s_of_a_stacked_trial_is_the_one_seed_network_of_seed_s(layers, opt
     parameters whose gradient is mostly rounding noise (conv biases before batch norm): those
     drift by a few learning-rate steps, which is why this test runs in float64. Every optimiser
     acts element-wise, so the seeds stay independent under each."""
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", f"model.attention.layers={layers}",
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=2", f"model.attention.layers={layers}",
                                 f"train.optimizer={optimizer}", "train.weight_decay=0.01"])
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -158,7 +158,7 @@ def test_the_optimiser_named_is_the_one_that_steps(optimizer, expected):
 
 @pytest.mark.slow
 def test_a_diverging_network_is_stopped_with_its_reason_and_reports_no_value():
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=3", "model.batchnorm=false",
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=3", "model.batchnorm=false",
                                 "train.lr=0.99"])
     reports = []
     result = fit(study, seeds=[0, 1], report=lambda metrics, _: reports.append(metrics))
@@ -189,8 +189,8 @@ def test_a_training_step_replayed_as_a_cuda_graph_trains_the_same_networks(layer
     short last batch in every epoch. The same kernels run either way, so the networks agree to
     float rounding (cuDNN may still pick other algorithms between runs)."""
     sets = ["data.n_images=300", "train.epochs=3", "train.device=cuda", f"model.attention.layers={layers}"]
-    graphed = fit(config.load(SMOKE, sets), seeds=SEEDS)
-    eager = fit(config.load(SMOKE, [*sets, "train.cuda_graphs=false"]), seeds=SEEDS)
+    graphed = fit(loading.load(SMOKE, sets), seeds=SEEDS)
+    eager = fit(loading.load(SMOKE, [*sets, "train.cuda_graphs=false"]), seeds=SEEDS)
     assert graphed.device == eager.device != "cpu"
     for ours, theirs in zip(graphed.networks, eager.networks, strict=True):
         assert ours.best_epoch == theirs.best_epoch
@@ -206,7 +206,7 @@ def test_the_compiled_step_trains_the_same_networks_as_the_eager_one():
     test sample's loss to 2e-3 relative and logit to 5e-3 (float32 sums in another order, grown
     over 27 steps: inductor's AVX-512 kernels on a Xeon moved logits by up to 2.3e-3)."""
     sets = ["data.n_images=300", "train.epochs=3", "train.batch_size=25"]  # 240 images: a short last batch
-    eager, compiled = (fit(config.load(SMOKE, [*sets, f"train.compile={c}"]), seeds=[0, 1])
+    eager, compiled = (fit(loading.load(SMOKE, [*sets, f"train.compile={c}"]), seeds=[0, 1])
                        for c in ("false", "true"))
     for a, b in zip(eager.networks, compiled.networks, strict=True):
         assert a.best_epoch == b.best_epoch
@@ -223,7 +223,7 @@ def test_auto_leaves_a_short_trial_eager(monkeypatch):
         raise AssertionError("compiled although the warm-up could not pay")
 
     monkeypatch.setattr(torch, "compile", refuse)
-    result = fit(config.load(SMOKE, ["data.n_images=300", "train.epochs=2"]), seeds=[0])  # compile: auto
+    result = fit(loading.load(SMOKE, ["data.n_images=300", "train.epochs=2"]), seeds=[0])  # compile: auto
     assert result.networks[0].failure is None
 
 
@@ -233,7 +233,7 @@ def test_a_trial_resumed_from_any_epochs_snapshot_trains_the_same_networks(layer
     """The snapshot after epoch k, saved and loaded as a checkpoint is, continues to the networks
     an uninterrupted trial trains: the same epochs, best epochs and test losses, to the bit (one
     machine, one thread count)."""
-    study = config.load(SMOKE, ["data.n_images=400", "train.epochs=4", f"model.attention.layers={layers}"])
+    study = loading.load(SMOKE, ["data.n_images=400", "train.epochs=4", f"model.attention.layers={layers}"])
     snapshots = []
     whole = fit(study, seeds=SEEDS[:2], report=lambda metrics, take: snapshots.append(take()))
     assert [s.epochs for s in snapshots] == [1, 2, 3, 4]

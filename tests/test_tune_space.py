@@ -5,8 +5,8 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from study import config, results
-from study.config import resolve
+from study import config, loading, resolution, results
+from study.resolution import resolve
 from study.train import fit
 from study.tune import optuna_space, sampler, searcher, settle_interrupted
 
@@ -17,7 +17,7 @@ def mixed_study(sampler_name: str) -> config.Study:
     sets = ["search.trials=6", f"search.sampler={sampler_name}",
             "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {loguniform: [1.0e-4, 3.0e-3]},"
             " train.batch_size: {int: [16, 64]}}"]
-    return config.load(SMOKE, sets)
+    return loading.load(SMOKE, sets)
 
 
 @pytest.mark.parametrize("name", ["tpe", "random"])
@@ -26,14 +26,14 @@ def test_samplers_draw_valid_configurations_from_the_space(name):
     ot = optuna.create_study(sampler=sampler(study, list(study.space)))
     for _ in range(6):
         trial = ot.ask(fixed_distributions=optuna_space(study, list(study.space)))
-        resolved = config.resolve(study, trial.params)
+        resolved = resolution.resolve(study, trial.params)
         assert resolved.model.attention.layers in ([], [0])
         assert 1.0e-4 <= resolved.train.lr <= 3.0e-3 and 16 <= resolved.train.batch_size <= 64
         ot.tell(trial, resolved.train.lr)
 
 
 def test_grid_visits_every_combination_once():
-    study = config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1]]},"
+    study = loading.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0], [1]]},"
                                 " model.attention.iterations: {choice: [1, 4]}}"])
     ot = optuna.create_study(sampler=sampler(study, list(study.space)))
     seen = set()
@@ -44,7 +44,7 @@ def test_grid_visits_every_combination_once():
 
 
 def test_each_level_is_tuned_by_its_own_study_taking_turns(tmp_path):
-    study = config.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=2", "search.seeds=1"])
+    study = loading.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=2", "search.seeds=1"])
     search = searcher(study, tmp_path)
     suggestions = [search.suggest(f"t{i}") for i in range(8)]
     levels = [s["model.attention.layers"] for s in suggestions]
@@ -61,7 +61,7 @@ def test_each_level_is_tuned_by_its_own_study_taking_turns(tmp_path):
 
 def test_a_resumed_search_suggests_only_what_the_interrupted_run_lacks(tmp_path):
     # Tuned per level: each level's count starts from the configurations it already has.
-    study = config.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=2", "search.seeds=1"])
+    study = loading.load(ROOT / "searchspaces" / "position.yaml", ["search.trials=2", "search.seeds=1"])
     done = [{"model.attention.layers": "none", "train.lr": 0.001}] * 2 + \
         [{"model.attention.layers": "conv1", "train.lr": 0.001}]
     search = searcher(study, tmp_path, done)
@@ -69,7 +69,7 @@ def test_a_resumed_search_suggests_only_what_the_interrupted_run_lacks(tmp_path)
     assert sorted(levels) == ["both", "both", "conv1", "conv2", "conv2"]
     assert search.suggest("t5") == Searcher.FINISHED
     # A grid: only the missing points, each once.
-    grid = config.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0]]}, "
+    grid = loading.load(SMOKE, ["space={model.attention.layers: {choice: [[], [0]]}, "
                                "train.lr: {choice: [0.001, 0.003]}}"])
     tried = [{"model.attention.layers": "[]", "train.lr": 0.003}]
     (tmp_path / "grid").mkdir()
@@ -81,7 +81,7 @@ def test_a_resumed_search_suggests_only_what_the_interrupted_run_lacks(tmp_path)
 
 @pytest.mark.slow
 def test_a_resumed_study_settles_the_optuna_trials_a_killed_driver_left_running(tmp_path):
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=1", "space={model.attention.layers: "
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=1", "space={model.attention.layers: "
                                 "{choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"])
     search = searcher(study, tmp_path)
     suggested = {trial_id: search.suggest(trial_id) for trial_id in ("done", "lost", "killed")}

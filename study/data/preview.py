@@ -20,9 +20,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from study.config import Study, combinations, resolve, section_keys
+from study.config import Study
 from study.data.compose import N_CLASSES, Composites
 from study.data.dataset import SPLITS, Dataset, build
+from study.resolution import combinations, resolve, section_keys
 from study.sections import DataConfig
 
 GRID = (4, 8)  # rows, columns of samples per split

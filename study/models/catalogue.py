@@ -1,7 +1,7 @@
 """Every model a study's space can produce, with its size: what ``study models`` prints.
 
 Example:
-    >>> from study.config import load
+    >>> from study.loading import load
     >>> table = catalogue(load("searchspaces/complexity.yaml"))
     >>> list(table["model"])
     ['attconv', 'lenet5', 'params-matched', 'flops-matched']
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from study.config import Study, combinations, resolve, section_keys
+from study.config import Study
 from study.models.baseline import matched
 from study.models.lenet import LeNet, forward_flops, n_params
+from study.resolution import combinations, resolve, section_keys
 from study.words import configuration
 
 

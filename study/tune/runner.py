@@ -7,7 +7,7 @@ selects (its space varies more than the compared factor), a confirmation stage f
 level's selected configuration is one more trial, trained on fresh seeds and marked ``stage:
 confirm``. With a sequential design (``study.sequential``), the compared networks (the
 confirmation stage, or the trials of a study that does not select) come in rounds: after each,
-the design's decisions (``study.analysis.decisions``, from the result files alone) say which
+the design's decisions (``study.decisions``, from the result files alone) say which
 levels train ``step`` more seeds, as one more trial per level.
 """
 
@@ -27,9 +27,10 @@ from ray.tune.schedulers import FIFOScheduler, ResourceChangingScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 
 from study import checkpoints, results
-from study.analysis import best_configurations, decisions
+from study.arms import best_configurations
 from study.config import Study
 from study.data import build
+from study.decisions import decisions
 from study.errors import UserError
 from study.preflight import check_resources
 from study.sequential import seeds_in_words
@@ -154,7 +155,7 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
     """The compared networks of ``stage``, round by round: each round trains, for every level still
     undecided (and the reference while any is), the round's seeds it lacks (``finished``: the
     network rows so far), as one trial per level; an interrupted round's trials run again. With a
-    sequential design, the decisions after each round (``study.analysis.decisions``) say which
+    sequential design, the decisions after each round (``study.decisions``) say which
     levels go on."""
     study = stages.study
     key, design, looks = study.compare_key(), study.design(), study.looks(stage)

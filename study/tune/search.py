@@ -7,7 +7,7 @@ of its compare factor, each level has its own Optuna study in that file (named
 ``<study>:<level>``) and ``PerLevel`` lets them take turns.
 
 Example:
-    >>> from study.config import load
+    >>> from study.loading import load
     >>> study = load("searchspaces/position.yaml")
     >>> sorted(optuna_space(study, ["train.lr"]))
     ['train.lr']
@@ -26,7 +26,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study import results
-from study.config import Study, combinations
+from study.config import Study
+from study.resolution import combinations
 from study.storage import optuna_storage, study_name, study_names
 
 METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss

@@ -3,7 +3,7 @@ and its result files written; and the test of a trial a scheduler stopped. Train
 (``study.train``) knows nothing of Ray: it is handed a ``report`` function.
 
 Example:
-    >>> from study.config import load
+    >>> from study.loading import load
     >>> params(load("searchspaces/smoke.yaml"), {"model.attention.layers": [0], "other": 1})
     {'model.attention.layers': [0]}
 """
@@ -19,7 +19,8 @@ import torch
 from ray import tune
 
 from study import checkpoints, results
-from study.config import Study, resolve
+from study.config import Study
+from study.resolution import resolve
 from study.train import Snapshot, conclude, fit, pick_device
 from study.tune.nodes import node_address
 

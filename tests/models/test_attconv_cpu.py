@@ -226,7 +226,7 @@ def test_nan_and_inf_reach_exactly_what_they_reach_in_the_tensor_operations(wher
 def test_a_network_gone_nan_is_a_failure_with_the_kernel_as_with_the_tensor_operations(monkeypatch):
     """Seed 1's top-down weights hold one NaN from the start: its loss is NaN and it is recorded as
     failed, whichever path AttConv takes; seed 0 trains."""
-    from study import config, train
+    from study import loading, train
     from tests.conftest import SMOKE
 
     def poisoned(*args):
@@ -239,7 +239,7 @@ def test_a_network_gone_nan_is_a_failure_with_the_kernel_as_with_the_tensor_oper
 
     build_network = train.build_network
     monkeypatch.setattr(train, "build_network", poisoned)
-    study = config.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[0]"])
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[0]"])
     failures = [[n.failure for n in train.fit(study, seeds=[0, 1]).networks]]
     monkeypatch.setattr(attconv_cpu, "available", lambda: False)
     failures.append([n.failure for n in train.fit(study, seeds=[0, 1]).networks])

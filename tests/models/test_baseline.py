@@ -1,6 +1,6 @@
 import pytest
 
-from study import config
+from study import loading, resolution
 from study.models import LeNet, build_network, forward_flops, matched, n_params
 from study.sections import ModelConfig
 
@@ -13,9 +13,9 @@ def attentional_models() -> list[tuple[str, ModelConfig]]:
     """Every attentional network the shipped factor studies can produce."""
     found = {}
     for name in FACTOR_STUDIES:
-        study = config.load(ROOT / "searchspaces" / f"{name}.yaml")
+        study = loading.load(ROOT / "searchspaces" / f"{name}.yaml")
         for level in study.space[study.compare].levels():
-            model = config.resolve(study, {study.compare: level}).model
+            model = resolution.resolve(study, {study.compare: level}).model
             if model.attention.layers:
                 found[model.model_dump_json()] = (f"{name}:{level}", model)
     return list(found.values())
