@@ -34,8 +34,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from study.cache import cache_dir
 from study.config import Study
-from study.data.dataset import cache_dir
 
 # The share of an AttConv step's eager time the compiled step saves. On a CPU, where the layer
 # is its own kernel and inductor compiles the rest of the network, measured 0.05–0.12.

@@ -50,11 +50,10 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.weightstats import ttost_ind
 
 from study.boundaries import critical_values, nominal, propagate, repeated_p
 from study.sections import Design
-from study.stats import ALPHA, MIN_SEEDS, holm, sd_scales, verdict
+from study.stats import ALPHA, MIN_SEEDS, equivalence, holm, sd_scales, verdict, welch
 from study.words import counted
 
 
@@ -191,12 +190,10 @@ def decide(arm: Sequence[float], reference: Sequence[float], design: Design, mar
             continue  # the round's networks all failed: no new information, no new look
         tested.append((len(a), len(r)))
         fractions, last = _fractions(tested, design), n == planned[-1]
-        welch = stats.ttest_ind(a, r, equal_var=False)
-        tost, _, _ = ttost_ind(a, r, -margin, margin, usevar="unequal")
-        p_diff = min(p_diff, repeated_p(float(welch.pvalue), fractions, 2, design.spending, last))
-        p_equivalent = min(p_equivalent, repeated_p(float(tost), fractions, 1, design.spending, last))
-        ci = welch.confidence_interval(1 - nominal(ALPHA, fractions, 2, design.spending, last))
-        ci_low, ci_high = float(ci.low), float(ci.high)
+        p, ci_low, ci_high = welch(a, r, 1 - nominal(ALPHA, fractions, 2, design.spending, last))
+        p_diff = min(p_diff, repeated_p(p, fractions, 2, design.spending, last))
+        p_equivalent = min(p_equivalent, repeated_p(equivalence(a, r, margin), fractions, 1, design.spending,
+                                                    last))
     if not tested:
         p_diff = p_equivalent = math.nan
     a, r = _trained(arm, reached[-1]), _trained(reference, reached[-1])

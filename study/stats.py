@@ -87,10 +87,12 @@ def holm(p_values: np.ndarray | list[float], family: int | None = None) -> np.nd
     return adjusted
 
 
-def welch(arm: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
-    """Welch's two-sided p and the 95 % interval of the difference of means (arm − reference)."""
+def welch(arm: np.ndarray, reference: np.ndarray,
+          confidence: float = 1 - ALPHA) -> tuple[float, float, float]:
+    """Welch's two-sided p and the interval of the difference of means (arm − reference) at
+    ``confidence`` (95 %; a sequential design's look asks for its nominal level's)."""
     test = stats.ttest_ind(arm, reference, equal_var=False)
-    ci = test.confidence_interval(1 - ALPHA)
+    ci = test.confidence_interval(confidence)
     return float(test.pvalue), float(ci.low), float(ci.high)
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from study.cache import cache_dir
 from study.data import source
 from study.data.compose import Composites, compose
 from study.files import atomic_write
@@ -102,11 +102,6 @@ def generate(config: DataConfig, digits: source.Digits) -> dict[str, Composites]
         # Report sources as indices into the full source set, so pools can be checked.
         splits[name] = Composites(**{**made.__dict__, "sources": pool[made.sources].astype(np.int32)})
     return splits
-
-
-def cache_dir() -> Path:
-    """``$STUDY_CACHE``, else ``~/.cache/study``."""
-    return Path(os.environ.get("STUDY_CACHE") or Path.home() / ".cache" / "study")
 
 
 def build(config: DataConfig, use_cache: bool = True) -> Dataset:

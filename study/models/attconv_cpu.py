@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from study.data.dataset import cache_dir
+from study.cache import cache_dir
 from study.models.windows import sides
 
 SOURCE = Path(__file__).with_suffix(".c")
