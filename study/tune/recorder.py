@@ -42,7 +42,7 @@ class Recorder(tune.Callback):
             print(f"note: node {node} has no C compiler that builds AttConv's CPU kernel; its "
                   "AttConv trials run as tensor operations, the same numbers several times slower "
                   "(install gcc or clang there, or set $CC)", flush=True)
-        level = trial.resolution.get(self.study.compare_key())
+        level = trial.config.get(self.study.compare_key())
         share = max(1, round(result.get("threads", 1) / max(1.0, self.study.resources.cpu)))
         self.progress.epoch(trial.trial_id, None if level is None else str(level), len(self.seeds),
                             result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]),
