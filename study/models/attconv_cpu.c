@@ -42,6 +42,9 @@
 /* LB floats as one value (GCC and Clang vector extensions): the compiler maps it onto whatever
    vector registers the CPU has. Loads and stores need no alignment. */
 typedef float vec __attribute__((vector_size(4 * LB), aligned(4), may_alias));
+/* A store through a `vec` may alias anything, the Shape a function was given included, so that
+   a loop storing vectors would reload the shape's fields after every store: the functions with
+   such loops work on a local copy of the Shape, which no store can reach. */
 static inline vec load(const float *p) { return *(const vec *)p; }
 static inline void store(float *p, vec v) { *(vec *)p = v; }
 
@@ -154,7 +157,8 @@ static void normalise(const Shape *g, float *a, float *pixels) {
    planes in vectors (a row of windows at a time, fused with the shift and the sums, measured
    slower: a row is 44 windows at conv1, not a multiple of LB), then the padding is cleared.
    pixels: H·W floats. */
-static void softmax(const Shape *g, const float *e, float *a, float *pixels) {
+static void softmax(const Shape *shape, const float *e, float *a, float *pixels) {
+    const Shape local = *shape, *g = &local; /* see `vec` */
     int HW = g->H * g->W;
     for (int p = 0; p < HW; p++) pixels[p] = -INFINITY;
     WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++) {
@@ -170,8 +174,9 @@ static void softmax(const Shape *g, const float *e, float *a, float *pixels) {
 /* y = Wᵀ (X ⊙ a) + b (Op×Lp), then the ReLU if asked (NaN passes, as in torch): the bottom-up
    product, and in the backward the top-down product's gradient with respect to y. The padded
    outputs and lanes are cleared: a NaN or infinity in X would otherwise put 0·∞ there. */
-static void product(const Shape *g, const float *X, const float *a, const float *w,
+static void product(const Shape *shape, const float *X, const float *a, const float *w,
                     const float *bias, float *y, int relu) {
+    const Shape local = *shape, *g = &local; /* see `vec` */
     for (int l0 = 0; l0 < g->Lp; l0 += LB)
         for (int o0 = 0; o0 < g->Op; o0 += OB) {
             vec acc[OB];
@@ -190,8 +195,9 @@ static void product(const Shape *g, const float *X, const float *a, const float 
 
 /* sums[ck][o] += X[ck] ⊙ a[ij] · rows[o] over the windows, in LB lanes (CK×Op×LB): the weight
    gradient of a product, with OB accumulators in registers through a whole row. */
-static void weight_sums(const Shape *g, const float *X, const float *a, const float *rows,
+static void weight_sums(const Shape *shape, const float *X, const float *a, const float *rows,
                         float *sums) {
+    const Shape local = *shape, *g = &local; /* see `vec` */
     for (int ck = 0; ck < g->CK; ck++) {
         const float *Xr = X + (size_t)ck * g->Lp, *ar = a + (ck % g->K) * g->Lp;
         for (int o0 = 0; o0 < g->Op; o0 += OB) {
@@ -223,15 +229,44 @@ static inline vec predict(const Shape *g, int ck, int l0, const float *wtd, cons
     return (s0 + s1) + (s2 + s3);
 }
 
-/* e = Σ_c x̂ ⊙ X / √C (k²×Lp). */
-static void agreement(const Shape *g, const float *X, const float *wtd, const float *y, float *e) {
+/* e = Σ_c x̂ ⊙ X / √C (k²×Lp), for `Op` outputs. Where Op is a constant (OB or 2·OB, the
+   networks here), a block of windows' outputs is loaded into registers once and serves all C·k²
+   predictions; otherwise each prediction loads them again. */
+static inline __attribute__((always_inline)) void agreement_of(const Shape *g, const int Op, const float *X,
+                                                               const float *wtd, const float *y, float *e) {
     float scale = 1.0f / sqrtf((float)g->C);
     memset(e, 0, (size_t)g->K * g->Lp * sizeof(float));
-    for (int l0 = 0; l0 < g->Lp; l0 += LB)
+    for (int l0 = 0; l0 < g->Lp; l0 += LB) {
+        vec yv[2 * OB];
+        if (Op <= 2 * OB)
+            for (int o = 0; o < Op; o++) yv[o] = load(y + (size_t)o * g->Lp + l0);
         for (int ck = 0; ck < g->CK; ck++) {
             float *er = e + (ck % g->K) * g->Lp + l0;
-            store(er, load(er) + scale * predict(g, ck, l0, wtd, y) * load(X + (size_t)ck * g->Lp + l0));
+            vec x_hat;
+            if (Op <= 2 * OB) {
+                const float *wr = wtd + (size_t)ck * Op;
+                vec s0 = {0}, s1 = {0};
+                for (int o = 0; o < Op; o += 2) {
+                    s0 += wr[o] * yv[o];
+                    s1 += wr[o + 1] * yv[o + 1];
+                }
+                x_hat = s0 + s1;
+            } else {
+                x_hat = predict(g, ck, l0, wtd, y);
+            }
+            store(er, load(er) + scale * x_hat * load(X + (size_t)ck * g->Lp + l0));
         }
+    }
+}
+
+static void agreement(const Shape *shape, const float *X, const float *wtd, const float *y, float *e) {
+    const Shape local = *shape, *g = &local; /* see `vec` */
+    if (g->Op == OB)
+        agreement_of(g, OB, X, wtd, y, e);
+    else if (g->Op == 2 * OB)
+        agreement_of(g, 2 * OB, X, wtd, y, e);
+    else
+        agreement_of(g, g->Op, X, wtd, y, e);
 }
 
 /* One task's scratch: the group's weights padded to Op, N(1), the windows, the shares and outputs
@@ -350,7 +385,8 @@ int attconv_forward(const int *dims, int groups, int images, int parts, int thre
 
 /* The backward of one image, its forward already run into s: adds its weight gradients to
    s's sums and, unless gx is NULL, writes the input's gradient (C×H×W). */
-static void image_backward(const Shape *g, const Scratch *sc, const float *gout, float *gx) {
+static void image_backward(const Shape *shape, const Scratch *sc, const float *gout, float *gx) {
+    const Shape local = *shape, *g = &local; /* see `vec` */
     int K = g->K, Lp = g->Lp, Op = g->Op;
     size_t KL = (size_t)K * Lp, OL = (size_t)Op * Lp, HW = (size_t)g->H * g->W;
     float scale = 1.0f / sqrtf((float)g->C), *gz = sc->gz, *gy = sc->gy, *ga = sc->e, *gX = sc->gX;
