@@ -35,6 +35,7 @@ def gradients(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Ten
     (3, 9, 11, 3, 2, 3, True, 4),     # stride that does not tile, ReLU inside, not square
     (2, 10, 10, 3, 1, 1, False, 5),   # one iteration: no top-down pass at all
     (1, 12, 12, 5, 1, 8, False, 9),   # more outputs than a register block holds
+    (2, 10, 10, 3, 1, 3, False, 20),  # more than a prediction holds in registers (padded to 24)
 ])
 def test_output_and_every_gradient_match_the_equations_in_float64(C, H, W, k, s, T, relu, outputs):
     torch.manual_seed(0)
