@@ -17,15 +17,17 @@ from study.words import duration
 
 class Progress:
     """The running count over both stages and an estimate of the time left, from what this run
-    measured: a trial lasts its fixed part (start-up, test, writing: measured on the finished
-    ones) plus its epochs at its seed count times the measured seconds per epoch per seed (its
-    own, once it ran one); the trials left are laid out over the ``slots`` that run at once by
-    ``study.plan.schedule``, the plan's own model (with ``reallocate``, freed CPUs going to the
-    running trials). ``stages``: each stage's trials in order, as the level of the compared factor
-    each will train (None where the sampler has yet to choose), and its seeds; a waiting trial of
-    a known level is costed at that level's measured seconds on one CPU's share, else at the mean.
-    A stage starts when the one before has ended. A resumed study's earlier trials took no time
-    here and count only as done."""
+    measured. A running trial has the epochs it has left at its latest epoch's seconds (less the
+    time its current epoch has run), then its tail (test and writing, measured on the trials that
+    finished); a waiting one its start-up (measured on the trials that reported their first epoch
+    here), its epochs at its level's measured seconds per epoch and seed on one CPU's share (the
+    mean of the levels where its own is not known yet) and the tail. They are laid out over the
+    ``slots`` that run at once by ``study.plan.schedule``, the plan's own model (with
+    ``reallocate``, freed CPUs going to the running trials). ``stages``: each stage's trials in
+    order, as the level of the compared factor each will train (None where the sampler has yet to
+    choose), and its seeds. A stage starts when the one before has ended. A resumed study's
+    earlier trials took no time here and count only as done; a trial resumed from its checkpoint
+    is measured by its epochs here, whatever its earlier run took."""
 
     def __init__(self, stages: list[tuple[list[str | None], int]], done_before: int, epochs: int,
                  slots: int, reallocate: bool = False) -> None:
@@ -35,13 +37,14 @@ class Progress:
         self.total, self.done = len(self.plan), done_before
         self.rounds_may_follow = False  # a sequential design may call for rounds not planned yet
         self.start = time.perf_counter()
-        self.began: dict[str, float] = {}  # running trial → when it started
+        self.reported: dict[str, float] = {}  # running trial → when it reported its latest epoch
         self.seeds: dict[str, int] = {}  # trial → its networks
         self.epoch_s: dict[str, float] = {}  # trial → its last epoch's seconds per seed
         self.shares: dict[str, int] = {}  # running trial → the times its CPUs it now has
         self.level_s: dict[str | None, float] = {}  # level → seconds per epoch and seed on its own CPUs
         self.left: dict[str, int] = {}  # running trial → epochs it has left
-        self.fixed: list[float] = []  # finished trials: their time beyond their epochs
+        self.startups: list[float] = []  # trials that trained their first epoch here: the time before it
+        self.tails: list[float] = []  # finished trials: their time after their last epoch
 
     def extend(self, levels: list[str], seeds: int) -> None:
         """Another round of a sequential design: a trial of ``seeds`` networks per level, after
@@ -54,27 +57,29 @@ class Progress:
               since_start: float, share: int = 1) -> None:
         """Trial ``trial_id`` (of ``level``, ``seeds`` networks) finished ``epoch`` in ``seconds``,
         ``since_start`` seconds after it started, on ``share`` times the CPUs it started with."""
-        self.began.setdefault(trial_id, time.perf_counter() - since_start)
+        if epoch == 0 and trial_id not in self.reported:
+            self.startups.append(max(0.0, since_start - seconds))
+        self.reported[trial_id] = time.perf_counter()
         self.seeds[trial_id], self.epoch_s[trial_id] = seeds, seconds / seeds
         self.shares[trial_id] = share
         self.level_s[level] = seconds / seeds * speed(share)
         self.left[trial_id] = self.epochs - epoch - 1
 
     def finished(self, trial_id: str) -> None:
-        if trial_id in self.began and trial_id in self.left:
-            took = time.perf_counter() - self.began.pop(trial_id)
-            ran = self.epochs - self.left[trial_id]
-            self.fixed.append(max(0.0, took - ran * self.epoch_s[trial_id] * self.seeds[trial_id]))
+        if trial_id in self.reported:
+            self.tails.append(time.perf_counter() - self.reported.pop(trial_id))
         self.left.pop(trial_id, None)
         self.shares.pop(trial_id, None)
 
     def left_s(self, done: int) -> float | None:
         if not self.epoch_s:
             return None
-        now, fixed = time.perf_counter(), sum(self.fixed) / len(self.fixed) if self.fixed else 0.0
+        now = time.perf_counter()
+        tail = sum(self.tails) / len(self.tails) if self.tails else 0.0
+        fixed = tail + (sum(self.startups) / len(self.startups) if self.startups else 0.0)
         per_seed = sum(self.level_s.values()) / len(self.level_s)
-        running = [(max(0.0, fixed + self.epochs * self.epoch_s[t] * self.seeds[t] - (now - self.began[t])),
-                    self.shares.get(t, 1)) for t in self.left]
+        running = [(tail + max(0.0, self.left[t] * self.epoch_s[t] * self.seeds[t]
+                               - (now - self.reported[t])), self.shares.get(t, 1)) for t in self.left]
         first = done + len(self.left)  # the trials not started yet, stage by stage
         running_stage = self.plan[done][0] if self.left and done < self.total else None
         total = 0.0
