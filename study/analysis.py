@@ -222,8 +222,8 @@ class _Comparison:
         stop = self.decided.get(arm.level)
         if stop is not None:
             theirs = theirs[theirs["seed"] <= study.seeds(study.compared_stage(), stop.look)[-1]]
-            averaged_reference = arms.seed_average(self.samples, list(zip(theirs["trial_id"], theirs["seed"],
-                                                                     strict=True)), self.split)
+            kept = list(zip(theirs["trial_id"], theirs["seed"], strict=True))
+            averaged_reference = arms.seed_average(self.samples, kept, self.split)
         row = {"level": arm.level, "reference": reference.level, "seeds": len(mine),
                "seeds_reference": len(theirs), "mean_loss": float(mine["test_loss"].mean()),
                "mean_loss_reference": float(theirs["test_loss"].mean())}
