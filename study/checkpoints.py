@@ -5,14 +5,18 @@ a Ray Tune checkpoint, with a note of which trial it is: its stage, configuratio
 *identity*). Ray keeps the latest one per trial (``CheckpointConfig(num_to_keep=1)``) under the
 study's ``ray/`` folder. A trial then starts from
 
-- Ray's own checkpoint of it, where Ray restarts the same trial: a worker or node that died
-  (``resources.retries``), or a trial given more threads (``ResourceChangingScheduler``);
-- else the latest checkpoint an interrupted run left of a trial with the same identity, which
-  ``left_behind`` finds when a study resumes (``--resume``: a new Ray run, new trial ids);
+- the checkpoint with the most epochs of a trial with the same identity under the study's Ray
+  folder (``saved``, read when the trial starts). That is Ray's own checkpoint of it where Ray
+  restarts the same trial (a worker or node that died, ``resources.retries``; a trial given more
+  threads, ``ResourceChangingScheduler``); a newer one the trial saved that Ray never registered
+  (Ray registers a checkpoint only after a second call to the trial's worker, so a worker lost
+  between the two leaves one on disk that Ray's restart would not use); or the latest an
+  interrupted run left (``--resume``: a new Ray run, new trial ids);
 - else epoch 0.
 
 So an interrupted trial loses at most the epoch it was in. A trial's checkpoints are removed once
-its result files are written (``remove``); those of a trial that failed stay for ``--resume``.
+its result files are written (``remove``, ``remove_saved``); those of a trial that failed stay for
+``--resume``.
 
 Example:
     >>> identity("tune", {"model.attention.layers": "[0]"}, [0, 1, 2])
@@ -55,9 +59,9 @@ def _checkpoints(study_dir: Path) -> list[Path]:
     return sorted((Path(study_dir) / "ray").glob("*/*/checkpoint_*"))
 
 
-def left_behind(study_dir: Path) -> dict[str, list[str]]:
-    """The checkpoints that an interrupted run left, by the identity of their trial, the most
-    epochs first (a checkpoint cut off mid-copy may not load: the next is tried)."""
+def saved(study_dir: Path) -> dict[str, list[str]]:
+    """Every checkpoint under the study's Ray runs, by the identity of its trial, the most epochs
+    first (a checkpoint cut off mid-copy may not load: the next is tried)."""
     found: dict[str, list[tuple[int, str]]] = {}
     for folder in _checkpoints(study_dir):
         try:
@@ -68,14 +72,10 @@ def left_behind(study_dir: Path) -> dict[str, list[str]]:
     return {who: [path for _, path in sorted(paths, reverse=True)] for who, paths in found.items()}
 
 
-def latest(who: str, left: dict[str, list[str]]) -> Snapshot | None:
-    """The snapshot trial ``who`` goes on from: Ray's own checkpoint of it, else the latest that
-    an interrupted run ``left`` of it that loads; None to start from epoch 0."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            return Snapshot.load(Path(folder) / SNAPSHOT)
-    for folder in map(Path, left.get(who, [])):
+def latest(folders: list[str]) -> Snapshot | None:
+    """The snapshot a trial goes on from: the first of its saved checkpoint ``folders`` (most
+    epochs first) that loads; None to start from epoch 0."""
+    for folder in map(Path, folders):
         try:
             return Snapshot.load(folder / SNAPSHOT)
         except Exception as err:  # noqa: BLE001 - a damaged file is any error torch.load raises
@@ -90,7 +90,8 @@ def remove(trial_folder: str | Path | None) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_left(who: str, left: dict[str, list[str]]) -> None:
-    """The checkpoints interrupted runs left of trial ``who``, once it has written its results."""
-    for folder in left.get(who, []):
+def remove_saved(folders: list[str]) -> None:
+    """The checkpoint ``folders`` a trial went on from (those of interrupted runs too), once it has
+    written its results."""
+    for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)

@@ -26,7 +26,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, ResourceChangingScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 
-from study import checkpoints, results
+from study import results
 from study.arms import best_configurations
 from study.config import Study
 from study.data import build
@@ -211,7 +211,7 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
     # A checkpoint every epoch makes Ray save its experiment state as often, and warn.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}
-    fn = tune.with_parameters(trainable, **settings, seeds=seeds, left=checkpoints.left_behind(study_dir))
+    fn = tune.with_parameters(trainable, **settings, seeds=seeds)
     grid = tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
         param_space=param_space,

@@ -30,19 +30,19 @@ def params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in study.space}
 
 
-def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, seeds: list[int],
-              left: dict[str, list[str]]) -> None:
+def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, seeds: list[int]) -> None:
     """One Ray trial: resolve the chosen parameters, fit ``seeds`` at once with as many threads as
     the trial has CPUs, write the result files (marked ``stage``). Every epoch's report carries the
-    trial so far as a checkpoint; the trial goes on from Ray's own checkpoint of it, else from the
-    latest one an interrupted run ``left`` of the same configuration and seeds."""
+    trial so far as a checkpoint; the trial goes on from the checkpoint with the most epochs saved
+    of the same stage, configuration and seeds (``study.checkpoints``)."""
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     base = Study.model_validate(study)
     chosen = params(base, config)
     resolved = resolve(base, chosen)
     who = checkpoints.identity(stage, chosen, seeds)
-    snapshot = checkpoints.latest(who, left)
+    saved = checkpoints.saved(Path(study_dir)).get(who, [])
+    snapshot = checkpoints.latest(saved)
     where = results.ran_on(resolved, node_address())
     # Where this node has no C compiler, AttConv runs as tensor operations: the driver says so.
     slow = where["attconv"] == "tensor operations" and pick_device(resolved.train.device).type == "cpu"
@@ -52,7 +52,7 @@ def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, s
 
     result = fit(resolved, seeds, report=report, resume=snapshot)
     results.write_trial(Path(study_dir), tune.get_context().get_trial_id(), stage, chosen, result, where)
-    checkpoints.remove_left(who, left)  # the interrupted runs' checkpoints of it, now redundant
+    checkpoints.remove_saved(saved)  # the checkpoints it went on from, now redundant
 
 
 @ray.remote
