@@ -132,6 +132,11 @@ class ResourcesConfig(Section):
         "auto", description="on one node, once a stage's trials have all started, the CPUs a finished "
                             "trial frees go to the running ones (restarted from their last epoch with "
                             "more threads); auto: where trials train on CPUs, not GPUs")
+    split_seeds: bool | Literal["auto"] = Field(
+        "auto", description="where fixed configurations are retrained (the confirmation stage, a "
+                            "sequential design's later rounds), a level's seeds are split over as many "
+                            "Ray trials as leave no slot idle, not stacked in one; auto: where trials "
+                            "train on CPUs, on which stacking seeds does not pay")
 
     @field_validator("gpu")
     @classmethod

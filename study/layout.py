@@ -52,6 +52,38 @@ class Layout:
         reallocate = self.resources.reallocate
         return gpu == 0 if reallocate == "auto" else reallocate
 
+    def seed_groups(self, seeds: list[int], levels: int, slots: int, gpu: float) -> list[list[int]]:
+        """The Ray trials one level's ``seeds`` are trained in where ``levels`` fixed configurations
+        are retrained with ``slots`` trials at once: one trial stacking them all, or, where the
+        study splits seeds (``resources.split_seeds``, ``auto`` on CPUs), as many runs of
+        consecutive seeds, a seed apart in size, as leave no slot idle.
+
+        Example:
+            >>> from study.loading import load
+            >>> load("searchspaces/smoke.yaml").seed_groups(list(range(10)), levels=4, slots=16, gpu=0)
+            [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+        """
+        split = self.resources.split_seeds
+        groups = min(len(seeds), slots // max(1, levels))
+        if groups <= 1 or split is False or (split == "auto" and gpu):
+            return [seeds]
+        size, more = divmod(len(seeds), groups)  # the first ``more`` groups hold one seed more
+        ends = [k * size + min(k, more) for k in range(groups + 1)]
+        return [seeds[a:b] for a, b in zip(ends, ends[1:], strict=False)]
+
+    def retrained_seeds(self) -> list[int]:
+        """The seeds of the first round that retrains fixed configurations (the confirmation
+        stage's first, or a sequential design's second); none where the study has no such round."""
+        if self.confirms():
+            return self.seeds("confirm")
+        return self.seeds(look=2) if self.design() is not None else []
+
+    def most_trials(self, slots: int, gpu: float) -> int:
+        """The most trials one stage or round of the study starts: its configurations, or each
+        level's ``seed_groups`` where fixed configurations are retrained."""
+        groups = self.seed_groups(self.retrained_seeds(), self.n_levels(), slots, gpu)
+        return max(self.n_configurations(), self.n_levels() * len(groups))
+
     def n_configurations(self) -> int:
         if self.search.sampler == "grid":
             return self.grid_size()
@@ -71,7 +103,8 @@ class Layout:
 
     def n_trials(self) -> int:
         """Ray trials the study runs: one per configuration, training all its seeds at once, and
-        one per compared level in the confirmation stage."""
+        one per compared level in the confirmation stage (more where seeds are split over trials:
+        ``seed_groups``)."""
         return self.n_configurations() + (self.n_levels() if self.confirms() else 0)
 
     def trials_at_once(self, cpus: float, gpus: float = 0, gpu: float = 0) -> int:

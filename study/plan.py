@@ -51,7 +51,7 @@ class Stage:
     kind: str  # tune or confirm
     round: int  # of a sequential design (1 for a fixed number of seeds)
     trials: int
-    seeds: int  # networks per trial, trained together
+    seeds: int  # networks per trial, trained together (the most, where a level's are split)
     networks: int
     steps: int  # training steps of one trial (every seed at once), all epochs
 
@@ -75,22 +75,30 @@ class Architecture:
     timed: float  # the share of a step's images timed (1: all; less where the step is too large)
 
 
-def stages(study: Study) -> list[Stage]:
-    """The trials, networks and training steps of each stage ``study run`` runs."""
+def stages(study: Study, slots: int = 1, gpu: float = 0) -> list[Stage]:
+    """The trials, networks and training steps of each stage ``study run`` runs with ``slots``
+    trials at once, each with ``gpu`` of a GPU (where fixed configurations are retrained, a level's
+    seeds may be split over several trials: ``Study.seed_groups``)."""
     n_train = split_sizes(study.data.n_images, study.data.split)[0]
     batch = study.train.batch_size
     per_epoch = math.ceil((n_train - (n_train % batch == 1)) / batch)  # a last batch of one is skipped
     steps = per_epoch * study.train.epochs
-    out = _rounds(study, "tune", study.n_configurations(), steps)
+    out = _rounds(study, "tune", study.n_configurations(), steps, slots, gpu)
     if study.confirms():
-        out += _rounds(study, "confirm", study.n_levels(), steps)
+        out += _rounds(study, "confirm", study.n_levels(), steps, slots, gpu)
     return out
 
 
-def _rounds(study: Study, name: str, trials: int, steps: int) -> list[Stage]:
-    """A stage's rounds: one, or a sequential design's, each as if every level went on."""
-    sizes = [len(study.seeds(name, look)) for look in range(1, len(study.looks(name)) + 1)]
-    return [Stage(name, k, trials, seeds, trials * seeds, steps) for k, seeds in enumerate(sizes, start=1)]
+def _rounds(study: Study, name: str, levels: int, steps: int, slots: int, gpu: float) -> list[Stage]:
+    """A stage's rounds: one, or a sequential design's, each as if every level went on. The tuning
+    stage's first round is the search's, a trial per configuration; the rest retrain fixed ones,
+    each level's seeds in ``seed_groups`` (a trial's seeds: the largest group)."""
+    out = []
+    for look in range(1, len(study.looks(name)) + 1):
+        seeds = study.seeds(name, look)
+        groups = [seeds] if name == "tune" and look == 1 else study.seed_groups(seeds, levels, slots, gpu)
+        out.append(Stage(name, look, levels * len(groups), len(groups[0]), levels * len(seeds), steps))
+    return out
 
 
 def architectures(study: Study, seeds: int, compile_here: bool) -> list[Architecture]:
@@ -222,16 +230,19 @@ class Plan:
         order = [a for turn in range(max(counts)) for a, n in zip(archs, counts, strict=True) if turn < n]
         return schedule([self.trial_s(stage, a) for a in order], self.slots, self.reallocates)
 
+    def at_once(self) -> int:
+        """The most trials that run at once: the slots, or a stage's trials where fewer."""
+        return min(self.slots, max(s.trials for s in self.stages))
+
     def checkpoint_bytes(self) -> int:
         """Disk the checkpoints of the trials running at once take (the latest epoch of each)."""
         largest = max(snapshot_bytes(a.n_params, s.seeds) for s in self.stages
                       for a in self.architectures[s.name])
-        return min(self.slots, max(s.trials for s in self.stages)) * largest
+        return self.at_once() * largest
 
     def memory(self) -> int:
         """Bytes the trials running at once hold (``study.footprint``)."""
-        at_once = min(self.slots, max(s.trials for s in self.stages))
-        return at_once * footprint.trial_bytes(self.study)
+        return self.at_once() * footprint.trial_bytes(self.study)
 
 
 def speed(k: int) -> float:
@@ -292,14 +303,14 @@ def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
     the trials read), else projected from the eager ones."""
     device = pick_device(study.train.device)
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    parts = stages(study)
+    slots, gpu = study.trials_at_once(cpus), 0 if device.type == "cpu" else 1
+    parts = stages(study, slots, gpu)
     by_seeds = {seeds: architectures(study, seeds, compile_here) for seeds in {s.seeds for s in parts}}
     timed = {s.name: by_seeds[s.seeds] for s in parts}
     keys = section_keys(study, "model")
     attention = any(resolve(study, params).model.attention.layers for params in combinations(study, keys))
     path = attconv_cpu.path() if attention and device.type == "cpu" else None
-    return Plan(study, parts, timed, study.trials_at_once(cpus), name, path,
-                study.reallocates(0 if device.type == "cpu" else 1))
+    return Plan(study, parts, timed, slots, name, path, study.reallocates(gpu))
 
 
 def lines(p: Plan) -> list[str]:
@@ -307,14 +318,15 @@ def lines(p: Plan) -> list[str]:
     study, out = p.study, []
     groups = _grouped(p.stages)
     for label, (stage, *more) in groups:
+        most = "up to " if stage.trials * stage.seeds > stage.networks else ""  # seeds split unevenly
         out.append(f"{label}{', each' if more else ''}: {counted(stage.trials, 'trial')} × "
-                   f"{counted(stage.seeds, 'seed')} = "
+                   f"{most}{counted(stage.seeds, 'seed')} = "
                    f"{stage.networks} networks; {stage.steps:,} training steps per trial "
                    f"({counted(study.train.epochs, 'epoch')})")
     if p.attconv_path:
         out.append(p.attconv_path)
     out.append(f"memory: {dataset_bytes(study) / 2**20:,.0f} MiB of images per process; "
-               f"about {p.memory() / 2**30:.2f} GiB for the {counted(p.slots, 'trial')} at once")
+               f"about {p.memory() / 2**30:.2f} GiB for the {counted(p.at_once(), 'trial')} at once")
     timed_seeds = set()
     for stage in p.stages:
         if stage.seeds in timed_seeds:
@@ -337,13 +349,15 @@ def lines(p: Plan) -> list[str]:
         shown.append(f"{len(group)} × {duration(each)} {label}" if len(group) > 1 else
                      f"{duration(each)} {label}")
     total = STUDY_START_S + sum(wall for wall, _ in schedules.values())
-    out.append(f"estimated time on {p.device} ({counted(int(study.resources.cpu), 'thread')} per trial, "
-               f"{p.slots} at once): {' + '.join(shown)} = {duration(total)}")
+    threads = counted(max(1, int(study.resources.cpu)), "thread")
+    out.append(f"estimated time on {p.device} ({threads} per trial, {p.slots} at once): "
+               f"{' + '.join(shown)} = {duration(total)}")
     walls = sum(wall for wall, _ in schedules.values())
     use = sum(wall * share for wall, share in schedules.values()) / walls if walls else 1.0
     how = "the CPUs of finished trials going to the running ones" if p.reallocates else \
         "each trial on its own CPUs to its end"
-    out.append(f"use of the {counted(p.slots * int(study.resources.cpu), 'CPU')}: {use:.0%} (the trials' "
+    cpus = p.slots * study.resources.cpu
+    out.append(f"use of the {cpus:g} CPU{'s' if cpus != 1 else ''}: {use:.0%} (the trials' "
                f"work over the CPUs' time), {how}")
     return out
 

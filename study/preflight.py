@@ -50,7 +50,8 @@ def check_run(study: Study, study_dir: Path, address: str | None, n_params: int,
     else:
         cpus = local_cpus()
         check_resources(study, cpus, local_gpus(), where="this machine")
-        check_memory(study, workers=min(study.n_trials(), study.trials_at_once(cpus)))
+        slots = study.trials_at_once(cpus)
+        check_memory(study, workers=min(study.most_trials(slots, 0), slots))
     check_disk(study, study_dir, n_params)
 
 

@@ -166,6 +166,15 @@ def test_tuning_per_level_multiplies_configurations_by_levels():
     assert study.seeds() == list(range(study.search.seeds))
 
 
+@pytest.mark.parametrize(("seeds", "levels", "slots"), [(10, 4, 16), (10, 2, 64), (3, 2, 5), (7, 1, 3),
+                                                     (4, 3, 2), (1, 2, 8)])
+def test_a_levels_seeds_split_into_consecutive_runs_that_fill_the_slots(seeds, levels, slots):
+    groups = loading.load(SMOKE).seed_groups(list(range(seeds)), levels, slots, gpu=0)
+    assert [seed for group in groups for seed in group] == list(range(seeds))  # each once, in order
+    assert len(groups) == max(1, min(seeds, slots // levels))  # as many as leave no slot idle
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1
+
+
 def test_retired_single_value_settings_still_load_and_nothing_else_does(tmp_path):
     old = SMOKE.read_text().replace("batchnorm: true,", "family: lenet5, batchnorm: true,").replace(
         "seeds: 3}", "seeds: 3, metric: best_val_loss, mode: min, scheduler: fifo}")

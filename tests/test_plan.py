@@ -33,6 +33,27 @@ def test_stages_count_the_trials_networks_and_steps_fit_runs():
     assert tune.steps == confirm.steps == 3 * len(range(0, n_train, 16))
 
 
+@pytest.mark.parametrize(("sets", "gpu", "confirm"), [
+    ([], 0, (16, 2)),  # on CPUs: 16 slots over 2 levels, 10 seeds in 8 trials of 2 or 1
+    ([], 0.25, (2, 10)),  # on a GPU the seeds stay stacked
+    (["resources.split_seeds=false"], 0, (2, 10)),
+    (["resources.split_seeds=true"], 0.25, (16, 2)),
+])
+def test_retrained_seeds_are_split_over_the_slots_where_the_study_splits(sets, gpu, confirm):
+    space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"
+    study = loading.load(SMOKE, [space, "search.seeds=3", "search.confirm_seeds=10", *sets])
+    tune, retrained = stages(study, slots=16, gpu=gpu)
+    assert (tune.trials, tune.seeds) == (4, 3)  # the search's trials: a configuration each, never split
+    assert (retrained.trials, retrained.seeds, retrained.networks) == (*confirm, 20)
+
+
+def test_a_sequential_designs_later_rounds_split_where_its_first_is_the_searchs():
+    study = loading.load(SMOKE, ["search.seeds={start: 3, step: 3, max: 9}"])
+    first, second, third = stages(study, slots=6, gpu=0)
+    assert [(s.trials, s.seeds) for s in (first, second, third)] == [(2, 3), (6, 1), (6, 1)]
+    assert [(s.trials, s.seeds) for s in stages(study, slots=2, gpu=0)] == [(2, 3)] * 3
+
+
 def test_a_last_batch_of_one_image_is_not_a_step():
     # 817 training images = 24 × 34 + 1: fit skips the batch of one (batch norm needs two)
     (tune,) = stages(loading.load(SMOKE, ["data.n_images=1021", "train.epochs=2", "train.batch_size=34"]))

@@ -464,6 +464,35 @@ def test_an_interrupted_trial_goes_on_from_its_last_epoch(tmp_path):
             assert mine["val_loss"].tolist() == theirs["val_loss"].tolist(), run
 
 
+def test_retrained_seeds_are_split_over_trials_where_slots_would_idle(tmp_path):
+    """Half a CPU per trial on two CPUs: four slots for two levels, so each level's two
+    confirmation seeds train in two one-seed trials, not one stacked trial. Optuna still sees only
+    the tuning trials, every network is there once, and the analysis counts each level's two."""
+    space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"
+    args = [str(SMOKE), *SMALL, "--set", space, "--set", "search.seeds=1", "--set", "search.confirm_seeds=2",
+            "--set", "resources.cpu=0.5"]
+    plan = study("plan", *args, "--results", str(tmp_path))
+    assert plan.returncode == 0 and "confirm: 4 trials × 1 seed = 4 networks" in plan.stdout, plan.stdout
+    run = study("run", *args, "--results", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "in the confirmation stage, a level's seeds split over 2 trials" in run.stdout
+    assert "round 1: [], [0] on seeds 1..2, each level in 2 trials" in run.stdout
+    study_dir = tmp_path / "smoke"
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    confirmed = trials[trials["stage"] == "confirm"]
+    assert sorted(confirmed["seed"]) == [1, 1, 2, 2] and confirmed["trial_id"].nunique() == 4
+    for _, networks in confirmed.groupby("model.attention.layers"):
+        assert sorted(networks["seed"]) == [1, 2] and networks["train.lr"].nunique() == 1
+    assert (trials[trials["stage"] == "tune"]["seed"] == 0).all() and len(trials) == 8
+    ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
+    assert len(ot.trials) == 4  # the tuning trials: the confirmation is no search
+    done = [line for line in run.stdout.splitlines() if "confirmation trial" in line and " done: " in line]
+    assert len(done) == 4 and all("(mean of 1 seed)" in line for line in done)
+    assert not list((study_dir / "ray").glob("*/*/checkpoint_*"))
+    shown = json.loads(study("analyze", str(study_dir), "--json").stdout)
+    assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
+
+
 def test_the_cpu_a_finished_trial_frees_goes_to_the_trial_still_running(tmp_path):
     """Two trials on two CPUs, one each: LeNet-5's ends first, and AttConv's goes on from its
     checkpoint with both CPUs as two threads, its epochs each trained once."""

@@ -1,7 +1,7 @@
 """The running count of a study's trials and its time left, from what the run has measured.
 
 Example:
-    >>> progress = Progress([([None, None], 3)], done_before=0, epochs=2, slots=2)
+    >>> progress = Progress([[(None, 3), (None, 3)]], done_before=0, epochs=2, slots=2)
     >>> progress(0)  # nothing measured yet: no estimate
     '[0/2 0s]'
 """
@@ -24,15 +24,15 @@ class Progress:
     mean of the levels where its own is not known yet) and the tail. They are laid out over the
     ``slots`` that run at once by ``study.plan.schedule``, the plan's own model (with
     ``reallocate``, freed CPUs going to the running trials). ``stages``: each stage's trials in
-    order, as the level of the compared factor each will train (None where the sampler has yet to
-    choose), and its seeds. A stage starts when the one before has ended. A resumed study's
+    order, each as the level of the compared factor it will train (None where the sampler has yet
+    to choose) and its number of seeds. A stage starts when the one before has ended. A resumed study's
     earlier trials took no time here and count only as done; a trial resumed from its checkpoint
     is measured by its epochs here, whatever its earlier run took."""
 
-    def __init__(self, stages: list[tuple[list[str | None], int]], done_before: int, epochs: int,
+    def __init__(self, stages: list[list[tuple[str | None, int]]], done_before: int, epochs: int,
                  slots: int, reallocate: bool = False) -> None:
         # Every trial of the study in order: (its stage, its level, its seeds).
-        self.plan = [(k, level, seeds) for k, (levels, seeds) in enumerate(stages) for level in levels]
+        self.plan = [(k, level, seeds) for k, trials in enumerate(stages) for level, seeds in trials]
         self.epochs, self.slots, self.reallocate = epochs, max(1, slots), reallocate
         self.total, self.done = len(self.plan), done_before
         self.rounds_may_follow = False  # a sequential design may call for rounds not planned yet
@@ -46,11 +46,11 @@ class Progress:
         self.startups: list[float] = []  # trials that trained their first epoch here: the time before it
         self.tails: list[float] = []  # finished trials: their time after their last epoch
 
-    def extend(self, levels: list[str], seeds: int) -> None:
-        """Another round of a sequential design: a trial of ``seeds`` networks per level, after
-        everything planned so far."""
+    def extend(self, trials: list[tuple[str, int]]) -> None:
+        """Another round of a sequential design: its ``trials`` (each a level and its number of
+        seeds), after everything planned so far."""
         stage = self.plan[-1][0] + 1 if self.plan else 0
-        self.plan += [(stage, level, seeds) for level in levels]
+        self.plan += [(stage, level, seeds) for level, seeds in trials]
         self.total = len(self.plan)
 
     def epoch(self, trial_id: str, level: str | None, seeds: int, epoch: int, seconds: float,

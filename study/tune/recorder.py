@@ -19,7 +19,7 @@ from study.preflight import disk_full
 from study.tune.progress import Progress
 from study.tune.schedulers import PerLevelASHA
 from study.tune.search import METRIC
-from study.tune.trainable import params
+from study.tune.trainable import own_seeds, params
 from study.words import counted
 
 
@@ -44,19 +44,20 @@ class Recorder(tune.Callback):
                   "(install gcc or clang there, or set $CC)", flush=True)
         level = trial.config.get(self.study.compare_key())
         share = max(1, round(result.get("threads", 1) / max(1.0, self.study.resources.cpu)))
-        self.progress.epoch(trial.trial_id, None if level is None else str(level), len(self.seeds),
+        seeds = self._seeds(trial)
+        self.progress.epoch(trial.trial_id, None if level is None else str(level), len(seeds),
                             result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]),
                             share)
         more = result.get("threads", 0) > self.study.resources.cpu  # given CPUs a trial freed
         self._line(trial, f"epoch {result['epoch'] + 1}/{self.study.train.epochs}: val_loss "
-                   f"{result['val_loss']:.4f} (mean of {counted(len(self.seeds), 'seed')}), "
+                   f"{result['val_loss']:.4f} (mean of {counted(len(seeds), 'seed')}), "
                    f"{result['seconds']:.3g} s" + (f" on {result['threads']} threads" if more else ""),
                    consolidate=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.progress.finished(trial.trial_id)
         last = trial.last_result
-        seeds = counted(len(self.seeds), "seed")
+        seeds = counted(len(self._seeds(trial)), "seed")
         if self.scheduler and trial.trial_id in self.scheduler.stopped:
             self._line(trial, f"stopped: {self.scheduler.reason(trial.trial_id)}; its best epochs are "
                        "tested when the stage ends")
@@ -75,9 +76,13 @@ class Recorder(tune.Callback):
             raise UserError(f"{full}: trial {trial.trial_id} could not write its results")
         log = Path(trial.local_path or self.study_dir / "ray") / "error.txt"
         reason = f"the trial's worker failed {self.study.resources.retries + 1} time(s); log: {log}"
-        results.write_failed(self.study_dir, trial.trial_id, self.stage, self.seeds,
+        results.write_failed(self.study_dir, trial.trial_id, self.stage, self._seeds(trial),
                              params(self.study, trial.config), reason)
         self._line(trial, f"FAILED: {reason}")
+
+    def _seeds(self, trial) -> list[int]:
+        """The trial's seeds: its own where a level's are split over several trials."""
+        return own_seeds(trial.config, self.seeds)
 
     def _line(self, trial, what: str, consolidate: bool = True) -> None:
         if consolidate:

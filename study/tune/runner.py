@@ -4,11 +4,12 @@ the study selects, a sequential design's rounds, and what an interrupted study l
 Each Ray trial writes its own result files; a callback on the driver (``recorder``) keeps
 ``trials.parquet`` and ``epochs.parquet`` current and prints one line per trial. When the study
 selects (its space varies more than the compared factor), a confirmation stage follows: each
-level's selected configuration is one more trial, trained on fresh seeds and marked ``stage:
-confirm``. With a sequential design (``study.sequential``), the compared networks (the
+level's selected configuration is trained on fresh seeds and marked ``stage: confirm``.
+With a sequential design (``study.sequential``), the compared networks (the
 confirmation stage, or the trials of a study that does not select) come in rounds: after each,
 the design's decisions (``study.decisions``, from the result files alone) say which
-levels train ``step`` more seeds, as one more trial per level.
+levels train ``step`` more seeds. A level's retrained seeds are one trial, or several where the
+study splits seeds over trials so that no slot idles (``Study.seed_groups``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from study.tune.progress import Progress
 from study.tune.recorder import Recorder, TrialFailures
 from study.tune.schedulers import FreedCPUs, PerLevelASHA, gpu_share, largest_node, reallocates
 from study.tune.search import searcher, settle_interrupted
-from study.tune.trainable import finish_stopped, params, trainable
+from study.tune.trainable import SEEDS, finish_stopped, params, trainable
 from study.words import counted
 
 
@@ -98,12 +99,13 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
 
 @dataclass(frozen=True)
 class Stages:
-    """What every stage of one run shares: the study, its folder, each trial's GPU share, the
-    progress line and whether Ray's own output shows."""
+    """What every stage of one run shares: the study, its folder, each trial's GPU share, how many
+    trials run at once, the progress line and whether Ray's own output shows."""
 
     study: Study
     study_dir: Path
     gpu: float
+    slots: int  # trials at once
     progress: Progress
     verbose: bool
 
@@ -121,15 +123,18 @@ def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
     slots = study.trials_at_once(cluster.get("CPU", 1), cluster.get("GPU", 0), gpu)
     # The confirmation stage retrains each level in the space's order; the tuning stage's order is
     # the sampler's to choose.
-    planned: list[tuple[list[str | None], int]] = [([None] * study.n_configurations(), study.looks()[0])]
+    planned: list[list[tuple[str | None, int]]] = [[(None, study.looks()[0])] * study.n_configurations()]
+    levels = [str(v) for v in study.space[study.compare_key()].levels()]
+    groups = study.seed_groups(study.retrained_seeds(), len(levels), slots, gpu)
     if study.confirms():
-        levels = [str(v) for v in study.space[study.compare_key()].levels()]
-        planned.append((levels, study.looks("confirm")[0]))
+        planned.append([(level, len(group)) for level in levels for group in groups])
     progress = Progress(planned, len(finished), study.train.epochs, slots, reallocates(study, gpu))
-    stages = Stages(study, study_dir, gpu, progress, verbose)
+    stages = Stages(study, study_dir, gpu, slots, progress, verbose)
+    where = "the confirmation stage" if study.confirms() else "each later round"
+    split = f"; in {where}, a level's seeds split over {len(groups)} trials" if len(groups) > 1 else ""
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
           f"{seeds_in_words(search.seeds)}, "
-          f"each configuration one trial training its seeds together; {study.resources.cpu:g} CPU "
+          f"each configuration one trial training its seeds together{split}; {study.resources.cpu:g} CPU "
           f"and {gpu:g} GPU per trial" + ("; the CPUs a finished trial frees go to the running ones"
                                           if reallocates(study, gpu) else ""), flush=True)
     missing = study.n_configurations() - len(configurations_tuned)
@@ -154,7 +159,8 @@ def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
 def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]], finished) -> None:
     """The compared networks of ``stage``, round by round: each round trains, for every level still
     undecided (and the reference while any is), the round's seeds it lacks (``finished``: the
-    network rows so far), as one trial per level; an interrupted round's trials run again. With a
+    network rows so far), as one trial per level, or several where the study splits seeds
+    (``Study.seed_groups``); an interrupted round's trials run again. With a
     sequential design, the decisions after each round (``study.decisions``) say which
     levels go on."""
     study = stages.study
@@ -164,19 +170,22 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
         seeds = study.seeds(stage, look)
         stages.progress.rounds_may_follow = design is not None and look < len(looks)
         if look > 1:
-            stages.progress.extend([str(level) for level in going], len(seeds))
+            groups = study.seed_groups(seeds, len(going), stages.slots, stages.gpu)
+            stages.progress.extend([(str(level), len(group)) for level in going for group in groups])
         rows, lacking = finished[finished["stage"] == stage], {}
         for level in going:
             have = set(rows.loc[rows[key] == level, "seed"])
             lacking.setdefault(tuple(s for s in seeds if s not in have), []).append(level)
         for needed, levels in lacking.items():
             if needed:
-                print(f"round {look}: {', '.join(map(str, levels))} on seeds {needed[0]}..{needed[-1]}",
-                      flush=True)
-                # The points are the whole configurations; the param space only names the keys they fill.
-                _trials(stages, stage, BasicVariantGenerator(
-                    points_to_evaluate=[configurations[level] for level in levels]), len(levels),
-                    dict.fromkeys(study.space), list(needed))
+                groups = study.seed_groups(list(needed), len(levels), stages.slots, stages.gpu)
+                print(f"round {look}: {', '.join(map(str, levels))} on seeds {needed[0]}..{needed[-1]}"
+                      + (f", each level in {len(groups)} trials" if len(groups) > 1 else ""), flush=True)
+                # The points are the whole trials; the param space only names the keys they fill.
+                points = [{**configurations[level], SEEDS: ",".join(map(str, group))}
+                          for level in levels for group in groups]
+                _trials(stages, stage, BasicVariantGenerator(points_to_evaluate=points), len(points),
+                        {**dict.fromkeys(study.space), SEEDS: None}, list(needed))
         if design is None or look == len(looks):
             return
         finished = results.finished(stages.study_dir)
@@ -217,10 +226,12 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=trials,
-            # Without it Tune keeps one trial of a search algorithm pending at a time, and counts a
-            # trial as pending until its worker has started: on a cluster the trials then ran one
-            # after another, a node idle. As many as can run at once keep every node busy.
-            max_concurrent_trials=max(1, min(trials, stages.progress.slots)),
+            # Without it Tune keeps one trial of a searcher pending at a time, and counts a trial
+            # as pending until its worker has started: on a cluster the trials then ran one after
+            # another, a node idle. As many as can run at once keep every node busy. (Fixed points,
+            # a BasicVariantGenerator, have no such limit, and Tune warns when given one.)
+            max_concurrent_trials=max(1, min(trials, stages.slots))
+            if isinstance(search_alg, Searcher) else None,
             scheduler=ResourceChangingScheduler(scheduler or FIFOScheduler(), FreedCPUs(trials))
             if reallocate else scheduler,
             # Reused actors spare each trial a new worker process (importing torch: seconds);

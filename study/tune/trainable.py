@@ -24,6 +24,20 @@ from study.resolution import resolve
 from study.train import Snapshot, conclude, fit, pick_device
 from study.tune.nodes import node_address
 
+# A trial's own seeds in its config, where a level's are split over several trials: a string,
+# since Ray reads a list in a trial's config as more keys.
+SEEDS = "seeds"
+
+
+def own_seeds(config: dict[str, Any], seeds: list[int]) -> list[int]:
+    """The seeds a Ray trial trains: its config's own (``SEEDS``), else the stage's ``seeds``.
+
+    Example:
+        >>> own_seeds({SEEDS: "3,4"}, [3, 4, 5]), own_seeds({}, [3, 4, 5])
+        ([3, 4], [3, 4, 5])
+    """
+    return [int(seed) for seed in config[SEEDS].split(",")] if config.get(SEEDS) else seeds
+
 
 def params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
     """The space's keys of a Ray trial's ``config``."""
@@ -31,12 +45,14 @@ def params(study: Study, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, seeds: list[int]) -> None:
-    """One Ray trial: resolve the chosen parameters, fit ``seeds`` at once with as many threads as
-    the trial has CPUs, write the result files (marked ``stage``). Every epoch's report carries the
-    trial so far as a checkpoint; the trial goes on from the checkpoint with the most epochs saved
-    of the same stage, configuration and seeds (``study.checkpoints``)."""
+    """One Ray trial: resolve the chosen parameters, fit ``seeds`` (or the config's own ``SEEDS``)
+    at once with as many threads as the trial has CPUs, write the result files (marked
+    ``stage``). Every epoch's report carries the trial so far as a checkpoint; the trial goes on
+    from the checkpoint with the most epochs saved of the same stage, configuration and seeds
+    (``study.checkpoints``)."""
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
+    seeds = own_seeds(config, seeds)
     base = Study.model_validate(study)
     chosen = params(base, config)
     resolved = resolve(base, chosen)

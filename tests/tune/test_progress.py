@@ -13,7 +13,8 @@ def test_the_time_left_comes_from_measured_epochs(monkeypatch):
     (the levels' mean where its own is not known) and the tail; a stage after the one before."""
     clock = [0.0]
     monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
-    progress = progress_module.Progress([([None] * 4, 1), (["x", "y"], 2)], done_before=0, epochs=3, slots=2)
+    progress = progress_module.Progress([[(None, 1)] * 4, [("x", 2), ("y", 2)]], done_before=0, epochs=3,
+                                        slots=2)
     assert progress(0) == "[0/6 0s]"  # nothing measured yet: no estimate
     clock[0] = 15.0
     progress.epoch("a", "x", 1, 0, 10.0, since_start=15.0)  # 5 s of start-up, then 10 s an epoch
@@ -48,7 +49,7 @@ def test_a_trial_resumed_from_its_checkpoint_is_measured_by_its_epochs_here(monk
     only the tail the other trial measured."""
     clock = [0.0]
     monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
-    progress = progress_module.Progress([(["x", "y"], 3)], done_before=0, epochs=30, slots=2)
+    progress = progress_module.Progress([[("x", 3), ("y", 3)]], done_before=0, epochs=30, slots=2)
     clock[0] = 100.0
     progress.epoch("a", "x", 3, 29, 90.0, since_start=20_000.0)
     clock[0] = 130.0
@@ -67,8 +68,9 @@ def test_the_time_left_counts_the_cpus_a_finished_trial_hands_on(monkeypatch):
     epochs are not sped up a second time."""
     clock = [0.0]
     monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
-    shared = progress_module.Progress([(["x", "y"], 1)], done_before=0, epochs=3, slots=2, reallocate=True)
-    alone = progress_module.Progress([(["x", "y"], 1)], done_before=0, epochs=3, slots=2)
+    shared = progress_module.Progress([[("x", 1), ("y", 1)]], done_before=0, epochs=3, slots=2,
+                                      reallocate=True)
+    alone = progress_module.Progress([[("x", 1), ("y", 1)]], done_before=0, epochs=3, slots=2)
     clock[0] = 35.0
     for progress in (shared, alone):
         progress.epoch("a", "x", 1, 0, 10.0, since_start=15.0)
