@@ -150,11 +150,10 @@ def notes(study: Study, trials: pd.DataFrame, arms: list[Arm], factor: str,
                      "trials.parquet), so no arm stands for it")
     absent = [str(level) for level in study.space[factor].levels() if not (trials[factor] == level).any()]
     if absent:
-        one = len(absent) == 1
-        lines.append(f"{', '.join(absent)} {'has' if one else 'have'} no network in trials.parquet (the run "
-                     f"has not reached {'it' if one else 'them'}, or stopped before), so no arm stands for "
-                     f"{'it' if one else 'them'}; Holm's family still counts {'it' if one else 'them'}, as "
-                     "not rejected")
+        has, it = ("has", "it") if len(absent) == 1 else ("have", "them")
+        lines.append(f"{', '.join(absent)} {has} no network in trials.parquet (the run has not reached "
+                     f"{it}, or stopped before), so no arm stands for {it}; Holm's family still counts "
+                     f"{it}, as not rejected")
     if any(arm.failed for arm in arms):
         lost = "; ".join(f"{arm.level}: {len(arm.failed)} of {len(arm.failed) + len(arm.networks)} "
                          f"({arm.failed[0]})" for arm in arms if arm.failed)

@@ -59,17 +59,18 @@ def _checkpoints(study_dir: Path) -> list[Path]:
     return sorted((Path(study_dir) / "ray").glob("*/*/checkpoint_*"))
 
 
-def saved(study_dir: Path) -> dict[str, list[str]]:
-    """Every checkpoint under the study's Ray runs, by the identity of its trial, the most epochs
-    first (a checkpoint cut off mid-copy may not load: the next is tried)."""
-    found: dict[str, list[tuple[int, str]]] = {}
+def saved(study_dir: Path, who: str) -> list[str]:
+    """Every checkpoint of trial ``who`` under the study's Ray runs, the most epochs first (a
+    checkpoint cut off mid-copy may not load: the next is tried)."""
+    found: list[tuple[int, str]] = []
     for folder in _checkpoints(study_dir):
         try:
             note = json.loads((folder / NOTE).read_text())
         except (OSError, ValueError):
             continue  # not one of ours, or cut off before its note was written
-        found.setdefault(note["identity"], []).append((note["epochs"], str(folder)))
-    return {who: [path for _, path in sorted(paths, reverse=True)] for who, paths in found.items()}
+        if note["identity"] == who:
+            found.append((note["epochs"], str(folder)))
+    return [path for _, path in sorted(found, reverse=True)]
 
 
 def latest(folders: list[str]) -> Snapshot | None:

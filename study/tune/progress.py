@@ -25,9 +25,9 @@ class Progress:
     ``slots`` that run at once by ``study.plan.schedule``, the plan's own model (with
     ``reallocate``, freed CPUs going to the running trials). ``stages``: each stage's trials in
     order, each as the level of the compared factor it will train (None where the sampler has yet
-    to choose) and its number of seeds. A stage starts when the one before has ended. A resumed study's
-    earlier trials took no time here and count only as done; a trial resumed from its checkpoint
-    is measured by its epochs here, whatever its earlier run took."""
+    to choose) and its number of seeds. A stage starts when the one before has ended. A resumed
+    study's earlier trials took no time here and count only as done; a trial resumed from its
+    checkpoint is measured by its epochs here, whatever its earlier run took."""
 
     def __init__(self, stages: list[list[tuple[str | None, int]]], done_before: int, epochs: int,
                  slots: int, reallocate: bool = False) -> None:

@@ -57,7 +57,7 @@ def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, s
     chosen = params(base, config)
     resolved = resolve(base, chosen)
     who = checkpoints.identity(stage, chosen, seeds)
-    saved = checkpoints.saved(Path(study_dir)).get(who, [])
+    saved = checkpoints.saved(Path(study_dir), who)
     snapshot = checkpoints.latest(saved)
     where = results.ran_on(resolved, node_address())
     # Where this node has no C compiler, AttConv runs as tensor operations: the driver says so.
