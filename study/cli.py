@@ -107,20 +107,22 @@ def run(
             if resume:
                 _same_study(study, space, study_dir)
             typer.echo(_shown(models))
-            if not address:  # a cluster's nodes are not this machine; compiling here waits: projected
-                _print_plan(study, compile_here=False)
-            _run(study, study_dir, address, verbose, resume)
+            reallocate = None  # on a cluster, as the study says: its nodes are not this machine
+            if not address:  # compiling here would wait: projected
+                reallocate = _print_plan(study, compile_here=False)
+            _run(study, study_dir, address, verbose, resume, reallocate)
             _outcome(study, study_dir)
     except UserError as err:
         _fail(err)
 
 
-def _run(study: config.Study, study_dir: Path, address: str | None, verbose: bool, resume: bool) -> None:
+def _run(study: config.Study, study_dir: Path, address: str | None, verbose: bool, resume: bool,
+         reallocate: bool | None) -> None:
     """``tune.run``; a write that failed for want of space is a message with the way on."""
     from study import preflight, tune
 
     try:
-        tune.run(study, study_dir, address=address, verbose=verbose, resume=resume)
+        tune.run(study, study_dir, address=address, verbose=verbose, resume=resume, reallocate=reallocate)
     except UserError:
         raise
     except Exception as err:
@@ -231,11 +233,14 @@ def _shown(table: pd.DataFrame) -> str:
     return table.astype(object).where(table.notna(), "").to_string(index=False)
 
 
-def _print_plan(study: config.Study, compile_here: bool, cpus: int | None = None) -> None:
+def _print_plan(study: config.Study, compile_here: bool, cpus: int | None = None) -> bool:
+    """Prints the plan; returns whether it reallocates the CPUs of finished trials."""
     from study import plan, preflight
 
-    for line in plan.lines(plan.plan(study, cpus or preflight.local_cpus(), compile_here)):
+    planned = plan.plan(study, cpus or preflight.local_cpus(), compile_here)
+    for line in plan.lines(planned):
         typer.echo(line)
+    return planned.reallocates
 
 
 @app.command(name="plan")

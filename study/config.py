@@ -131,7 +131,8 @@ class ResourcesConfig(Section):
     reallocate: bool | Literal["auto"] = Field(
         "auto", description="on one node, once a stage's trials have all started, the CPUs a finished "
                             "trial frees go to the running ones (restarted from their last epoch with "
-                            "more threads); auto: where trials train on CPUs, not GPUs")
+                            "more threads, on a new worker); auto: where trials train on CPUs and the "
+                            "plan's schedule is shorter so than with the workers reused")
     split_seeds: bool | Literal["auto"] = Field(
         "auto", description="where fixed configurations are retrained (the confirmation stage, a "
                             "sequential design's later rounds), a level's seeds are split over as many "

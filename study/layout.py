@@ -47,8 +47,9 @@ class Layout:
         return self.search.sampler != "grid" and self.compare is not None
 
     def reallocates(self, gpu: float) -> bool:
-        """Whether freed CPUs go to the running trials (``resources.reallocate``), given the GPU
-        share each trial has: ``auto`` where the trials train on CPUs."""
+        """Whether freed CPUs may go to the running trials (``resources.reallocate``), given the GPU
+        share each trial has: ``auto`` where the trials train on CPUs (``study.plan`` keeps it
+        only where its schedule is shorter so)."""
         reallocate = self.resources.reallocate
         return gpu == 0 if reallocate == "auto" else reallocate
 

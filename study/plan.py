@@ -6,7 +6,8 @@ threads a trial gets (``resources.cpu``) and its seeds stacked, eager and, where
 would compile, compiled (which also fills the compile cache the trials then read). From those it
 projects each stage's wall time with ``resources.cpu`` per trial and as many trials at once as
 the CPUs allow, in the order the trials start, with the CPUs of finished trials handed to the
-running ones where the study reallocates them (``resources.reallocate``), and how well the trials
+running ones where the study reallocates them (``resources.reallocate``; ``auto`` where that
+saves more time than reusing each finished trial's worker for the next), and how well the trials
 use the CPUs. What it cannot see: other load on the machine, and a cluster's other nodes.
 
 Example:
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,6 +41,10 @@ TIMED_S = 0.5  # a step's timing stops once this has passed (after one timed ste
 PLAN_BYTES = 256 * 2**20  # activations a timed step may hold; a larger step is timed on fewer images, scaled
 EVAL_TIMED = 64  # images whose evaluation is timed; the time per image scales to the splits
 TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dataset (measured here)
+# A trial on the worker a finished trial left (Ray's reused actors, which reallocation rules out):
+# 0.5-1 s between one LeNet-5 trial's end and the next one's first epoch, against 6-7 s for a new
+# worker (2-core Intel Xeon, 2026-12-05).
+REUSED_START_S = 0.5
 STUDY_START_S = 15.0  # the embedded Ray's start and the dataset's cache (measured here)
 # A trial given k times its CPUs trains (1 + SCALING·(k − 1))× as fast, as bench/threads.py measured
 # for two threads (1.6–1.9×); past MAX_SHARE times its CPUs, not measured, no faster.
@@ -203,8 +208,9 @@ class Plan:
     attconv_path: str | None  # how AttConv runs here, where the space has it and trains on the CPU
     reallocates: bool  # the CPUs of finished trials go to the running ones
 
-    def trial_s(self, stage: Stage, arch: Architecture) -> float:
-        """One trial of ``stage`` on ``arch``: start, every epoch's steps and validation, the test."""
+    def trial_s(self, stage: Stage, arch: Architecture, reused: bool = False) -> float:
+        """One trial of ``stage`` on ``arch``: start (on a new worker, or ``reused``: on one a
+        finished trial left), every epoch's steps and validation, the test."""
         study, epochs = self.study, self.study.train.epochs
         per_epoch = stage.steps / epochs
         n_val, n_test = split_sizes(study.data.n_images, study.data.split)[1:]
@@ -216,11 +222,15 @@ class Plan:
             train = arch.warmup_s + stage.steps * compiled
         else:  # auto: the first epoch eager
             train = per_epoch * eager + arch.warmup_s + (stage.steps - per_epoch) * compiled
-        return TRIAL_START_S + train + evaluated * arch.eval_ms / 1000
+        start = REUSED_START_S if reused else TRIAL_START_S
+        return start + train + evaluated * arch.eval_ms / 1000
 
-    def schedule(self, stage: Stage) -> tuple[float, float]:
+    def schedule(self, stage: Stage, reallocate: bool | None = None) -> tuple[float, float]:
         """The stage's wall time and its use of the CPUs (``schedule``): its trials, architectures
-        taking turns, ``slots`` at a time, each waiting trial starting when one ends."""
+        taking turns, ``slots`` at a time, each waiting trial starting when one ends, on the worker
+        of the one that ended unless CPUs are reallocated (``reallocate``; default: as the plan
+        says)."""
+        reallocate = self.reallocates if reallocate is None else reallocate
         archs = self.architectures[stage.name]
         # Each architecture's count of trials by its share, rounded so that they add up.
         exact = [a.share * stage.trials for a in archs]
@@ -228,7 +238,13 @@ class Plan:
         for k in sorted(range(len(archs)), key=lambda k: counts[k] - exact[k])[: stage.trials - sum(counts)]:
             counts[k] += 1
         order = [a for turn in range(max(counts)) for a, n in zip(archs, counts, strict=True) if turn < n]
-        return schedule([self.trial_s(stage, a) for a in order], self.slots, self.reallocates)
+        seconds = [self.trial_s(stage, a, reused=not reallocate and k >= self.slots)
+                   for k, a in enumerate(order)]
+        return schedule(seconds, self.slots, reallocate)
+
+    def wall(self, reallocate: bool | None = None) -> float:
+        """The stages' wall time (``schedule``), the study's start left out."""
+        return sum(self.schedule(stage, reallocate)[0] for stage in self.stages)
 
     def at_once(self) -> int:
         """The most trials that run at once: the slots, or a stage's trials where fewer."""
@@ -310,7 +326,12 @@ def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:
     keys = section_keys(study, "model")
     attention = any(resolve(study, params).model.attention.layers for params in combinations(study, keys))
     path = attconv_cpu.path() if attention and device.type == "cpu" else None
-    return Plan(study, parts, timed, slots, name, path, study.reallocates(gpu))
+    p = Plan(study, parts, timed, slots, name, path, study.reallocates(gpu))
+    if p.reallocates and study.resources.reallocate == "auto":
+        # Moving CPUs restarts a trial on a new worker, and rules out reusing workers: for short
+        # trials (a smoke study, a search of many quick ones) the workers' starts cost more.
+        p = replace(p, reallocates=p.wall(True) < p.wall(False))
+    return p
 
 
 def lines(p: Plan) -> list[str]:
@@ -355,7 +376,7 @@ def lines(p: Plan) -> list[str]:
     walls = sum(wall for wall, _ in schedules.values())
     use = sum(wall * share for wall, share in schedules.values()) / walls if walls else 1.0
     how = "the CPUs of finished trials going to the running ones" if p.reallocates else \
-        "each trial on its own CPUs to its end"
+        "each trial on its own CPUs to its end, the next reusing its worker"
     cpus = p.slots * study.resources.cpu
     out.append(f"use of the {cpus:g} CPU{'s' if cpus != 1 else ''}: {use:.0%} (the trials' "
                f"work over the CPUs' time), {how}")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from study import footprint, loading
+from study import footprint, loading, plan
 from study.cli import app
 from study.models import Stacked, build_network
-from study.plan import schedule, stages
+from study.plan import Architecture, schedule, stages
 
 from .conftest import ROOT, SMOKE
 
@@ -76,7 +76,8 @@ def test_plan_prints_networks_steps_memory_and_time():
                for line in lines)
     assert lines[-3].startswith("checkpoints: about ") and "MiB on disk" in lines[-3]
     assert lines[-2].startswith("estimated time on cpu (1 thread per trial, 2 at once): ")
-    assert lines[-1].startswith("use of the 2 CPUs: ") and "going to the running ones" in lines[-1]
+    # Trials of seconds: a worker reused saves more than a freed CPU handed on.
+    assert lines[-1].startswith("use of the 2 CPUs: ") and "the next reusing its worker" in lines[-1]
     node = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=2",
                                "--set", "train.compile=false", "--cpus", "64"])
     assert node.exit_code == 0 and "1 thread per trial, 64 at once" in node.output
@@ -94,6 +95,29 @@ def test_plan_prints_networks_steps_memory_and_time():
 def test_the_schedule_lays_trials_over_the_cpus_and_hands_freed_ones_on(trials, slots, reallocate, wall, use):
     got_wall, got_use = schedule(trials, slots, reallocate)
     assert got_wall == pytest.approx(wall) and got_use == pytest.approx(use)
+
+
+@pytest.mark.parametrize(("step_ms", "sets", "reallocates"), [
+    (1.0, [], False),  # seconds a trial: a restart on a new worker costs more than the freed CPU gives
+    (1000.0, [], True),  # a minute a trial: AttConv's 32 s left run on both CPUs, 23 s with the restart
+    (1.0, ["resources.reallocate=true"], True),  # as the study says where it says
+    (1000.0, ["resources.reallocate=false"], False),
+])
+def test_auto_reallocates_where_that_saves_more_than_reusing_the_workers(monkeypatch, step_ms, sets,
+                                                                         reallocates):
+    """Two arms on two CPUs, AttConv's step three times LeNet-5's, 16 steps a trial."""
+    def timed(study, seeds, compile_here):
+        return [Architecture(label, 0.5, 1, ms, None, 0.0, 0.0, True, 1.0)
+                for label, ms in (("LeNet-5", step_ms), ("AttConv", 3 * step_ms))]
+
+    monkeypatch.setattr(plan, "architectures", timed)
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=2", *sets])
+    planned = plan.plan(study, cpus=2)
+    assert planned.reallocates is reallocates
+    if not sets:
+        assert planned.wall() == min(planned.wall(True), planned.wall(False))
+    how = "going to the running ones" if reallocates else "the next reusing its worker"
+    assert how in plan.lines(planned)[-1]
 
 
 @pytest.mark.parametrize("layers", ["[]", "[0]"])

@@ -45,12 +45,14 @@ from study.words import counted
 
 
 def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool = False,
-        resume: bool = False) -> None:
+        resume: bool = False, reallocate: bool | None = None) -> None:
     """Run every trial of ``study`` and leave the result files in ``study_dir``; with
     ``verbose``, Ray's own status tables and worker output are shown too. With ``resume``,
     continue an interrupted run there: the trials that finished stay, the ones that were
     running are rerun from their start. What the trials lack is planned from the finished
-    networks' rows, never from Optuna's view of them. The caller holds the folder's lock."""
+    networks' rows, never from Optuna's view of them. ``reallocate``: whether the CPUs of
+    finished trials go to the running ones, as ``study.plan`` decided (default: as the study
+    says); never across the nodes of a cluster. The caller holds the folder's lock."""
     study_dir = Path(study_dir).resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # On Ctrl-C Ray advises `Tuner.restore(...)`; this tool's own resume command is what works.
@@ -90,7 +92,7 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
         print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
               f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)\n"
               f"source: {data.source}", flush=True)
-        _stages(study, study_dir, verbose)
+        _stages(study, study_dir, verbose, reallocate)
     finally:
         controller.removeFilter(failures)
         if started_here:
@@ -106,11 +108,12 @@ class Stages:
     study_dir: Path
     gpu: float
     slots: int  # trials at once
+    reallocate: bool  # the CPUs of finished trials go to the running ones; else workers are reused
     progress: Progress
     verbose: bool
 
 
-def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
+def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | None) -> None:
     """The tuning stage and, where the study selects, the confirmation stage; of an interrupted
     study, the trials it lacks."""
     search = study.search
@@ -128,15 +131,17 @@ def _stages(study: Study, study_dir: Path, verbose: bool) -> None:
     groups = study.seed_groups(study.retrained_seeds(), len(levels), slots, gpu)
     if study.confirms():
         planned.append([(level, len(group)) for level in levels for group in groups])
-    progress = Progress(planned, len(finished), study.train.epochs, slots, reallocates(study, gpu))
-    stages = Stages(study, study_dir, gpu, slots, progress, verbose)
+    reallocate = reallocates(study, gpu, reallocate)
+    progress = Progress(planned, len(finished), study.train.epochs, slots, reallocate)
+    stages = Stages(study, study_dir, gpu, slots, reallocate, progress, verbose)
     where = "the confirmation stage" if study.confirms() else "each later round"
     split = f"; in {where}, a level's seeds split over {len(groups)} trials" if len(groups) > 1 else ""
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
           f"{seeds_in_words(search.seeds)}, "
           f"each configuration one trial training its seeds together{split}; {study.resources.cpu:g} CPU "
-          f"and {gpu:g} GPU per trial" + ("; the CPUs a finished trial frees go to the running ones"
-                                          if reallocates(study, gpu) else ""), flush=True)
+          f"and {gpu:g} GPU per trial; " + ("the CPUs a finished trial frees go to the running ones"
+                                            if reallocate else "a finished trial's worker goes to the next"),
+          flush=True)
     missing = study.n_configurations() - len(configurations_tuned)
     stages.progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
     if missing > 0:
@@ -216,7 +221,7 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
     asha = stage == "tune" and search.scheduler == "asha"  # never the networks that are compared
     scheduler = PerLevelASHA(study.compare_key(), study.train.epochs, search.grace_period,
                              search.reduction_factor) if asha else None
-    reallocate = reallocates(study, gpu)
+    reallocate = stages.reallocate
     # A checkpoint every epoch makes Ray save its experiment state as often, and warn.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}

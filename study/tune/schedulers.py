@@ -88,12 +88,13 @@ def gpu_share(trials: int) -> float:
     return 1 / min(TRIALS_PER_GPU, max(1, trials))
 
 
-def reallocates(study: Study, gpu: float) -> bool:
-    """Whether the CPUs of finished trials go to the running ones: as the study says, and only
-    where all CPUs are on one node, since a trial's CPUs must all be on its node (Ray Tune's
-    even split counts the whole cluster's, and a trial given more than a node has never starts)."""
+def reallocates(study: Study, gpu: float, planned: bool | None = None) -> bool:
+    """Whether the CPUs of finished trials go to the running ones: as ``planned`` (``study.plan``)
+    or else the study says, and only where all CPUs are on one node, since a trial's CPUs must all
+    be on its node (Ray Tune's even split counts the whole cluster's, and a trial given more than
+    a node has never starts)."""
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
-    return study.reallocates(gpu) and len(nodes) == 1
+    return (study.reallocates(gpu) if planned is None else planned) and len(nodes) == 1
 
 
 def largest_node() -> tuple[float, float]:
