@@ -24,12 +24,3 @@ def _data_cache(tmp_path_factory):
     mp.setenv("STUDY_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
-
-
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist, the tests that make network namespaces (fixed names and addresses) or a
-    Slurm (whose job numbers name Ray's folders under /tmp) run one after another on one worker."""
-    for item in items:
-        path = Path(item.path)
-        if path.parent.name == "cluster" or path.name == "test_slurm.py":
-            item.add_marker(pytest.mark.xdist_group("hosts"))

@@ -121,3 +121,14 @@ def test_the_readmes_pandas_example_reads_the_shipped_thesis_results():
     lines = out.stdout.splitlines()
     assert "networks" in lines[0] and "test_bce" in lines[0]
     assert sorted(line.split()[0] for line in lines[2:]) == ["[0]", "[]"]  # one row per arm
+
+
+def test_the_readmes_calibration_figures_are_the_shipped_calibration_results():
+    """Every finished setting's networks, and their mean, as the README's Findings state them."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = readme[readme.index("**Where LeNet-5 stands**"):readme.index("pandas reads the shipped results")]
+    trials = pd.read_parquet(ROOT / "results" / "calibration" / "trials.parquet")
+    for setting, networks in trials.groupby("data"):
+        losses = networks.sort_values("seed")["test_loss"]
+        stated = f"{losses.mean():.3f} ({' and '.join(f'{x:.3f}' for x in losses)})"
+        assert stated in said, (setting, stated)
