@@ -19,6 +19,8 @@ from study.words import configuration, counted
 if TYPE_CHECKING:
     import pandas as pd
 
+    from study.plan import Plan
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter studies of top-down attention in LeNet-style networks.")
 
@@ -109,7 +111,7 @@ def run(
             typer.echo(_shown(models))
             reallocate = None  # on a cluster, as the study says: its nodes are not this machine
             if not address:  # compiling here would wait: projected
-                reallocate = _print_plan(study, compile_here=False)
+                reallocate = _print_plan(study, compile_here=False).reallocates
             _run(study, study_dir, address, verbose, resume, reallocate)
             _outcome(study, study_dir)
     except UserError as err:
@@ -233,14 +235,14 @@ def _shown(table: pd.DataFrame) -> str:
     return table.astype(object).where(table.notna(), "").to_string(index=False)
 
 
-def _print_plan(study: config.Study, compile_here: bool, cpus: int | None = None) -> bool:
-    """Prints the plan; returns whether it reallocates the CPUs of finished trials."""
+def _print_plan(study: config.Study, compile_here: bool, cpus: int | None = None) -> Plan:
+    """Prints the plan, and returns it."""
     from study import plan, preflight
 
     planned = plan.plan(study, cpus or preflight.local_cpus(), compile_here)
     for line in plan.lines(planned):
         typer.echo(line)
-    return planned.reallocates
+    return planned
 
 
 @app.command(name="plan")
