@@ -65,10 +65,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=[label for label, _ in MODELS])
     args = parser.parse_args()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold at first
-    from study.compiled import ShapeSpecialised, use_cache
+    from study.compiled import ShapeSpecialised, start_compiling
 
     torch.set_num_threads(args.threads)
-    use_cache(args.threads)
+    start_compiling(args.threads)
     device = pick_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), {args.threads} thread(s), batch {args.batch} per seed, "

@@ -45,9 +45,16 @@ WARMUP_S = 60.0  # seconds a cold compile of the step and its evaluation costs (
 _USER_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
-def use_cache(threads: int) -> None:
-    """Inductor's caches under ``$STUDY_CACHE/inductor`` (unless TORCHINDUCTOR_CACHE_DIR was
-    set), compiling with ``threads`` workers and without its notes for developers."""
+def start_compiling(threads: int) -> None:
+    """Ready this process to compile a trial's step: inductor's caches under
+    ``$STUDY_CACHE/inductor`` (unless TORCHINDUCTOR_CACHE_DIR was set), compiling with ``threads``
+    workers and without its notes for developers; the compiled code of earlier trials dropped.
+
+    Why drop it: dynamo guards a trial's step on that trial's own optimiser, so on a Ray worker
+    that runs trial after trial (reused workers) each trial added an entry to the same function's
+    cache, and from the ninth on (``recompile_limit``) the step ran eager, with only a warning to
+    say so. The caches on disk stay: the next trial of an architecture still compiles warm."""
+    torch._dynamo.reset()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = _USER_CACHE or str(cache_dir() / "inductor")
     import torch._inductor.config as inductor
 

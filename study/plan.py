@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from study import footprint
-from study.compiled import GAIN, WARMUP_S, ShapeSpecialised, pays, use_cache
+from study.compiled import GAIN, WARMUP_S, ShapeSpecialised, pays, start_compiling
 from study.config import Study
 from study.data.dataset import split_sizes
 from study.footprint import Network, dataset_bytes
@@ -150,7 +150,7 @@ def _timed(network: Network, seeds: int, compile_here: bool) -> Architecture:
         if compiles and not measured:
             compiled_ms, warmup = step_ms * (1 - GAIN), WARMUP_S
         elif compiles:
-            use_cache(torch.get_num_threads())
+            start_compiling(torch.get_num_threads())
             fast = ShapeSpecialised(step)
             start = time.perf_counter()
             fast(next(batches))

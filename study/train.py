@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.compiled import ShapeSpecialised, pays, use_cache
+from study.compiled import ShapeSpecialised, pays, start_compiling
 from study.config import Study
 from study.cuda_graph import Replayed
 from study.data import Dataset, build
@@ -255,7 +255,7 @@ def fit(study: Study, seeds: Sequence[int],
     def prepared(compiled: bool) -> tuple[Callable, Callable]:
         """The step and the evaluation's forward, compiled or not (``study.compiled``)."""
         if compiled:
-            use_cache(torch.get_num_threads())
+            start_compiling(torch.get_num_threads())
         step = ShapeSpecialised(eager, compiled)
         return Replayed(step) if graphed else step, ShapeSpecialised(inference(net), compiled)
 

@@ -218,6 +218,27 @@ def test_the_compiled_step_trains_the_same_networks_as_the_eager_one():
 
 
 @pytest.mark.slow
+def test_every_trial_of_a_process_compiles_its_step(monkeypatch):
+    """A Ray worker reused from trial to trial fits one after another in one process: each trial's
+    step is compiled, also after dynamo's ``recompile_limit`` trials (8, here 2 to be quick;
+    dynamo's own eager backend: what is checked is whether dynamo compiles, not what inductor
+    makes of it)."""
+    import torch._dynamo as dynamo
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **kw, backend="eager"))
+    monkeypatch.setattr(dynamo.config, "recompile_limit", 2)
+    study = loading.load(SMOKE, ["data.n_images=100", "train.epochs=1", "train.compile=true",
+                                 "model.attention.layers=[]"])
+    compiled = []
+    for trial in range(dynamo.config.recompile_limit + 1):
+        dynamo.utils.counters.clear()
+        fit(study, seeds=[trial])
+        compiled.append(dynamo.utils.counters["stats"]["unique_graphs"])
+    assert min(compiled) > 0, compiled
+
+
+@pytest.mark.slow
 def test_auto_leaves_a_short_trial_eager(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("compiled although the warm-up could not pay")
