@@ -5,6 +5,8 @@ the ground floor."""
 
 import ast
 import graphlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,15 @@ def test_a_model_file_holds_no_training_loop():
         source = (PACKAGE.parent / Path(*module.split("."))).with_suffix(".py")
         if source.exists():
             assert ".backward()" not in source.read_text() and ".step()" not in source.read_text(), module
+
+
+def test_a_trials_worker_imports_only_what_training_needs():
+    """A Ray worker imports ``study.tune.trainable`` to start each trial: the driver's modules
+    (Optuna, the statistics, the figures) and torch's compiler (dynamo, for a step that may never
+    compile) would add seconds to every trial's start."""
+    driver_only = ["optuna", "scipy", "statsmodels", "matplotlib", "torch._dynamo", "study.tune.runner",
+                   "study.analysis", "study.stats"]
+    shown = subprocess.run([sys.executable, "-c", "import sys, study.tune.trainable; "
+                            f"print([m for m in {driver_only!r} if m in sys.modules])"],
+                           capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]", shown.stdout

@@ -114,21 +114,8 @@ def job_processes(job: str) -> list[str]:
     return found
 
 
-def test_a_study_runs_through_sbatch_and_leaves_nothing_running(slurm, tmp_path):
-    out = tmp_path / "job.out"
-    job = submit(slurm, out, *SMALL, "--set", "search.seeds=2", "--results", str(tmp_path))
-    log = out.read_text()
-    assert job.returncode == 0, job.stderr + log[-3000:]
-    number = job.stdout.split()[-1]
-    assert f"job {number}: Ray head on" in log and "at 127.0.0.1:" in log and "1 node(s)" in log
-    assert "ray: 1 node(s), 2 CPUs, 0 GPUs" in log
-    # Ray registers the one node on the loopback, not on the machine's own address.
-    assert "Local node IP: 127.0.0.1" in re.sub(r"\x1b\[[0-9;]*m", "", log)
-    check_contract(tmp_path / "smoke", n_trials=2, seeds=2)
-    assert job_processes(number) == []
-
-
-def test_a_cancelled_job_leaves_nothing_and_the_same_submission_resumes_it(slurm, tmp_path):
+def test_a_study_runs_through_sbatch_a_cancelled_job_leaves_nothing_and_the_same_submission_resumes_it(
+        slurm, tmp_path):
     args = [*SMALL, "--set", "search.seeds=2", "--results", str(tmp_path)]
     out = tmp_path / "first.out"
     number = submit(slurm, out, *args, wait=False).stdout.split()[-1]
@@ -136,6 +123,11 @@ def test_a_cancelled_job_leaves_nothing_and_the_same_submission_resumes_it(slurm
     while " done: " not in (out.read_text() if out.exists() else ""):  # one trial finished
         assert time.monotonic() < deadline, out.read_text() if out.exists() else "no output"
         time.sleep(1)
+    log = out.read_text()
+    assert f"job {number}: Ray head on" in log and "at 127.0.0.1:" in log and "1 node(s)" in log
+    assert "ray: 1 node(s), 2 CPUs, 0 GPUs" in log
+    # Ray registers the one node on the loopback, not on the machine's own address.
+    assert "Local node IP: 127.0.0.1" in re.sub(r"\x1b\[[0-9;]*m", "", log)
     subprocess.run(["scancel", number], env=slurm, check=True)
     def queued() -> str:
         return subprocess.run(["squeue", "-h", "-j", number], env=slurm, capture_output=True,
@@ -145,7 +137,7 @@ def test_a_cancelled_job_leaves_nothing_and_the_same_submission_resumes_it(slurm
         assert time.monotonic() < deadline, "the cancelled job did not end"
         time.sleep(1)
     assert job_processes(number) == []
-    again = submit(slurm, tmp_path / "second.out", *args)
+    again = submit(slurm, tmp_path / "second.out", *args)  # runs to its end
     log = (tmp_path / "second.out").read_text()
     assert again.returncode == 0, again.stderr + log[-3000:]
     assert f"resuming {tmp_path / 'smoke'}" in log

@@ -106,10 +106,16 @@ def _library() -> ctypes.CDLL | None:
     return library
 
 
-@torch.compiler.assume_constant_result
 def available() -> bool:
     """Whether the kernel is built (building it if needed): AttConv uses it on CPU float32."""
     return _library() is not None
+
+
+# What ``@torch.compiler.assume_constant_result`` does (a compiled AttConv takes the path chosen
+# when it was traced), without the decorator's import of dynamo: a second of every process's
+# start (each trial's worker) that an eager run never needs. tests/models/test_attconv_cpu.py
+# checks it is the decorator's mark and compiles AttConv with fullgraph=True.
+available._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def taken(device: torch.device) -> str:

@@ -22,7 +22,24 @@ Example:
     >>> from study.tune import run  # run(study, study_dir) trains every trial of a study
 """
 
-from study.tune.runner import run
-from study.tune.search import optuna_space, sampler, searcher, settle_interrupted
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from study.tune.runner import run
+    from study.tune.search import optuna_space, sampler, searcher, settle_interrupted
 
 __all__ = ["optuna_space", "run", "sampler", "searcher", "settle_interrupted"]
+_HOME = {"run": "runner", "optuna_space": "search", "sampler": "search", "searcher": "search",
+         "settle_interrupted": "search"}
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use, not with the package: a Ray worker imports this package to reach
+    # ``trainable``, and the driver's modules (Optuna, scipy, statsmodels) would add about a
+    # second of imports to every trial's start.
+    if name in _HOME:
+        return getattr(importlib.import_module(f"study.tune.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -105,6 +105,13 @@ def test_stacked_seeds_are_each_their_own_network(shared):
                                        atol=max(1e-5, 1e-5 * p.grad.abs().max().item()), msg=name)
 
 
+def test_the_kernels_choice_carries_the_mark_of_torchs_assume_constant_result():
+    """``available`` is marked as the decorator marks a function, without importing dynamo; the
+    compile below fails (a graph break) if the mark stops working."""
+    marked = torch.compiler.assume_constant_result(lambda: None)
+    assert vars(marked) and vars(marked).items() <= vars(attconv_cpu.available).items()
+
+
 @pytest.mark.slow
 def test_compiled_without_a_graph_break_gives_the_same_numbers():
     torch.manual_seed(5)
