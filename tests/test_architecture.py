@@ -1,7 +1,7 @@
 """The architecture's rules (design.md), read from the package's imports: no import cycle,
 training knows nothing of the scheduler, a model file holds no training loop, statistics import
 neither Ray nor training code, data knows no network (nor networks the data), and the schema is
-the ground floor."""
+the ground floor; and, run, a trial's worker imports only what training needs."""
 
 import ast
 import graphlib
