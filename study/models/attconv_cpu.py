@@ -112,9 +112,11 @@ def available() -> bool:
 
 
 # What ``@torch.compiler.assume_constant_result`` does (a compiled AttConv takes the path chosen
-# when it was traced), without the decorator's import of dynamo: a second of every process's
-# start (each trial's worker) that an eager run never needs. tests/models/test_attconv_cpu.py
-# checks it is the decorator's mark and compiles AttConv with fullgraph=True.
+# when it was traced), without the decorator's import of dynamo: a second at the start of every
+# process that imports the models (each trial's worker), which a LeNet-5 trial never needs; an
+# AttConv one loads dynamo at its first forward anyway (torch's custom operators do).
+# tests/models/test_attconv_cpu.py checks it is the decorator's mark and compiles AttConv with
+# fullgraph=True.
 available._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
