@@ -29,11 +29,19 @@ import torch
 from study import footprint
 from study.compiled import GAIN, WARMUP_S, ShapeSpecialised, pays, start_compiling
 from study.config import Study
-from study.data.dataset import split_sizes
+from study.data.dataset import sample, split_sizes
 from study.footprint import Network, dataset_bytes
 from study.models import Stacked, attconv_cpu, build_network, n_params
 from study.resolution import combinations, resolve, section_keys
-from study.train import eval_chunk, inference, make_optimizer, pick_device, snapshot_bytes, training_step
+from study.train import (
+    as_images,
+    eval_chunk,
+    inference,
+    make_optimizer,
+    pick_device,
+    snapshot_bytes,
+    training_step,
+)
 from study.words import counted, duration
 
 TIMED_STEPS = 4  # after two untimed ones
@@ -136,8 +144,9 @@ def _timed(network: Network, seeds: int, compile_here: bool) -> Architecture:
         nets = [build_network(study.model, canvas, channels).to(device) for _ in range(timed_seeds)]
         net = Stacked(nets)
         pool = max(timed_seeds * timed_batch, EVAL_TIMED)
-        images = torch.randint(0, 256, (pool, channels, canvas, canvas), dtype=torch.uint8, device=device)
-        targets = (torch.rand(pool, 10, device=device) < 0.3).to(torch.get_default_dtype())
+        made = sample(study.data, pool)
+        images, pool = as_images(made.images, device), len(made.images)
+        targets = torch.from_numpy(made.targets).to(device, torch.get_default_dtype())
         optimizer = make_optimizer(net.parameters(), study.train)
         step = training_step(net, optimizer, images, targets)
         batches = (torch.randint(pool, (timed_seeds, timed_batch), device=device) for _ in iter(int, 1))

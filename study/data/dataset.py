@@ -104,6 +104,20 @@ def generate(config: DataConfig, digits: source.Digits) -> dict[str, Composites]
     return splits
 
 
+def sample(config: DataConfig, n: int) -> Composites:
+    """About ``n`` (at least ``n``) images made as ``config``'s training split is, not cached:
+    what a training step is timed on, since its time depends on the images (AttConv's CPU
+    kernel leaves windows of zeros out).
+
+    Example:
+        >>> from study.sections import DataConfig
+        >>> len(sample(DataConfig(source="embedded", n_images=86_000), 64).images) >= 64
+        True
+    """
+    wanted = max(n, 1) / config.split[0]
+    return generate(config.model_copy(update={"n_images": int(wanted) + 3}), source.load(config))["train"]
+
+
 def build(config: DataConfig, use_cache: bool = True) -> Dataset:
     """The dataset for ``config``: loaded from the cache when there, else generated and cached."""
     start = time.perf_counter()

@@ -35,8 +35,10 @@ so no operand is copied to be transposed. Windows, per-pixel sums and maxima com
 
 On the CPU in float32, ``forward`` runs the same equations as one compiled C kernel per image
 (``study.models.attconv_cpu``), which keeps an image's windows in cache through every iteration
-instead of streaming the batch's through memory at each step; ``steps`` (the shares and
-predictions, for figures) and every other device and dtype use the tensor operations below.
+instead of streaming the batch's through memory at each step, and leaves out the windows whose
+pixels are all 0 where the input's gradient is not wanted (their output is their bias); ``steps``
+(the shares and predictions, for figures) and every other device and dtype use the tensor
+operations below.
 """
 
 from __future__ import annotations

@@ -8,7 +8,17 @@
 
    Layout, per image: x is C×H×W; the windows X are C×k×k×L with L = h·w windows (row-major),
    entry (c, i, j, r, q) being pixel (c, r·s + i, q·s + j); the shares a are k×k×L; the weights
-   are (C·k²)×O as the module holds them; the output is O×L. Inside, rows of L are padded (Lp).
+   are (C·k²)×O as the module holds them; the output is O×L. Inside, an image's windows are
+   packed into lanes (Windows, below) and each plane of lanes is padded (to at most Lp).
+
+   Windows whose pixels are all 0 (about 60 % of them on composite digits at conv1) are left
+   out where that changes nothing: such a window's output is its bias at every iteration, its
+   shares meet only zeros, and every gradient through it is 0, except the bias's, which is added
+   apart. The windows an image runs over are, per row of windows, the span from its first window
+   holding a pixel other than 0 to its last: every window covering a pixel other than 0 is in
+   it, so each such pixel's softmax sees all its windows, as in the dense computation. Kept: all
+   windows where the input's gradient is wanted (it reaches the zeros too), and wherever a term
+   left out might not be an exact 0 (see BOUND).
 
    The backward recomputes the forward of each image, keeping every iteration's shares and
    outputs (T·(k²+O)·L floats), then runs the iterations in reverse; the forward alone keeps two
@@ -26,6 +36,7 @@
    torch's own threads waiting for their next parallel region. Built by
    study/models/attconv_cpu.py with the machine's C compiler; float32, contiguous. */
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +93,14 @@ typedef struct {
     int h, w, K, L, CK, Lp, Op;
 } Shape;
 
+/* The windows one image runs over: of each row of windows r, `count[r]` from `first[r]` on
+   (none: count 0), in lanes lane[r]..; the rows with any, `kept[0..n)`; L lanes in all, padded
+   to Lp. All windows: every row whole, row r in lanes r·w.. as the output holds them. */
+typedef struct {
+    int n, L, Lp;
+    int *first, *count, *lane, *kept;
+} Windows;
+
 static int round_up(int n, int to) { return (n + to - 1) / to * to; }
 
 static Shape shape_of(const int *dims) {
@@ -97,22 +116,28 @@ static Shape shape_of(const int *dims) {
     return g;
 }
 
-/* Zeroes the padding of `rows` padded rows (of Lp floats) from `first` on, and every row from
-   `valid` to `rows` whole: after a step that may have computed something there. */
-static void clear_padding(const Shape *g, float *first, int valid, int rows) {
+/* Zeroes the padding of `rows` planes of lanes (Lp floats apart) from `first` on, lanes L..Lp of
+   the window's, and lanes 0..Lp of every plane from `valid` to `rows`: after a step that may
+   have computed something there. */
+static void clear_padding(const Shape *g, const Windows *win, float *first, int valid, int rows) {
     for (int row = 0; row < valid; row++)
-        memset(first + (size_t)row * g->Lp + g->L, 0, (size_t)(g->Lp - g->L) * sizeof(float));
-    memset(first + (size_t)valid * g->Lp, 0, (size_t)(rows - valid) * g->Lp * sizeof(float));
+        memset(first + (size_t)row * g->Lp + win->L, 0, (size_t)(win->Lp - win->L) * sizeof(float));
+    for (int row = valid; row < rows; row++)
+        memset(first + (size_t)row * g->Lp, 0, (size_t)win->Lp * sizeof(float));
 }
 
-/* Loops over the valid entries of the k² planes of window entries (k×k×Lp), a row of windows
-   at a time: `entry` indexes the plane, `pixel` the image pixel of its first entry; entries of
-   the row q = 0..w−1 lie at entry + q and cover pixel + q·s, s being the stride in scope. */
-#define FOR_WINDOW_ROWS(g, entry, pixel)                                                   \
-    for (int i_ = 0; i_ < (g)->k; i_++)                                                    \
-        for (int j_ = 0; j_ < (g)->k; j_++)                                                \
-            for (int r_ = 0, entry = (i_ * (g)->k + j_) * (g)->Lp, pixel = i_ * (g)->W + j_; \
-                 r_ < (g)->h; r_++, entry += (g)->w, pixel += s * (g)->W)
+/* Loops over the entries of the k² planes of window entries (k×k×Lp) the image runs over, a row
+   of windows at a time: `entry` indexes the plane, `pixel` the image pixel of its first entry;
+   the row's `width` entries lie at entry + q and cover pixel + q·s, s being the stride in scope. */
+#define FOR_WINDOW_ROWS(g, win, entry, pixel, width)                                        \
+    for (int i_ = 0; i_ < (g)->k; i_++)                                                     \
+        for (int j_ = 0; j_ < (g)->k; j_++)                                                 \
+            for (int m_ = 0, r_ = 0, entry = 0, pixel = 0, width = 0;                       \
+                 m_ < (win)->n &&                                                           \
+                 (r_ = (win)->kept[m_], entry = (i_ * (g)->k + j_) * (g)->Lp + (win)->lane[r_], \
+                  pixel = (r_ * s + i_) * (g)->W + (win)->first[r_] * s + j_,                \
+                  width = (win)->count[r_], 1);                                             \
+                 m_++)
 
 /* Runs the code given with the stride in `s`, a constant where it is 1 (every network here), so the
    compiler reads a row's pixels with contiguous vector loads rather than element by element. */
@@ -127,28 +152,61 @@ static void clear_padding(const Shape *g, float *first, int valid, int rows) {
         }                                 \
     } while (0)
 
-/* The windows of one image: X[c][i][j][r·w + q] = x[c][r·s + i][q·s + j]. */
-static void cut(const Shape *g, const float *x, float *X) {
+/* Every window, or (unless `all`) the span of each row of windows from its first window holding
+   a pixel other than 0 to its last; `columns`: W ints. */
+static void choose_windows(const Shape *g, const float *x, int all, int *columns, Windows *win) {
+    win->n = win->L = 0;
+    for (int r = 0; r < g->h; r++) {
+        int first = 0, last = all ? g->w - 1 : -1;
+        if (!all) {
+            /* Which columns of the window row's k image rows hold a pixel other than 0, then
+               which windows cover one. */
+            for (int col = 0; col < g->W; col++) columns[col] = 0;
+            for (int c = 0; c < g->C; c++)
+                for (int i = 0; i < g->k; i++) {
+                    const float *line = x + ((size_t)c * g->H + (size_t)r * g->s + i) * g->W;
+                    for (int col = 0; col < g->W; col++) columns[col] |= line[col] != 0.0f;
+                }
+            for (int q = 0; q < g->w; q++) {
+                int any = 0;
+                for (int j = 0; j < g->k; j++) any |= columns[q * g->s + j];
+                if (any) {
+                    if (last < 0) first = q;
+                    last = q;
+                }
+            }
+        }
+        win->first[r] = first, win->count[r] = last + 1 - first, win->lane[r] = win->L;
+        if (win->count[r] > 0) win->kept[win->n++] = r;
+        win->L += win->count[r];
+    }
+    win->Lp = round_up(win->L, LB);
+}
+
+/* The windows of one image: X[c][i][j][lane] = x[c][r·s + i][q·s + j] for window (r, q). */
+static void cut(const Shape *g, const Windows *win, const float *x, float *X) {
     for (int c = 0; c < g->C; c++) {
         const float *xc = x + (size_t)c * g->H * g->W;
         float *Xc = X + (size_t)c * g->K * g->Lp;
-        WITH_STRIDE(g, FOR_WINDOW_ROWS(g, e, p) for (int q = 0; q < g->w; q++) Xc[e + q] = xc[p + q * s]);
+        WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, e, p, n) for (int q = 0; q < n; q++) Xc[e + q] = xc[p + q * s]);
     }
+    clear_padding(g, win, X, g->CK, g->CK);
 }
 
 /* pixels[p] += every window entry of planes (k×k×Lp) that covers pixel p. */
-static void pixel_sums(const Shape *g, const float *planes, float *pixels) {
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, e, p) for (int q = 0; q < g->w; q++) pixels[p + q * s] += planes[e + q]);
+static void pixel_sums(const Shape *g, const Windows *win, const float *planes, float *pixels) {
+    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, e, p, n) for (int q = 0; q < n; q++)
+        pixels[p + q * s] += planes[e + q]);
 }
 
 /* a = N(a): every window entry times the reciprocal of its pixel's sum. pixels: H·W floats. A
    pixel no window covers is never read. */
-static void normalise(const Shape *g, float *a, float *pixels) {
+static void normalise(const Shape *g, const Windows *win, float *a, float *pixels) {
     int HW = g->H * g->W;
     memset(pixels, 0, HW * sizeof(float));
-    pixel_sums(g, a, pixels);
+    pixel_sums(g, win, a, pixels);
     for (int p = 0; p < HW; p++) pixels[p] = 1.0f / pixels[p];
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, e, p) for (int q = 0; q < g->w; q++) a[e + q] *= pixels[p + q * s]);
+    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, e, p, n) for (int q = 0; q < n; q++) a[e + q] *= pixels[p + q * s]);
 }
 
 /* a = N(exp(e − shift)), the shift each pixel's largest e: it cancels in N and leaves every
@@ -157,27 +215,29 @@ static void normalise(const Shape *g, float *a, float *pixels) {
    planes in vectors (a row of windows at a time, fused with the shift and the sums, measured
    slower: a row is 44 windows at conv1, not a multiple of LB), then the padding is cleared.
    pixels: H·W floats. */
-static void softmax(const Shape *shape, const float *e, float *a, float *pixels) {
+static void softmax(const Shape *shape, const Windows *win, const float *e, float *a, float *pixels) {
     const Shape local = *shape, *g = &local; /* see `vec` */
     int HW = g->H * g->W;
     for (int p = 0; p < HW; p++) pixels[p] = -INFINITY;
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++) {
+    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++) {
         float *d = pixels + p + q * s, v = e[n + q];
         *d = v > *d || v != v ? v : *d;
     });
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++) a[n + q] = e[n + q] - pixels[p + q * s]);
-    for (int n = 0; n < g->K * g->Lp; n += LB) store(a + n, exp_nonpositive(load(a + n)));
-    clear_padding(g, a, g->K, g->K);
-    normalise(g, a, pixels);
+    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
+        a[n + q] = e[n + q] - pixels[p + q * s]);
+    for (int ij = 0; ij < g->K; ij++)
+        for (int n = ij * g->Lp; n < ij * g->Lp + win->Lp; n += LB) store(a + n, exp_nonpositive(load(a + n)));
+    clear_padding(g, win, a, g->K, g->K);
+    normalise(g, win, a, pixels);
 }
 
 /* y = Wᵀ (X ⊙ a) + b (Op×Lp), then the ReLU if asked (NaN passes, as in torch): the bottom-up
    product, and in the backward the top-down product's gradient with respect to y. The padded
    outputs and lanes are cleared: a NaN or infinity in X would otherwise put 0·∞ there. */
-static void product(const Shape *shape, const float *X, const float *a, const float *w,
+static void product(const Shape *shape, const Windows *win, const float *X, const float *a, const float *w,
                     const float *bias, float *y, int relu) {
     const Shape local = *shape, *g = &local; /* see `vec` */
-    for (int l0 = 0; l0 < g->Lp; l0 += LB)
+    for (int l0 = 0; l0 < win->Lp; l0 += LB)
         for (int o0 = 0; o0 < g->Op; o0 += OB) {
             vec acc[OB];
             for (int o = 0; o < OB; o++) acc[o] = (vec){0} + bias[o0 + o];
@@ -189,20 +249,21 @@ static void product(const Shape *shape, const float *X, const float *a, const fl
             for (int o = 0; o < OB; o++) store(y + (size_t)(o0 + o) * g->Lp + l0, acc[o]);
         }
     if (relu)
-        for (size_t n = 0; n < (size_t)g->O * g->Lp; n++) y[n] = y[n] < 0.0f ? 0.0f : y[n];
-    clear_padding(g, y, g->O, g->Op);
+        for (int o = 0; o < g->O; o++)
+            for (float *n = y + (size_t)o * g->Lp, *end = n + win->Lp; n < end; n++) *n = *n < 0.0f ? 0.0f : *n;
+    clear_padding(g, win, y, g->O, g->Op);
 }
 
 /* sums[ck][o] += X[ck] ⊙ a[ij] · rows[o] over the windows, in LB lanes (CK×Op×LB): the weight
    gradient of a product, with OB accumulators in registers through a whole row. */
-static void weight_sums(const Shape *shape, const float *X, const float *a, const float *rows,
-                        float *sums) {
+static void weight_sums(const Shape *shape, const Windows *win, const float *X, const float *a,
+                        const float *rows, float *sums) {
     const Shape local = *shape, *g = &local; /* see `vec` */
     for (int ck = 0; ck < g->CK; ck++) {
         const float *Xr = X + (size_t)ck * g->Lp, *ar = a + (ck % g->K) * g->Lp;
         for (int o0 = 0; o0 < g->Op; o0 += OB) {
             vec acc[OB] = {{0}};
-            for (int l0 = 0; l0 < g->Lp; l0 += LB) {
+            for (int l0 = 0; l0 < win->Lp; l0 += LB) {
                 vec xa = load(Xr + l0) * load(ar + l0);
                 for (int o = 0; o < OB; o++) acc[o] += xa * load(rows + (size_t)(o0 + o) * g->Lp + l0);
             }
@@ -232,11 +293,12 @@ static inline vec predict(const Shape *g, int ck, int l0, const float *wtd, cons
 /* e = Σ_c x̂ ⊙ X / √C (k²×Lp), for `Op` outputs. Where Op is a constant (OB or 2·OB, the
    networks here), a block of windows' outputs is loaded into registers once and serves all C·k²
    predictions; otherwise each prediction loads them again. */
-static inline __attribute__((always_inline)) void agreement_of(const Shape *g, const int Op, const float *X,
-                                                               const float *wtd, const float *y, float *e) {
+static inline __attribute__((always_inline)) void agreement_of(const Shape *g, const Windows *win, const int Op,
+                                                               const float *X, const float *wtd, const float *y,
+                                                               float *e) {
     float scale = 1.0f / sqrtf((float)g->C);
-    memset(e, 0, (size_t)g->K * g->Lp * sizeof(float));
-    for (int l0 = 0; l0 < g->Lp; l0 += LB) {
+    for (int ij = 0; ij < g->K; ij++) memset(e + (size_t)ij * g->Lp, 0, (size_t)win->Lp * sizeof(float));
+    for (int l0 = 0; l0 < win->Lp; l0 += LB) {
         vec yv[2 * OB];
         if (Op <= 2 * OB)
             for (int o = 0; o < Op; o++) yv[o] = load(y + (size_t)o * g->Lp + l0);
@@ -259,23 +321,27 @@ static inline __attribute__((always_inline)) void agreement_of(const Shape *g, c
     }
 }
 
-static void agreement(const Shape *shape, const float *X, const float *wtd, const float *y, float *e) {
+static void agreement(const Shape *shape, const Windows *win, const float *X, const float *wtd, const float *y,
+                      float *e) {
     const Shape local = *shape, *g = &local; /* see `vec` */
     if (g->Op == OB)
-        agreement_of(g, OB, X, wtd, y, e);
+        agreement_of(g, win, OB, X, wtd, y, e);
     else if (g->Op == 2 * OB)
-        agreement_of(g, 2 * OB, X, wtd, y, e);
+        agreement_of(g, win, 2 * OB, X, wtd, y, e);
     else
-        agreement_of(g, g->Op, X, wtd, y, e);
+        agreement_of(g, win, g->Op, X, wtd, y, e);
 }
 
-/* One task's scratch: the group's weights padded to Op, N(1), the windows, the shares and outputs
-   of every iteration (`kept`, for the backward) or of the two the forward needs at a time, e, a
-   pixel plane; and the backward's own. */
+/* One task's scratch: the group's weights padded to Op, N(1) per pixel, the windows, the shares
+   and outputs of every iteration (`kept`, for the backward) or of the two the forward needs at a
+   time, e, a pixel plane, the windows an image runs over; and the backward's own. */
 typedef struct {
     float *wbu, *wtd, *bias, *a0, *X, *a, *y, *e, *pixels;
     float *sum_bu, *sum_td, *sum_b, *gX, *gz, *gy, *zeros;
-    int kept;
+    Windows win;
+    int *columns;
+    float reach_bu, reach_td, bias_max; /* see BOUND */
+    int kept, finite;                   /* finite: every weight and bias is */
 } Scratch;
 
 /* The one description of the scratch: carves it out of `base`, or only counts it when `base` is
@@ -285,9 +351,12 @@ static size_t carve(const Shape *g, int backward, float *base, Scratch *sc) {
     size_t WO = (size_t)g->CK * g->Op, HW = (size_t)g->H * g->W, CKL = (size_t)g->CK * g->Lp;
     int shares = backward ? g->T : (g->T > 1 ? 2 : 1), outputs = backward ? g->T : 1;
 #define TAKE(piece, floats) \
-    (sc->piece = base ? base + used : NULL, used += ((size_t)(floats) + LB - 1) / LB * LB)
-    TAKE(wbu, WO), TAKE(wtd, WO), TAKE(bias, g->Op), TAKE(a0, KL), TAKE(X, CKL);
+    (sc->piece = base ? (void *)(base + used) : NULL, used += ((size_t)(floats) + LB - 1) / LB * LB)
+    TAKE(wbu, WO), TAKE(wtd, WO), TAKE(bias, g->Op), TAKE(a0, HW), TAKE(X, CKL);
     TAKE(a, KL * shares), TAKE(y, OL * outputs), TAKE(e, KL), TAKE(pixels, HW);
+    /* ints, as many as floats */
+    TAKE(win.first, g->h), TAKE(win.count, g->h), TAKE(win.lane, g->h), TAKE(win.kept, g->h);
+    TAKE(columns, g->W);
     if (backward) {
         /* The weight gradients are summed in vectors of LB lanes, added across lanes at the end. */
         TAKE(sum_bu, WO * LB), TAKE(sum_td, WO * LB), TAKE(sum_b, (size_t)g->Op * LB);
@@ -306,18 +375,70 @@ static float *output_at(const Shape *g, const Scratch *sc, int t) {
     return sc->y + (size_t)(sc->kept ? t : 0) * g->Op * g->Lp;
 }
 
-/* Runs the T iterations of image x. The first shares, N(1), are the same for every image:
-   copied from a0. */
-static void image_forward(const Shape *g, const float *x, const Scratch *sc) {
-    cut(g, x, sc->X);
-    memcpy(sc->a, sc->a0, (size_t)g->K * g->Lp * sizeof(float));
-    for (int t = 0; t < g->T; t++) {
-        product(g, sc->X, shares_at(g, sc, t), sc->wbu, sc->bias, output_at(g, sc, t), g->relu);
-        if (t == g->T - 1) break;
-        agreement(g, sc->X, sc->wtd, output_at(g, sc, t), sc->e);
-        float *next = shares_at(g, sc, t + 1);
-        softmax(g, sc->e, next, sc->pixels);
+/* Whether all n floats are finite. */
+static int all_finite(const float *v, size_t n) {
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) bad |= !(fabsf(v[i]) <= FLT_MAX);
+    return !bad;
+}
+
+/* The largest magnitude among the first `lanes` floats (a multiple of LB) of `planes` planes Lp
+   apart; NaN if one is NaN. */
+static float largest(const Shape *g, const float *v, int planes, int lanes) {
+    vec most = {0};
+    for (int plane = 0; plane < planes; plane++)
+        for (int l0 = 0; l0 < lanes; l0 += LB) {
+            vec a = (vec)((ivec)load(v + (size_t)plane * g->Lp + l0) & 0x7fffffff);
+            most = choose((a > most) | (a != a), a, most);
+        }
+    float m = 0.0f;
+    for (int l = 0; l < LB; l++) m = most[l] > m || most[l] != most[l] ? most[l] : m;
+    return m;
+}
+
+/* The largest Σ_o |w[ck][o]| (weights padded to Op): an entry of a product by w is at most this
+   times the largest entry it multiplies. */
+static float reach(const Shape *g, const float *w) {
+    float most = 0.0f;
+    for (int ck = 0; ck < g->CK; ck++) {
+        float sum = 0.0f;
+        for (int o = 0; o < g->O; o++) sum += fabsf(w[(size_t)ck * g->Op + o]);
+        most = sum > most ? sum : most;
     }
+    return most;
+}
+
+/* Leaving a window of zeros out is exact while every term the dense computation would give it is
+   an exact 0: its prediction x̂ = W_td y (y its bias) and its attended input's gradient W_bu gy
+   must be finite where they meet the zeros. Each is bounded by reach(W)·max|entries| below
+   BOUND (< FLT_MAX, with room for rounding); where a bound fails the image (in the backward, the
+   task) runs again over all windows, so NaN and infinity reach exactly what they reach in the
+   tensor operations. Non-finite weights, inputs or output gradients take all windows at once. */
+#define BOUND 1e38f
+
+/* Runs the T iterations of image x over its windows with a pixel other than 0, or over all of
+   them when `all` (or a weight, or the image, is not finite). Returns 1, having stopped, where a
+   bound fails (see BOUND): the image is then run again with `all`. The first shares, N(1), are 1
+   over the number of windows covering each pixel, as with all windows. */
+static int image_forward(const Shape *g, const float *x, Scratch *sc, int all) {
+    all = all || !sc->finite || !all_finite(x, (size_t)g->C * g->H * g->W);
+    choose_windows(g, x, all, sc->columns, &sc->win);
+    const Windows *win = &sc->win;
+    int leaves_out = win->L < g->L;
+    cut(g, win, x, sc->X);
+    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
+        sc->a[n + q] = sc->a0[p + q * s]);
+    clear_padding(g, win, sc->a, g->K, g->K);
+    for (int t = 0; t < g->T; t++) {
+        float *y = output_at(g, sc, t);
+        product(g, win, sc->X, shares_at(g, sc, t), sc->wbu, sc->bias, y, g->relu);
+        if (t == g->T - 1) break;
+        if (leaves_out && !(fmaxf(largest(g, y, g->O, win->Lp), sc->bias_max) * sc->reach_td < BOUND))
+            return 1;
+        agreement(g, win, sc->X, sc->wtd, y, sc->e);
+        softmax(g, win, sc->e, shares_at(g, sc, t + 1), sc->pixels);
+    }
+    return 0;
 }
 
 /* A task's scratch, zeroed, with its group's weights padded and N(1) in place; NULL when memory
@@ -334,8 +455,15 @@ static float *prepare(const Shape *g, int backward, const float *wbu, const floa
             sc->wtd[(size_t)ck * g->Op + o] = wtd[(size_t)ck * g->O + o];
         }
     memcpy(sc->bias, bias, g->O * sizeof(float));
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++) sc->a0[n + q] = 1.0f);
-    normalise(g, sc->a0, sc->pixels);
+    sc->finite = all_finite(sc->wbu, (size_t)g->CK * g->Op) && all_finite(sc->wtd, (size_t)g->CK * g->Op)
+                 && all_finite(sc->bias, g->O);
+    sc->reach_bu = reach(g, sc->wbu), sc->reach_td = reach(g, sc->wtd), sc->bias_max = 0.0f;
+    for (int o = 0; o < g->O; o++) sc->bias_max = fmaxf(sc->bias_max, fabsf(sc->bias[o]));
+    for (int i = 0; i < g->k; i++) /* how many windows cover each pixel */
+        for (int j = 0; j < g->k; j++)
+            for (int r = 0; r < g->h; r++)
+                for (int q = 0; q < g->w; q++) sc->a0[(r * g->s + i) * g->W + q * g->s + j] += 1.0f;
+    for (int p = 0; p < g->H * g->W; p++) sc->a0[p] = 1.0f / sc->a0[p];
     return block;
 }
 
@@ -374,38 +502,66 @@ int attconv_forward(const int *dims, int groups, int images, int parts, int thre
         const float *last = output_at(&g, &sc, g.T - 1);
         for (int b = first; b < end; b++) {
             size_t image = (size_t)group * images + b;
-            image_forward(&g, x + image * g.C * HW, &sc);
-            for (int o = 0; o < g.O; o++)
-                memcpy(out + (image * g.O + o) * g.L, last + (size_t)o * g.Lp, g.L * sizeof(float));
+            const float *xb = x + image * g.C * HW;
+            if (image_forward(&g, xb, &sc, 0)) image_forward(&g, xb, &sc, 1);
+            /* A window left out has its bias (through the ReLU, if inside) for output. */
+            for (int o = 0; o < g.O; o++) {
+                float *row = out + (image * g.O + o) * g.L;
+                float left_out = g.relu && sc.bias[o] < 0.0f ? 0.0f : sc.bias[o];
+                if (sc.win.L < g.L)
+                    for (int l = 0; l < g.L; l++) row[l] = left_out;
+                for (int m = 0; m < sc.win.n; m++) {
+                    int r = sc.win.kept[m];
+                    memcpy(row + r * g.w + sc.win.first[r], last + (size_t)o * g.Lp + sc.win.lane[r],
+                           sc.win.count[r] * sizeof(float));
+                }
+            }
         }
         free(block);
     }
     return failed;
 }
 
-/* The backward of one image, its forward already run into s: adds its weight gradients to
-   s's sums and, unless gx is NULL, writes the input's gradient (C×H×W). */
-static void image_backward(const Shape *shape, const Scratch *sc, const float *gout, float *gx) {
+/* The backward of one image, its forward already run into sc: adds its weight gradients to
+   sc's sums and, unless gx is NULL, writes the input's gradient (C×H×W). Returns 1, having
+   stopped part-way, where a bound fails for windows left out (see BOUND). */
+static int image_backward(const Shape *shape, const Scratch *sc, const float *gout, float *gx) {
     const Shape local = *shape, *g = &local; /* see `vec` */
-    int K = g->K, Lp = g->Lp, Op = g->Op;
-    size_t KL = (size_t)K * Lp, OL = (size_t)Op * Lp, HW = (size_t)g->H * g->W;
+    const Windows *win = &sc->win;
+    int K = g->K, Lp = g->Lp, leaves_out = win->L < g->L;
+    size_t KL = (size_t)K * Lp, OL = (size_t)g->Op * Lp, HW = (size_t)g->H * g->W;
     float scale = 1.0f / sqrtf((float)g->C), *gz = sc->gz, *gy = sc->gy, *ga = sc->e, *gX = sc->gX;
+    /* The output's gradient, of the windows run over into lanes; the rest reaches the bias only,
+       through the last iteration's ReLU (if inside), where their output is the bias. */
+    float gout_max = 0.0f;
     memset(gz, 0, OL * sizeof(float));
-    for (int o = 0; o < g->O; o++) memcpy(gz + (size_t)o * Lp, gout + (size_t)o * g->L, g->L * sizeof(float));
+    for (int o = 0; o < g->O; o++) {
+        const float *row = gout + (size_t)o * g->L;
+        float left_out = 0.0f;
+        for (int r = 0; r < g->h; r++) {
+            for (int q = 0; q < win->first[r]; q++) left_out += row[r * g->w + q];
+            for (int q = win->first[r] + win->count[r]; q < g->w; q++) left_out += row[r * g->w + q];
+            memcpy(gz + (size_t)o * Lp + win->lane[r], row + r * g->w + win->first[r],
+                   win->count[r] * sizeof(float));
+        }
+        sc->sum_b[o * LB] += g->relu && sc->bias[o] <= 0.0f ? 0.0f : left_out;
+        for (int l = 0; l < g->L && leaves_out; l++) gout_max = fmaxf(gout_max, fabsf(row[l]));
+    }
     memset(gX, 0, (size_t)g->CK * Lp * sizeof(float));
     for (int t = g->T - 1; t >= 0; t--) {
         const float *at = shares_at(g, sc, t), *yt = output_at(g, sc, t);
         /* Through the ReLU (y > 0 exactly where it passed) to the bottom-up product. */
         for (size_t n = 0; n < OL; n++) gy[n] = g->relu && yt[n] <= 0.0f ? 0.0f : gz[n];
-        for (int o = 0; o < Op; o++) {
+        if (leaves_out && !(fmaxf(largest(g, gy, g->O, win->Lp), gout_max) * sc->reach_bu < BOUND)) return 1;
+        for (int o = 0; o < g->Op; o++) {
             vec acc = {0};
-            for (int l0 = 0; l0 < Lp; l0 += LB) acc += load(gy + (size_t)o * Lp + l0);
+            for (int l0 = 0; l0 < win->Lp; l0 += LB) acc += load(gy + (size_t)o * Lp + l0);
             store(sc->sum_b + o * LB, load(sc->sum_b + o * LB) + acc);
         }
-        weight_sums(g, sc->X, at, gy, sc->sum_bu);
+        weight_sums(g, win, sc->X, at, gy, sc->sum_bu);
         /* The attended input's gradient, W_bu gy, into the shares' and the windows'. */
-        memset(ga, 0, KL * sizeof(float));
-        for (int l0 = 0; l0 < Lp; l0 += LB)
+        for (int ij = 0; ij < K; ij++) memset(ga + (size_t)ij * Lp, 0, (size_t)win->Lp * sizeof(float));
+        for (int l0 = 0; l0 < win->Lp; l0 += LB)
             for (int ck = 0; ck < g->CK; ck++) {
                 float *gar = ga + (ck % K) * Lp + l0, *gXr = gX + (size_t)ck * Lp + l0;
                 vec gxa = predict(g, ck, l0, sc->wbu, gy);
@@ -415,31 +571,33 @@ static void image_backward(const Shape *shape, const Scratch *sc, const float *g
         if (t == 0) break; /* N(1) depends on nothing */
         /* Through the softmax of each pixel's windows, ge = a ⊙ (ga − Σ_pixel a ⊙ ga), and
            the 1/√C of e; ge overwrites ga. */
-        for (size_t n = 0; n < KL; n++) ga[n] *= at[n];
+        for (int ij = 0; ij < K; ij++)
+            for (int n = ij * Lp; n < ij * Lp + win->Lp; n++) ga[n] *= at[n];
         memset(sc->pixels, 0, HW * sizeof(float));
-        pixel_sums(g, ga, sc->pixels);
-        WITH_STRIDE(g, FOR_WINDOW_ROWS(g, n, p) for (int q = 0; q < g->w; q++)
+        pixel_sums(g, win, ga, sc->pixels);
+        WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
             ga[n + q] = scale * (ga[n + q] - at[n + q] * sc->pixels[p + q * s]));
-        clear_padding(g, ga, K, K);
+        clear_padding(g, win, ga, K, K);
         /* ... then through e = Σ_c x̂ ⊙ X and x̂ = W_td y of the iteration before. */
         const float *yp = output_at(g, sc, t - 1);
-        weight_sums(g, sc->X, ga, yp, sc->sum_td);
-        product(g, sc->X, ga, sc->wtd, sc->zeros, gz, 0);
+        weight_sums(g, win, sc->X, ga, yp, sc->sum_td);
+        product(g, win, sc->X, ga, sc->wtd, sc->zeros, gz, 0);
         if (gx)
-            for (int l0 = 0; l0 < Lp; l0 += LB)
+            for (int l0 = 0; l0 < win->Lp; l0 += LB)
                 for (int ck = 0; ck < g->CK; ck++) {
                     float *gXr = gX + (size_t)ck * Lp + l0;
                     store(gXr, load(gXr) + load(ga + (ck % K) * Lp + l0) * predict(g, ck, l0, sc->wtd, yp));
                 }
     }
-    if (gx) {
+    if (gx) { /* all windows: the input's gradient reaches its zeros too */
         memset(gx, 0, g->C * HW * sizeof(float));
-        for (int c = 0; c < g->C; c++) pixel_sums(g, gX + (size_t)c * KL, gx + (size_t)c * HW);
+        for (int c = 0; c < g->C; c++) pixel_sums(g, win, gX + (size_t)c * KL, gx + (size_t)c * HW);
     }
+    return 0;
 }
 
 /* Gradients of the inputs and weights given the output's gradient gout (groups×images×O×L), the
-   arguments otherwise as attconv_forward'sc. Each task writes its own weight gradients, part
+   arguments otherwise as attconv_forward's. Each task writes its own weight gradients, part
    `part` of group `group` at gwbu, gwtd [group][part] ((C·k²)×O) and gbias [group][part] (O), for
    the caller to sum in a fixed order; gx (groups×images×C×H×W) is written unless it is NULL.
    Returns how many tasks ran out of memory. */
@@ -458,10 +616,20 @@ int attconv_backward(const int *dims, int groups, int images, int parts, int thr
             failed++;
             continue;
         }
+        /* Where a bound fails part-way through an image's backward, its sums are spoilt: the
+           task's images all run again over all windows (rare: numbers near overflow). */
+        int all = gx != NULL;
         for (int b = first; b < end; b++) {
             size_t image = (size_t)group * images + b;
-            image_forward(&g, x + image * g.C * HW, &sc);
-            image_backward(&g, &sc, gout + image * OL, gx ? gx + image * g.C * HW : NULL);
+            const float *xb = x + image * g.C * HW, *gb = gout + image * OL;
+            int every = all || !all_finite(gb, OL);
+            if (image_forward(&g, xb, &sc, every)) image_forward(&g, xb, &sc, 1);
+            if (image_backward(&g, &sc, gb, gx ? gx + image * g.C * HW : NULL)) {
+                all = 1, b = first - 1;
+                memset(sc.sum_bu, 0, (size_t)g.CK * g.Op * LB * sizeof(float));
+                memset(sc.sum_td, 0, (size_t)g.CK * g.Op * LB * sizeof(float));
+                memset(sc.sum_b, 0, (size_t)g.Op * LB * sizeof(float));
+            }
         }
         float *tw = gwbu + task * WO, *tt = gwtd + task * WO, *tb = gbias + (size_t)task * g.O;
         for (int ck = 0; ck < g.CK; ck++)

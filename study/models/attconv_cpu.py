@@ -4,10 +4,12 @@ As tensor operations, each step of an iteration streams a tensor k² times the i
 batch through memory, and on a CPU the layer is bound by those passes, compiled or not
 (``docs/performance.md``). The kernel cuts one image's windows and runs every iteration on them
 while they are in cache; its backward recomputes the forward of the image, so autograd keeps only
-the inputs. It is built with the machine's C compiler (``$CC``, else ``cc``) on first use, for this
-CPU, into ``$STUDY_CACHE/kernels`` (``$STUDY_KERNEL_CFLAGS`` adds flags, e.g. sanitizers); where
-that fails, ``available()`` is False, one warning says why, and AttConv runs its tensor
-operations, which compute the same numbers. ``path()`` names the path AttConv takes here.
+the inputs. Where the input's gradient is not wanted, it leaves out windows whose pixels are all
+0 (on composite digits, most of conv1's): the same numbers to float rounding, for less work. It
+is built with the machine's C compiler (``$CC``, else ``cc``) on first use, for this CPU, into
+``$STUDY_CACHE/kernels`` (``$STUDY_KERNEL_CFLAGS`` adds flags, e.g. sanitizers); where that
+fails, ``available()`` is False, one warning says why, and AttConv runs its tensor operations,
+which compute the same numbers. ``path()`` names the path AttConv takes here.
 
 Float32 on the CPU only; CUDA and other dtypes use the tensor operations. Each group's images are
 split into as many parts as torch has threads (fewer for fewer images), and the kernel runs the

@@ -25,8 +25,11 @@ def reference(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
 
 
 def gradients(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Tensor):
+    """The output and the gradients of (output · weight).sum(): the input's (if it requires one)
+    and the parameters'."""
     y = fn(x)
-    return y.detach(), torch.autograd.grad((y * weight).sum(), [x, *params], allow_unused=True)
+    wrt = [x, *params] if x.requires_grad else params
+    return y.detach(), torch.autograd.grad((y * weight).sum(), wrt, allow_unused=True)
 
 
 @pytest.mark.parametrize(("C", "H", "W", "k", "s", "T", "relu", "outputs"), [
@@ -197,13 +200,90 @@ def test_many_images_in_one_part_with_padded_rows_match_the_equations(threads):
         assert (got.double() - want).abs().max() / want.abs().max() < 1e-5
 
 
-def _poisoned(where: str, value: float):
-    """A layer, an input and an output gradient with one entry set to ``value`` in ``where``."""
+def ink(n: int, C: int, H: int, W: int, seed: int = 0) -> torch.Tensor:
+    """Images that are mostly 0, as composite digits are: a few blobs of ink on an empty canvas,
+    some in one channel only; image 0 empty, image 1 a single pixel."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, C, H, W)
+    for image in x[2:]:
+        for _ in range(2):
+            r, c = (int(torch.randint(0, side - 2, (), generator=generator)) for side in (H, W))
+            blob = torch.rand(C, min(4, H - r), min(5, W - c), generator=generator)
+            blob *= torch.rand(C, 1, 1, generator=generator) < 0.7  # some channels without ink
+            image[:, r:r + blob.shape[1], c:c + blob.shape[2]] = blob
+    x[1, -1, H // 2, W // 2] = 0.7
+    return x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("C", "H", "W", "k", "s", "T", "relu", "outputs"), [
+    (1, 48, 48, 5, 1, 4, False, 6),   # conv1 of a 48-pixel canvas
+    (6, 22, 22, 5, 1, 4, True, 16),   # conv2's shape, ReLU inside
+    (3, 9, 11, 3, 2, 3, True, 4),     # stride that does not tile, not square
+    (2, 10, 10, 3, 1, 1, False, 5),   # one iteration
+])
+def test_windows_of_zeros_left_out_change_no_number(C, H, W, k, s, T, relu, outputs, threads):
+    """Where the input's gradient is not wanted (conv1), windows whose pixels are all 0 are left
+    out: their output is their bias (through the ReLU), their gradients reach only the bias. On
+    images mostly 0, an empty one and one of a single pixel, with biases of both signs: the
+    output and every weight's gradient as the equations give them in float64."""
+    torch.manual_seed(1)
+    layer = AttConv(C, outputs, k, iterations=T, stride=s, relu_inside=relu)
+    with torch.no_grad():
+        layer.weight_td.add_(0.5 * torch.randn_like(layer.weight_td))
+        layer.bias_bu.copy_(torch.linspace(-0.5, 0.5, outputs))
+    x = ink(3 * threads + 2, C, H, W)
+    weight = torch.randn(len(x), outputs, (H - k) // s + 1, (W - k) // s + 1, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, grads = gradients(layer, x, list(layer.parameters()), weight.float())
+    finally:
+        torch.set_num_threads(before)
+    exact = layer.double()
+    y64, grads64 = gradients(lambda v: reference(exact, v), x.double(), list(exact.parameters()), weight)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    for name, got, want in zip(["weight_bu", "weight_td", "bias_bu"], grads, grads64, strict=True):
+        if want is None:  # W_td's at T = 1
+            assert got is None, name
+            continue
+        assert (got.double() - want).abs().max() / want.abs().max() < 1e-5, name
+
+
+@pytest.mark.parametrize("where", ["bias_bu", "gradient"])
+def test_a_window_left_out_whose_zeros_would_meet_an_overflow_is_not_left_out(where):
+    """The dense equations give a window of zeros 0·x̂ (forward) and 0·W_bu·gy (backward): NaN
+    where x̂ or W_bu·gy overflows float32. A huge bias (its x̂ = W_td·b overflows) or a huge
+    output gradient at empty windows (W_bu·gy overflows there): every output and gradient is
+    finite or not exactly where the tensor operations in float32 have it."""
+    torch.manual_seed(2)
+    layer = AttConv(1, 4, 3, iterations=2)
+    x = ink(3, 1, 12, 12, seed=3)
+    grad = torch.randn(3, 4, 10, 10)
+    with torch.no_grad():
+        if where == "bias_bu":
+            layer.bias_bu[0] = 1e20
+            layer.weight_td[:, 0] = 1e20
+        else:
+            layer.weight_bu.mul_(1e10)
+            grad[:, :, 0, 0] = 1e30  # a corner: empty in every image here
+    assert x[:, :, :3, :3].eq(0).all()
+    got = gradients(layer, x, list(layer.parameters()), grad)
+    want = gradients(lambda v: reference(layer, v), x, list(layer.parameters()), grad)
+    for name, g, w in zip(["output", "weight_bu", "weight_td", "bias_bu"], [got[0], *got[1]],
+                          [want[0], *want[1]], strict=True):
+        assert torch.equal(g.isfinite(), w.isfinite()), name
+    assert not all(t.isfinite().all() for t in [got[0], *got[1]])
+
+
+def _poisoned(where: str, value: float, inked: bool = False):
+    """A layer, an input (``ink`` if ``inked``) and an output gradient with one entry set to
+    ``value`` in ``where``."""
     torch.manual_seed(9)
     layer = AttConv(2, 4, 3, iterations=3)
     with torch.no_grad():
         layer.weight_td.add_(0.5 * torch.randn_like(layer.weight_td))
-    x, grad = torch.rand(3, 2, 12, 12), torch.randn(3, 4, 10, 10)
+    x, grad = ink(3, 2, 12, 12) if inked else torch.rand(3, 2, 12, 12), torch.randn(3, 4, 10, 10)
     target = {"input": x, "gradient": grad, **dict(layer.named_parameters())}[where]
     with torch.no_grad():
         target.view(-1)[target.numel() // 3] = value
@@ -212,21 +292,24 @@ def _poisoned(where: str, value: float):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 @pytest.mark.parametrize("where", ["input", "weight_bu", "weight_td", "bias_bu", "gradient"])
-def test_nan_and_inf_reach_exactly_what_they_reach_in_the_tensor_operations(where, value):
+@pytest.mark.parametrize("input_gradient", [True, False], ids=["all windows", "zeros left out"])
+def test_nan_and_inf_reach_exactly_what_they_reach_in_the_tensor_operations(where, value, input_gradient):
     """A diverged network is found by its loss not being finite: the kernel must neither drop a
     NaN nor spread one further than the equations do. Compared entry by entry with the tensor
-    operations (float64) on the same numbers: which outputs and gradients are finite."""
-    layer, x, grad = _poisoned(where, value)
+    operations (float64) on the same numbers: which outputs and gradients are finite. Without the
+    input's gradient, on images mostly 0, whose empty windows the kernel would leave out."""
+    layer, x, grad = _poisoned(where, value, inked=not input_gradient)
     params = list(layer.parameters())
-    got = gradients(layer, x.requires_grad_(), params, grad)
+    got = gradients(layer, x.requires_grad_(input_gradient), params, grad)
     exact = layer.double()
-    want = gradients(lambda v: reference(exact, v), x.detach().double().requires_grad_(),
+    want = gradients(lambda v: reference(exact, v), x.detach().double().requires_grad_(input_gradient),
                      list(exact.parameters()), grad.double())
-    for name, g, w in zip(["output", "x", "weight_bu", "weight_td", "bias_bu"], [got[0], *got[1]],
-                          [want[0], *want[1]], strict=True):
+    names = ["output", *(["x"] if input_gradient else []), "weight_bu", "weight_td", "bias_bu"]
+    for name, g, w in zip(names, [got[0], *got[1]], [want[0], *want[1]], strict=True):
         assert torch.equal(g.isfinite(), w.isfinite()), name
         assert torch.equal(g.isnan(), w.isnan()), name
-    reached = got[1][0] if where == "gradient" else got[0]  # the input's gradient, or the output
+    # The input's gradient, or the output; without the input's gradient, the weights' then.
+    reached = (got[1][0] if input_gradient else got[1][1]) if where == "gradient" else got[0]
     assert not reached.isfinite().all()
 
 
