@@ -152,31 +152,36 @@ static void clear_padding(const Shape *g, const Windows *win, float *first, int 
         }                                 \
     } while (0)
 
-/* Every window, or (unless `all`) the span of each row of windows from its first window holding
-   a pixel other than 0 to its last; `columns`: W ints. */
-static void choose_windows(const Shape *g, const float *x, int all, int *columns, Windows *win) {
+/* Every window, or (unless `all`) for each row of windows the span from the first to the last
+   window covering a column with a pixel other than 0 in the row's k image rows: every window
+   holding such a pixel, and perhaps some around them that hold none. `inked`: 2·H ints. */
+static void choose_windows(const Shape *g, const float *x, int all, int *inked, Windows *win) {
+    int *left = inked, *right = inked + g->H; /* an image row's first and last column with one */
+    for (int y = 0; y < g->H && !all; y++) {
+        left[y] = g->W, right[y] = -1;
+        for (int c = 0; c < g->C; c++) {
+            const float *line = x + ((size_t)c * g->H + y) * g->W;
+            int col = 0, end = g->W - 1;
+            while (col < left[y] && line[col] == 0.0f) col++;
+            left[y] = col;
+            while (end > right[y] && line[end] == 0.0f) end--;
+            right[y] = end;
+        }
+    }
     win->n = win->L = 0;
     for (int r = 0; r < g->h; r++) {
-        int first = 0, last = all ? g->w - 1 : -1;
+        int first = 0, last = g->w - 1;
         if (!all) {
-            /* Which columns of the window row's k image rows hold a pixel other than 0, then
-               which windows cover one. */
-            for (int col = 0; col < g->W; col++) columns[col] = 0;
-            for (int c = 0; c < g->C; c++)
-                for (int i = 0; i < g->k; i++) {
-                    const float *line = x + ((size_t)c * g->H + (size_t)r * g->s + i) * g->W;
-                    for (int col = 0; col < g->W; col++) columns[col] |= line[col] != 0.0f;
-                }
-            for (int q = 0; q < g->w; q++) {
-                int any = 0;
-                for (int j = 0; j < g->k; j++) any |= columns[q * g->s + j];
-                if (any) {
-                    if (last < 0) first = q;
-                    last = q;
-                }
+            int lo = g->W, hi = -1;
+            for (int y = r * g->s; y < r * g->s + g->k; y++) {
+                lo = left[y] < lo ? left[y] : lo;
+                hi = right[y] > hi ? right[y] : hi;
             }
+            /* Window q covers columns q·s .. q·s + k − 1. */
+            first = lo - g->k + 1 <= 0 ? 0 : (lo - g->k + g->s) / g->s;
+            last = hi < 0 ? -1 : hi / g->s < g->w - 1 ? hi / g->s : g->w - 1;
         }
-        win->first[r] = first, win->count[r] = last + 1 - first, win->lane[r] = win->L;
+        win->first[r] = first, win->count[r] = last < first ? 0 : last + 1 - first, win->lane[r] = win->L;
         if (win->count[r] > 0) win->kept[win->n++] = r;
         win->L += win->count[r];
     }
@@ -339,7 +344,7 @@ typedef struct {
     float *wbu, *wtd, *bias, *a0, *X, *a, *y, *e, *pixels;
     float *sum_bu, *sum_td, *sum_b, *gX, *gz, *gy, *zeros;
     Windows win;
-    int *columns;
+    int *inked;
     float reach_bu, reach_td, bias_max; /* see BOUND */
     int kept, finite;                   /* finite: every weight and bias is */
 } Scratch;
@@ -356,7 +361,7 @@ static size_t carve(const Shape *g, int backward, float *base, Scratch *sc) {
     TAKE(a, KL * shares), TAKE(y, OL * outputs), TAKE(e, KL), TAKE(pixels, HW);
     /* ints, as many as floats */
     TAKE(win.first, g->h), TAKE(win.count, g->h), TAKE(win.lane, g->h), TAKE(win.kept, g->h);
-    TAKE(columns, g->W);
+    TAKE(inked, 2 * g->H);
     if (backward) {
         /* The weight gradients are summed in vectors of LB lanes, added across lanes at the end. */
         TAKE(sum_bu, WO * LB), TAKE(sum_td, WO * LB), TAKE(sum_b, (size_t)g->Op * LB);
@@ -422,7 +427,7 @@ static float reach(const Shape *g, const float *w) {
    over the number of windows covering each pixel, as with all windows. */
 static int image_forward(const Shape *g, const float *x, Scratch *sc, int all) {
     all = all || !sc->finite || !all_finite(x, (size_t)g->C * g->H * g->W);
-    choose_windows(g, x, all, sc->columns, &sc->win);
+    choose_windows(g, x, all, sc->inked, &sc->win);
     const Windows *win = &sc->win;
     int leaves_out = win->L < g->L;
     cut(g, win, x, sc->X);
@@ -545,7 +550,8 @@ static int image_backward(const Shape *shape, const Scratch *sc, const float *go
                    win->count[r] * sizeof(float));
         }
         sc->sum_b[o * LB] += g->relu && sc->bias[o] <= 0.0f ? 0.0f : left_out;
-        for (int l = 0; l < g->L && leaves_out; l++) gout_max = fmaxf(gout_max, fabsf(row[l]));
+        if (leaves_out) /* finite here: else all windows are run over */
+            for (int l = 0; l < g->L; l++) gout_max = fabsf(row[l]) > gout_max ? fabsf(row[l]) : gout_max;
     }
     memset(gX, 0, (size_t)g->CK * Lp * sizeof(float));
     for (int t = g->T - 1; t >= 0; t--) {

@@ -220,6 +220,7 @@ def ink(n: int, C: int, H: int, W: int, seed: int = 0) -> torch.Tensor:
     (1, 48, 48, 5, 1, 4, False, 6),   # conv1 of a 48-pixel canvas
     (6, 22, 22, 5, 1, 4, True, 16),   # conv2's shape, ReLU inside
     (3, 9, 11, 3, 2, 3, True, 4),     # stride that does not tile, not square
+    (2, 12, 12, 3, 2, 2, False, 3),   # a stride leaving the last row and column in no window
     (2, 10, 10, 3, 1, 1, False, 5),   # one iteration
 ])
 def test_windows_of_zeros_left_out_change_no_number(C, H, W, k, s, T, relu, outputs, threads):
