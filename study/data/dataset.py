@@ -105,7 +105,7 @@ def generate(config: DataConfig, digits: source.Digits) -> dict[str, Composites]
 
 
 def sample(config: DataConfig, n: int) -> Composites:
-    """About ``n`` (at least ``n``) images made as ``config``'s training split is, not cached:
+    """At least ``n`` images made as ``config``'s training split is (not its own), not cached:
     what a training step is timed on, since its time depends on the images (AttConv's CPU
     kernel leaves windows of zeros out).
 

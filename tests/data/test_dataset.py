@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from study.data import build
-from study.data.dataset import fingerprint, split_sizes
+from study.data.dataset import fingerprint, sample, split_sizes
 from study.data.source import embedded
 from study.sections import DataConfig
 
@@ -33,6 +33,20 @@ def test_build_is_deterministic_and_cached_under_a_fingerprint():
     for name in ("train", "val", "test"):
         assert again[name].images.tobytes() == fresh[name].images.tobytes()
         assert (again[name].targets == fresh[name].targets).all()
+
+
+@pytest.mark.parametrize("config", [
+    DataConfig(n_images=86_000),
+    DataConfig(split=(0.1, 0.45, 0.45), canvas=64, digits=2, train={"colour": True}),
+])
+def test_a_sample_is_made_as_the_training_split_and_holds_what_was_asked(config):
+    """What a step is timed on: at least the images asked for, of the study's canvas, digits and
+    training variant (colour: three channels), mostly 0 as the study's own images are."""
+    made = sample(config, 70)
+    trained = build(config.model_copy(update={"n_images": 400})).splits["train"]
+    assert len(made.images) >= 70
+    assert made.images.shape[1:] == trained.images.shape[1:] and made.classes.shape[1] == config.digits
+    assert abs((made.images == 0).mean() - (trained.images == 0).mean()) < 0.05
 
 
 def test_fingerprint_changes_with_config_and_source():
