@@ -380,24 +380,28 @@ static float *output_at(const Shape *g, const Scratch *sc, int t) {
     return sc->y + (size_t)(sc->kept ? t : 0) * g->Op * g->Lp;
 }
 
-/* Whether all n floats are finite. */
-static int all_finite(const float *v, size_t n) {
-    int bad = 0;
-    for (size_t i = 0; i < n; i++) bad |= !(fabsf(v[i]) <= FLT_MAX);
-    return !bad;
+/* The larger of m and a, NaN if either is NaN (a is checked; m stays NaN once it is). */
+static inline float larger(float m, float a) { return a > m || a != a ? a : m; }
+
+/* The largest magnitude among n floats; NaN if one is NaN, so the floats are all finite exactly
+   when it is at most FLT_MAX. */
+static float peak(const float *v, size_t n) {
+    vec most = {0};
+    size_t i = 0;
+    for (; i + LB <= n; i += LB) {
+        vec a = (vec)((ivec)load(v + i) & 0x7fffffff);
+        most = choose((a > most) | (a != a), a, most);
+    }
+    float m = 0.0f;
+    for (int l = 0; l < LB; l++) m = larger(m, most[l]);
+    for (; i < n; i++) m = larger(m, fabsf(v[i]));
+    return m;
 }
 
-/* The largest magnitude among the first `lanes` floats (a multiple of LB) of `planes` planes Lp
-   apart; NaN if one is NaN. */
-static float largest(const Shape *g, const float *v, int planes, int lanes) {
-    vec most = {0};
-    for (int plane = 0; plane < planes; plane++)
-        for (int l0 = 0; l0 < lanes; l0 += LB) {
-            vec a = (vec)((ivec)load(v + (size_t)plane * g->Lp + l0) & 0x7fffffff);
-            most = choose((a > most) | (a != a), a, most);
-        }
+/* peak over the first `lanes` floats of `planes` planes Lp apart. */
+static float planes_peak(const Shape *g, const float *v, int planes, int lanes) {
     float m = 0.0f;
-    for (int l = 0; l < LB; l++) m = most[l] > m || most[l] != most[l] ? most[l] : m;
+    for (int plane = 0; plane < planes; plane++) m = larger(m, peak(v + (size_t)plane * g->Lp, lanes));
     return m;
 }
 
@@ -426,7 +430,7 @@ static float reach(const Shape *g, const float *w) {
    bound fails (see BOUND): the image is then run again with `all`. The first shares, N(1), are 1
    over the number of windows covering each pixel, as with all windows. */
 static int image_forward(const Shape *g, const float *x, Scratch *sc, int all) {
-    all = all || !sc->finite || !all_finite(x, (size_t)g->C * g->H * g->W);
+    all = all || !sc->finite || !(peak(x, (size_t)g->C * g->H * g->W) <= FLT_MAX);
     choose_windows(g, x, all, sc->inked, &sc->win);
     const Windows *win = &sc->win;
     int leaves_out = win->L < g->L;
@@ -438,7 +442,7 @@ static int image_forward(const Shape *g, const float *x, Scratch *sc, int all) {
         float *y = output_at(g, sc, t);
         product(g, win, sc->X, shares_at(g, sc, t), sc->wbu, sc->bias, y, g->relu);
         if (t == g->T - 1) break;
-        if (leaves_out && !(fmaxf(largest(g, y, g->O, win->Lp), sc->bias_max) * sc->reach_td < BOUND))
+        if (leaves_out && !(fmaxf(planes_peak(g, y, g->O, win->Lp), sc->bias_max) * sc->reach_td < BOUND))
             return 1;
         agreement(g, win, sc->X, sc->wtd, y, sc->e);
         softmax(g, win, sc->e, shares_at(g, sc, t + 1), sc->pixels);
@@ -460,10 +464,10 @@ static float *prepare(const Shape *g, int backward, const float *wbu, const floa
             sc->wtd[(size_t)ck * g->Op + o] = wtd[(size_t)ck * g->O + o];
         }
     memcpy(sc->bias, bias, g->O * sizeof(float));
-    sc->finite = all_finite(sc->wbu, (size_t)g->CK * g->Op) && all_finite(sc->wtd, (size_t)g->CK * g->Op)
-                 && all_finite(sc->bias, g->O);
-    sc->reach_bu = reach(g, sc->wbu), sc->reach_td = reach(g, sc->wtd), sc->bias_max = 0.0f;
-    for (int o = 0; o < g->O; o++) sc->bias_max = fmaxf(sc->bias_max, fabsf(sc->bias[o]));
+    sc->bias_max = peak(sc->bias, g->O);
+    sc->finite = peak(sc->wbu, (size_t)g->CK * g->Op) <= FLT_MAX
+                 && peak(sc->wtd, (size_t)g->CK * g->Op) <= FLT_MAX && sc->bias_max <= FLT_MAX;
+    sc->reach_bu = reach(g, sc->wbu), sc->reach_td = reach(g, sc->wtd);
     for (int i = 0; i < g->k; i++) /* how many windows cover each pixel */
         for (int j = 0; j < g->k; j++)
             for (int r = 0; r < g->h; r++)
@@ -528,9 +532,10 @@ int attconv_forward(const int *dims, int groups, int images, int parts, int thre
 }
 
 /* The backward of one image, its forward already run into sc: adds its weight gradients to
-   sc's sums and, unless gx is NULL, writes the input's gradient (C×H×W). Returns 1, having
-   stopped part-way, where a bound fails for windows left out (see BOUND). */
-static int image_backward(const Shape *shape, const Scratch *sc, const float *gout, float *gx) {
+   sc's sums and, unless gx is NULL, writes the input's gradient (C×H×W); gout_max: peak(gout).
+   Returns 1, having stopped part-way, where a bound fails for windows left out (see BOUND). */
+static int image_backward(const Shape *shape, const Scratch *sc, const float *gout, float gout_max,
+                          float *gx) {
     const Shape local = *shape, *g = &local; /* see `vec` */
     const Windows *win = &sc->win;
     int K = g->K, Lp = g->Lp, leaves_out = win->L < g->L;
@@ -538,7 +543,6 @@ static int image_backward(const Shape *shape, const Scratch *sc, const float *go
     float scale = 1.0f / sqrtf((float)g->C), *gz = sc->gz, *gy = sc->gy, *ga = sc->e, *gX = sc->gX;
     /* The output's gradient, of the windows run over into lanes; the rest reaches the bias only,
        through the last iteration's ReLU (if inside), where their output is the bias. */
-    float gout_max = 0.0f;
     memset(gz, 0, OL * sizeof(float));
     for (int o = 0; o < g->O; o++) {
         const float *row = gout + (size_t)o * g->L;
@@ -550,15 +554,14 @@ static int image_backward(const Shape *shape, const Scratch *sc, const float *go
                    win->count[r] * sizeof(float));
         }
         sc->sum_b[o * LB] += g->relu && sc->bias[o] <= 0.0f ? 0.0f : left_out;
-        if (leaves_out) /* finite here: else all windows are run over */
-            for (int l = 0; l < g->L; l++) gout_max = fabsf(row[l]) > gout_max ? fabsf(row[l]) : gout_max;
     }
     memset(gX, 0, (size_t)g->CK * Lp * sizeof(float));
     for (int t = g->T - 1; t >= 0; t--) {
         const float *at = shares_at(g, sc, t), *yt = output_at(g, sc, t);
         /* Through the ReLU (y > 0 exactly where it passed) to the bottom-up product. */
         for (size_t n = 0; n < OL; n++) gy[n] = g->relu && yt[n] <= 0.0f ? 0.0f : gz[n];
-        if (leaves_out && !(fmaxf(largest(g, gy, g->O, win->Lp), gout_max) * sc->reach_bu < BOUND)) return 1;
+        if (leaves_out && !(fmaxf(planes_peak(g, gy, g->O, win->Lp), gout_max) * sc->reach_bu < BOUND))
+            return 1;
         for (int o = 0; o < g->Op; o++) {
             vec acc = {0};
             for (int l0 = 0; l0 < win->Lp; l0 += LB) acc += load(gy + (size_t)o * Lp + l0);
@@ -628,9 +631,9 @@ int attconv_backward(const int *dims, int groups, int images, int parts, int thr
         for (int b = first; b < end; b++) {
             size_t image = (size_t)group * images + b;
             const float *xb = x + image * g.C * HW, *gb = gout + image * OL;
-            int every = all || !all_finite(gb, OL);
-            if (image_forward(&g, xb, &sc, every)) image_forward(&g, xb, &sc, 1);
-            if (image_backward(&g, &sc, gb, gx ? gx + image * g.C * HW : NULL)) {
+            float gout_max = peak(gb, OL);
+            if (image_forward(&g, xb, &sc, all || !(gout_max <= FLT_MAX))) image_forward(&g, xb, &sc, 1);
+            if (image_backward(&g, &sc, gb, gout_max, gx ? gx + image * g.C * HW : NULL)) {
                 all = 1, b = first - 1;
                 memset(sc.sum_bu, 0, (size_t)g.CK * g.Op * LB * sizeof(float));
                 memset(sc.sum_td, 0, (size_t)g.CK * g.Op * LB * sizeof(float));
