@@ -419,9 +419,10 @@ static float reach(const Shape *g, const float *w) {
 
 /* Leaving a window of zeros out is exact while every term the dense computation would give it is
    an exact 0: its prediction x̂ = W_td y (y its bias) and its attended input's gradient W_bu gy
-   must be finite where they meet the zeros. Each is bounded by reach(W)·max|entries| below
-   BOUND (< FLT_MAX, with room for rounding); where a bound fails the image (in the backward, the
-   task) runs again over all windows, so NaN and infinity reach exactly what they reach in the
+   must be finite where they meet the zeros, and so must the predictions of the windows kept
+   (a NaN among them meets the zeros they share with left-out windows). Each is bounded by
+   reach(W)·max|entries| below BOUND (< FLT_MAX, with room for rounding; a NaN entry fails it);
+   where a bound fails the image (in the backward, the task) runs again over all windows, so NaN and infinity reach exactly what they reach in the
    tensor operations. Non-finite weights, inputs or output gradients take all windows at once. */
 #define BOUND 1e38f
 
@@ -442,7 +443,7 @@ static int image_forward(const Shape *g, const float *x, Scratch *sc, int all) {
         float *y = output_at(g, sc, t);
         product(g, win, sc->X, shares_at(g, sc, t), sc->wbu, sc->bias, y, g->relu);
         if (t == g->T - 1) break;
-        if (leaves_out && !(fmaxf(planes_peak(g, y, g->O, win->Lp), sc->bias_max) * sc->reach_td < BOUND))
+        if (leaves_out && !(larger(planes_peak(g, y, g->O, win->Lp), sc->bias_max) * sc->reach_td < BOUND))
             return 1;
         agreement(g, win, sc->X, sc->wtd, y, sc->e);
         softmax(g, win, sc->e, shares_at(g, sc, t + 1), sc->pixels);
@@ -560,7 +561,7 @@ static int image_backward(const Shape *shape, const Scratch *sc, const float *go
         const float *at = shares_at(g, sc, t), *yt = output_at(g, sc, t);
         /* Through the ReLU (y > 0 exactly where it passed) to the bottom-up product. */
         for (size_t n = 0; n < OL; n++) gy[n] = g->relu && yt[n] <= 0.0f ? 0.0f : gz[n];
-        if (leaves_out && !(fmaxf(planes_peak(g, gy, g->O, win->Lp), gout_max) * sc->reach_bu < BOUND))
+        if (leaves_out && !(larger(planes_peak(g, gy, g->O, win->Lp), gout_max) * sc->reach_bu < BOUND))
             return 1;
         for (int o = 0; o < g->Op; o++) {
             vec acc = {0};

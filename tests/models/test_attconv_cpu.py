@@ -251,23 +251,27 @@ def test_windows_of_zeros_left_out_change_no_number(C, H, W, k, s, T, relu, outp
         assert (got.double() - want).abs().max() / want.abs().max() < 1e-5, name
 
 
-@pytest.mark.parametrize("where", ["bias_bu", "gradient"])
+@pytest.mark.parametrize("where", ["bias_bu", "gradient", "input"])
 def test_a_window_left_out_whose_zeros_would_meet_an_overflow_is_not_left_out(where):
     """The dense equations give a window of zeros 0·x̂ (forward) and 0·W_bu·gy (backward): NaN
-    where x̂ or W_bu·gy overflows float32. A huge bias (its x̂ = W_td·b overflows) or a huge
-    output gradient at empty windows (W_bu·gy overflows there): every output and gradient is
-    finite or not exactly where the tensor operations in float32 have it."""
+    where x̂ or W_bu·gy overflows float32, or is NaN. A huge bias (its x̂ = W_td·b overflows), a
+    huge output gradient at empty windows (W_bu·gy overflows there), or huge ink (the agreement
+    overflows, the next iteration's outputs are NaN and their NaN predictions reach the zeros the
+    inked windows share with empty ones): every output and gradient is finite or not exactly
+    where the tensor operations in float32 have it."""
     torch.manual_seed(2)
-    layer = AttConv(1, 4, 3, iterations=2)
+    layer = AttConv(1, 4, 3, iterations=3)
     x = ink(3, 1, 12, 12, seed=3)
     grad = torch.randn(3, 4, 10, 10)
     with torch.no_grad():
         if where == "bias_bu":
             layer.bias_bu[0] = 1e20
             layer.weight_td[:, 0] = 1e20
-        else:
+        elif where == "gradient":
             layer.weight_bu.mul_(1e10)
             grad[:, :, 0, 0] = 1e30  # a corner: empty in every image here
+        else:
+            x *= 1e25
     assert x[:, :, :3, :3].eq(0).all()
     got = gradients(layer, x, list(layer.parameters()), grad)
     want = gradients(lambda v: reference(layer, v), x, list(layer.parameters()), grad)
