@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -33,6 +33,7 @@ from study.data.dataset import sample, split_sizes
 from study.footprint import Network, dataset_bytes
 from study.models import Stacked, attconv_cpu, build_network, n_params
 from study.resolution import combinations, resolve, section_keys
+from study.schedule import TRIAL_START_S, schedule
 from study.train import (
     as_images,
     eval_chunk,
@@ -48,15 +49,11 @@ TIMED_STEPS = 4  # after two untimed ones
 TIMED_S = 0.5  # a step's timing stops once this has passed (after one timed step at least)
 PLAN_BYTES = 256 * 2**20  # activations a timed step may hold; a larger step is timed on fewer images, scaled
 EVAL_TIMED = 64  # images whose evaluation is timed; the time per image scales to the splits
-TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dataset (measured here)
 # A trial on the worker a finished trial left (Ray's reused actors, which reallocation rules out):
 # 0.5-1 s between one LeNet-5 trial's end and the next one's first epoch, against 6-7 s for a new
 # worker (2-core Intel Xeon, 2026-12-05).
 REUSED_START_S = 0.5
 STUDY_START_S = 15.0  # the embedded Ray's start and the dataset's cache (measured here)
-# A trial given k times its CPUs trains (1 + SCALING·(k − 1))× as fast, as bench/threads.py measured
-# for two threads (1.6–1.9×); past MAX_SHARE times its CPUs, not measured, no faster.
-SCALING, MAX_SHARE = 0.8, 4
 
 
 @dataclass(frozen=True)
@@ -268,58 +265,6 @@ class Plan:
     def memory(self) -> int:
         """Bytes the trials running at once hold (``study.footprint``)."""
         return self.at_once() * footprint.trial_bytes(self.study)
-
-
-def speed(k: int) -> float:
-    """How many times as fast a trial given ``k`` times its CPUs trains (``SCALING``, ``MAX_SHARE``)."""
-    return 1 + SCALING * (min(k, MAX_SHARE) - 1)
-
-
-def schedule(trials: list[float], slots: int, reallocate: bool,
-             running: Sequence[tuple[float, int]] = ()) -> tuple[float, float]:
-    """Wall time of trials that take ``trials`` seconds each on their own CPUs, ``slots`` at a
-    time in the order given, after the ``running`` ones (seconds left at their present speed, and
-    the slots each holds), and the use of the slots: the trials' own seconds over the slots' wall
-    time (a slot given to a trial that gains less than a slot's worth counts short). With
-    ``reallocate``, once no trial waits, the slots of each trial that ends are shared out among the
-    running ones (the longest first), each given more restarting from its checkpoint
-    (``TRIAL_START_S``) and running ``speed(k)`` times as fast with k slots. The plan and the
-    run's progress line both lay trials out with it.
-
-    Example:
-        >>> schedule([100.0, 300.0], slots=2, reallocate=False)
-        (300.0, 0.666...)
-        >>> round(schedule([100.0, 300.0], slots=2, reallocate=True)[0])
-        216
-        >>> schedule([100.0], slots=2, reallocate=False, running=[(50.0, 1)])[0]  # beside one with 50 s left
-        100.0
-    """
-    # Each trial as [work left in seconds on one slot, the slots it holds].
-    waiting, now = list(trials), 0.0
-    active = [[left * speed(k), k] for left, k in running]
-    work = sum(trials) + sum(w for w, _ in active)
-    free = max(0, slots - sum(k for _, k in active))
-    while waiting or active:
-        while waiting and free:
-            active.append([waiting.pop(0), 1])
-            free -= 1
-        if reallocate and not waiting and free and active:
-            given = set()
-            for _ in range(free):  # a slot at a time to the running trial with the longest time left
-                trial = max(active, key=lambda r: r[0] / speed(r[1]))
-                trial[1] += 1
-                given.add(id(trial))
-            for trial in active:  # each restarts once, at its new speed
-                trial[0] += TRIAL_START_S * speed(trial[1]) if id(trial) in given else 0.0
-            free = 0
-        step = min(left / speed(k) for left, k in active)
-        now += step
-        for trial in active:
-            trial[0] -= step * speed(trial[1])
-        ended = [r for r in active if r[0] <= 1e-9]
-        free += sum(k for _, k in ended)
-        active = [r for r in active if r[0] > 1e-9]
-    return now, work / (now * slots) if now else 1.0
 
 
 def plan(study: Study, cpus: int, compile_here: bool = True) -> Plan:

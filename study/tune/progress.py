@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from study.plan import schedule, speed
+from study.schedule import schedule, speed
 from study.words import duration
 
 
@@ -22,7 +22,7 @@ class Progress:
     finished); a waiting one its start-up (measured on the trials that reported their first epoch
     here), its epochs at its level's measured seconds per epoch and seed on one CPU's share (the
     mean of the levels where its own is not known yet) and the tail. They are laid out over the
-    ``slots`` that run at once by ``study.plan.schedule``, the plan's own model (with
+    ``slots`` that run at once by ``study.schedule.schedule``, the plan's own model (with
     ``reallocate``, freed CPUs going to the running trials). ``stages``: each stage's trials in
     order, each as the level of the compared factor it will train (None where the sampler has yet
     to choose) and its number of seeds. A stage starts when the one before has ended. A resumed

@@ -63,7 +63,7 @@ def test_a_trial_resumed_from_its_checkpoint_is_measured_by_its_epochs_here(monk
 
 
 def test_the_time_left_counts_the_cpus_a_finished_trial_hands_on(monkeypatch):
-    """The plan's model (``study.plan.schedule``) with reallocation: when a ends, b restarts from its
+    """The plan's model (``study.schedule.schedule``) with reallocation: when a ends, b restarts from its
     checkpoint (5 s) on both CPUs, 1.8 times as fast; once b reports from both CPUs, its measured
     epochs are not sped up a second time."""
     clock = [0.0]

@@ -1,0 +1,69 @@
+"""How trials share the CPUs over time: the cost model ``study plan`` projects a study's wall time
+with, and the run's progress line its time left, so that the estimate printed before the start
+and the one printed during the run agree.
+
+Example:
+    >>> speed(2)  # a trial given twice its CPUs
+    1.8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dataset (measured here)
+# A trial given k times its CPUs trains (1 + SCALING·(k − 1))× as fast, as bench/threads.py measured
+# for two threads (1.6–1.9×); past MAX_SHARE times its CPUs, not measured, no faster.
+SCALING, MAX_SHARE = 0.8, 4
+
+
+def speed(k: int) -> float:
+    """How many times as fast a trial given ``k`` times its CPUs trains (``SCALING``, ``MAX_SHARE``)."""
+    return 1 + SCALING * (min(k, MAX_SHARE) - 1)
+
+
+def schedule(trials: list[float], slots: int, reallocate: bool,
+             running: Sequence[tuple[float, int]] = ()) -> tuple[float, float]:
+    """Wall time of trials that take ``trials`` seconds each on their own CPUs, ``slots`` at a
+    time in the order given, after the ``running`` ones (seconds left at their present speed, and
+    the slots each holds), and the use of the slots: the trials' own seconds over the slots' wall
+    time (a slot given to a trial that gains less than a slot's worth counts short). With
+    ``reallocate``, once no trial waits, the slots of each trial that ends are shared out among the
+    running ones (the longest first), each given more restarting from its checkpoint
+    (``TRIAL_START_S``) and running ``speed(k)`` times as fast with k slots. The plan and the
+    run's progress line both lay trials out with it.
+
+    Example:
+        >>> schedule([100.0, 300.0], slots=2, reallocate=False)
+        (300.0, 0.666...)
+        >>> round(schedule([100.0, 300.0], slots=2, reallocate=True)[0])
+        216
+        >>> schedule([100.0], slots=2, reallocate=False, running=[(50.0, 1)])[0]  # beside one with 50 s left
+        100.0
+    """
+    # Each trial as [work left in seconds on one slot, the slots it holds].
+    waiting, now = list(trials), 0.0
+    active = [[left * speed(k), k] for left, k in running]
+    work = sum(trials) + sum(w for w, _ in active)
+    free = max(0, slots - sum(k for _, k in active))
+    while waiting or active:
+        while waiting and free:
+            active.append([waiting.pop(0), 1])
+            free -= 1
+        if reallocate and not waiting and free and active:
+            given = set()
+            for _ in range(free):  # a slot at a time to the running trial with the longest time left
+                trial = max(active, key=lambda r: r[0] / speed(r[1]))
+                trial[1] += 1
+                given.add(id(trial))
+            for trial in active:  # each restarts once, at its new speed
+                trial[0] += TRIAL_START_S * speed(trial[1]) if id(trial) in given else 0.0
+            free = 0
+        step = min(left / speed(k) for left, k in active)
+        now += step
+        for trial in active:
+            trial[0] -= step * speed(trial[1])
+        ended = [r for r in active if r[0] <= 1e-9]
+        free += sum(k for _, k in ended)
+        active = [r for r in active if r[0] > 1e-9]
+    return now, work / (now * slots) if now else 1.0
