@@ -7,8 +7,9 @@ while it evaluates, one chunk's largest activations. The activations are counted
 a network's forward runs on fake tensors of the study's device (torch's ``FakeTensorMode``:
 shapes, dtypes and devices without storage) at batches of one and two images, taking the path
 the trials take (AttConv's CPU kernel saves far less than its tensor operations), and every
-tensor it saves for the backward is counted; the difference between the two is what each
-further image adds. Nothing of the study's size is allocated to know its size.
+tensor it saves for the backward is counted, with what the kernel keeps for it outside autograd;
+the difference between the two is what each further image adds. Nothing of the study's size is
+allocated to know its size.
 
 Example:
     >>> from study.loading import load
@@ -27,7 +28,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from study.config import Study
-from study.models import Stacked, build_network, n_params
+from study.models import AttConv, Stacked, build_network, n_params
 from study.resolution import combinations, resolve, section_keys
 from study.train import EVAL_BATCH, pick_device
 from study.words import configuration
@@ -48,8 +49,9 @@ class Network:
 @dataclass(frozen=True)
 class Activations:
     """Bytes one network's training forward saves: ``fixed`` whatever the batch (weights saved for
-    the backward), ``per_image`` for every image, and ``largest`` the largest single tensor an
-    image adds (what an evaluation holds at a time, twice: a layer's input and output)."""
+    the backward), ``per_image`` for every image (with what AttConv's CPU kernel keeps for the
+    backward), and ``largest`` the largest single tensor an image adds (what an evaluation holds at
+    a time, twice: a layer's input and output)."""
 
     fixed: int
     per_image: int
@@ -79,7 +81,7 @@ def activations(study: Study) -> Activations:
     device = pick_device(study.train.device)
     with torch.device("meta"):
         net = Stacked([build_network(study.model, canvas, channels)])
-    sizes = []
+    sizes, kept = [], []  # per batch: the tensors saved for the backward; what the kernel keeps
     with FakeTensorMode():
         net.params = {name: torch.empty(value.shape, device=device, requires_grad=value.requires_grad)
                       for name, value in net.params.items()}
@@ -87,17 +89,26 @@ def activations(study: Study) -> Activations:
                        for name, value in net.buffers.items()}
         for batch in (1, 2):
             saved: list[int] = []
+            kept.append(0)
 
             def pack(tensor: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
                 saved.append(tensor.numel() * tensor.element_size())
                 return tensor
 
+            def keep(layer: AttConv, inputs: tuple) -> None:
+                kept[-1] += layer.kept_bytes(inputs[0])
+
+            layers = [m for m in net.template.modules() if isinstance(m, AttConv)]
+            hooks = [layer.register_forward_pre_hook(keep) for layer in layers]
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
                 net(torch.zeros(1, batch, channels, canvas, canvas, device=device))
+            for hook in hooks:
+                hook.remove()
             sizes.append(saved)
     one, two = sizes
     added = [b - a for a, b in zip(one, two, strict=True)]  # the same tensors in the same order
-    return Activations(fixed=sum(one) - sum(added), per_image=sum(added), largest=max(added, default=0))
+    return Activations(fixed=sum(one) - sum(added), per_image=sum(added) + kept[1] - kept[0],
+                       largest=max(added, default=0))
 
 
 def dataset_bytes(study: Study) -> int:

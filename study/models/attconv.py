@@ -103,6 +103,14 @@ class AttConv(nn.Module):
         *_, (y, _, _) = self.steps(x)
         return y
 
+    def kept_bytes(self, x: torch.Tensor) -> int:
+        """Memory a training forward on ``x`` leaves outside autograd for its backward: what the CPU
+        kernel keeps (``attconv_cpu.kept_bytes``), nothing where AttConv runs as tensor operations."""
+        if not (x.device.type == "cpu" and x.dtype == torch.float32 and attconv_cpu.available()):
+            return 0
+        return attconv_cpu.kept_bytes(x.shape, self.out_channels, self.kernel_size, self.stride,
+                                      self.iterations)
+
     def steps(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Yield, per iteration, the output ``y`` (B×O×H'×W'), the shares ``a`` it used
         (B×k×k×H'×W') and the top-down prediction ``x̂`` (B×C×k×k×H'×W'; None after the last)."""

@@ -20,10 +20,14 @@
    windows where the input's gradient is wanted (it reaches the zeros too), and wherever a term
    left out might not be an exact 0 (see BOUND).
 
-   The backward recomputes the forward of each image, keeping every iteration's shares and
-   outputs (T·(k²+O)·L floats), then runs the iterations in reverse; the forward alone keeps two
-   iterations' shares and one output. Nothing is saved between the two calls but the inputs, so
-   autograd holds no window-sized tensor.
+   The backward needs every iteration's shares and outputs (T·(k²+O)·L floats per image). A
+   forward asked to keep them (training) writes them, the windows it ran over only, into a
+   workspace of this library (Kept, below) that outlives the call, and the backward given its tag
+   reads them back in place of running the forward again; where they are not there (another
+   forward took the workspace, or the backward wants other windows), it recomputes them, the same
+   numbers. The workspace is memory the process keeps from step to step, not a tensor autograd
+   holds: one allocated anew at every step spends on the first touch of its pages about what the
+   recomputation costs. A forward not asked to keep them holds two iterations' shares and one output.
 
    Sums run in a different order than the tensor operations' (and the build lets the compiler
    reassociate them): the numbers agree to float32 rounding, which the tests check against
@@ -37,6 +41,7 @@
    study/models/attconv_cpu.py with the machine's C compiler; float32, contiguous. */
 
 #include <float.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -426,6 +431,96 @@ static float reach(const Shape *g, const float *w) {
    tensor operations. Non-finite weights, inputs or output gradients take all windows at once. */
 #define BOUND 1e38f
 
+/* The forward's iterations kept for the backward: per image, from the start of a slot of
+   T·(k²+O)·Lp floats, each iteration's k² planes of shares and O of outputs, each plane the
+   windows the image ran over (its Windows' Lp lanes). A few workspaces, so that networks with
+   several AttConv layers keep each layer's; each holds one forward's, named by a tag, until its
+   backward has read it or, all being taken, the oldest is taken for a new forward (whose
+   backward then recomputes). The memory stays allocated for the next step. */
+#define WORKSPACES 4
+typedef struct {
+    float *data;
+    char *ran_all; /* per image: whether it ran over all windows */
+    size_t floats, images_held;
+    long long tag; /* 0: holds nothing */
+    int busy;      /* being written or read */
+    int dims[8], groups, images;
+} Kept;
+static Kept workspaces[WORKSPACES];
+static long long last_tag;
+static pthread_mutex_t workspaces_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static size_t kept_per_image(const Shape *g) { return (size_t)g->T * (g->K + g->O) * g->Lp; }
+
+/* A workspace for a forward of this shape (the oldest not busy, sized to it), busy; NULL where
+   all are busy or memory ran out. */
+static Kept *take_workspace(const Shape *g, const int *dims, int groups, int images) {
+    Kept *kept = NULL;
+    pthread_mutex_lock(&workspaces_lock);
+    for (int i = 0; i < WORKSPACES; i++)
+        if (!workspaces[i].busy && (!kept || workspaces[i].tag < kept->tag)) kept = &workspaces[i];
+    if (kept) kept->busy = 1, kept->tag = 0;
+    pthread_mutex_unlock(&workspaces_lock);
+    if (!kept) return NULL;
+    size_t n = (size_t)groups * images, floats = n * kept_per_image(g);
+    if (kept->floats < floats) {
+        free(kept->data);
+        kept->data = malloc(floats * sizeof(float));
+        kept->floats = kept->data ? floats : 0;
+    }
+    if (kept->images_held < n) {
+        free(kept->ran_all);
+        kept->ran_all = malloc(n);
+        kept->images_held = kept->ran_all ? n : 0;
+    }
+    if (!kept->data || !kept->ran_all) {
+        pthread_mutex_lock(&workspaces_lock);
+        kept->busy = 0;
+        pthread_mutex_unlock(&workspaces_lock);
+        return NULL;
+    }
+    memcpy(kept->dims, dims, sizeof kept->dims);
+    kept->groups = groups, kept->images = images;
+    return kept;
+}
+
+/* Ends a forward's writing (`tag`: where to give its tag), or a backward's reading: the workspace
+   is no longer busy, and holds the forward's iterations, or nothing once read. */
+static void put_workspace(Kept *kept, long long *tag) {
+    if (!kept) return;
+    pthread_mutex_lock(&workspaces_lock);
+    kept->tag = tag ? ++last_tag : 0;
+    if (tag) *tag = kept->tag;
+    kept->busy = 0;
+    pthread_mutex_unlock(&workspaces_lock);
+}
+
+/* The workspace holding the iterations of the forward tagged `tag`, of this shape, busy; NULL
+   where none does. */
+static Kept *find_workspace(long long tag, const int *dims, int groups, int images) {
+    Kept *kept = NULL;
+    pthread_mutex_lock(&workspaces_lock);
+    for (int i = 0; i < WORKSPACES && tag; i++)
+        if (workspaces[i].tag == tag && !workspaces[i].busy && workspaces[i].groups == groups &&
+            workspaces[i].images == images && !memcmp(workspaces[i].dims, dims, sizeof workspaces[i].dims))
+            kept = &workspaces[i], kept->busy = 1;
+    pthread_mutex_unlock(&workspaces_lock);
+    return kept;
+}
+
+/* Copies an image's iterations between the scratch and its slot of the workspace (`to_slot`:
+   that way), its windows' lanes of every plane. */
+static void copy_kept(const Shape *g, const Scratch *sc, float *slot, int to_slot) {
+    size_t n = (size_t)sc->win.Lp * sizeof(float);
+    for (int t = 0; t < g->T; t++) {
+        for (int plane = 0; plane < g->K + g->O; plane++, slot += sc->win.Lp) {
+            float *at = plane < g->K ? shares_at(g, sc, t) + (size_t)plane * g->Lp
+                                     : output_at(g, sc, t) + (size_t)(plane - g->K) * g->Lp;
+            memcpy(to_slot ? slot : at, to_slot ? at : slot, n);
+        }
+    }
+}
+
 /* Runs the T iterations of image x over its windows with a pixel other than 0, or over all of
    them when `all` (or a weight, or the image, is not finite). Returns 1, having stopped, where a
    bound fails (see BOUND): the image is then run again with `all`. The first shares, N(1), are 1
@@ -492,19 +587,23 @@ static float *start_task(const Shape *g, int backward, int task, int images, int
 }
 
 /* The output (groups×images×O×L) of groups×images×C×H×W inputs, each group with its own weights
-   (groups×(C·k²)×O, groups×O); groups×parts tasks on `threads` threads. Returns how many tasks
-   ran out of memory (their images are not computed). */
+   (groups×(C·k²)×O, groups×O); groups×parts tasks on `threads` threads. Where `tag` is not NULL,
+   the iterations are kept for the backward (see Kept) and *tag names them (0: not kept, memory
+   being short or every workspace taken). Returns how many tasks ran out of memory (their images
+   are not computed). */
 int attconv_forward(const int *dims, int groups, int images, int parts, int threads,
                     const float *x, const float *wbu, const float *wtd, const float *bias,
-                    float *out) {
+                    float *out, long long *tag) {
     Shape g = shape_of(dims);
     size_t HW = (size_t)g.H * g.W;
     int failed = 0;
+    Kept *kept = tag ? take_workspace(&g, dims, groups, images) : NULL;
 #pragma omp parallel for schedule(dynamic) num_threads(threads) reduction(+ : failed)
     for (int task = 0; task < groups * parts; task++) {
         int group, first, end;
         Scratch sc;
-        float *block = start_task(&g, 0, task, images, parts, wbu, wtd, bias, &sc, &group, &first, &end);
+        float *block = start_task(&g, kept != NULL, task, images, parts, wbu, wtd, bias, &sc, &group,
+                                  &first, &end);
         if (!block) {
             failed++;
             continue;
@@ -514,6 +613,10 @@ int attconv_forward(const int *dims, int groups, int images, int parts, int thre
             size_t image = (size_t)group * images + b;
             const float *xb = x + image * g.C * HW;
             if (image_forward(&g, xb, &sc, 0)) image_forward(&g, xb, &sc, 1);
+            if (kept) {
+                copy_kept(&g, &sc, kept->data + image * kept_per_image(&g), 1);
+                kept->ran_all[image] = sc.win.L == g.L;
+            }
             /* A window left out has its bias (through the ReLU, if inside) for output. */
             for (int o = 0; o < g.O; o++) {
                 float *row = out + (image * g.O + o) * g.L;
@@ -529,6 +632,8 @@ int attconv_forward(const int *dims, int groups, int images, int parts, int thre
         }
         free(block);
     }
+    if (tag) *tag = 0;
+    if (kept) put_workspace(kept, failed ? NULL : tag);
     return failed;
 }
 
@@ -607,16 +712,18 @@ static int image_backward(const Shape *shape, const Scratch *sc, const float *go
 }
 
 /* Gradients of the inputs and weights given the output's gradient gout (groups×images×O×L), the
-   arguments otherwise as attconv_forward's. Each task writes its own weight gradients, part
+   arguments otherwise as attconv_forward's, `tag` the forward's (its iterations are read where
+   still kept, and recomputed where not). Each task writes its own weight gradients, part
    `part` of group `group` at gwbu, gwtd [group][part] ((C·k²)×O) and gbias [group][part] (O), for
    the caller to sum in a fixed order; gx (groups×images×C×H×W) is written unless it is NULL.
    Returns how many tasks ran out of memory. */
 int attconv_backward(const int *dims, int groups, int images, int parts, int threads,
                      const float *x, const float *wbu, const float *wtd, const float *bias,
-                     const float *gout, float *gx, float *gwbu, float *gwtd, float *gbias) {
+                     const float *gout, float *gx, float *gwbu, float *gwtd, float *gbias, long long tag) {
     Shape g = shape_of(dims);
     size_t HW = (size_t)g.H * g.W, WO = (size_t)g.CK * g.O, OL = (size_t)g.O * g.L;
     int failed = 0;
+    Kept *kept = find_workspace(tag, dims, groups, images);
 #pragma omp parallel for schedule(dynamic) num_threads(threads) reduction(+ : failed)
     for (int task = 0; task < groups * parts; task++) {
         int group, first, end;
@@ -633,7 +740,15 @@ int attconv_backward(const int *dims, int groups, int images, int parts, int thr
             size_t image = (size_t)group * images + b;
             const float *xb = x + image * g.C * HW, *gb = gout + image * OL;
             float gout_max = peak(gb, OL);
-            if (image_forward(&g, xb, &sc, all || !(gout_max <= FLT_MAX))) image_forward(&g, xb, &sc, 1);
+            int all_here = all || !(gout_max <= FLT_MAX);
+            if (kept && (!all_here || kept->ran_all[image])) {
+                /* The windows the forward ran over: those image_forward would choose here. */
+                choose_windows(&g, xb, kept->ran_all[image], sc.inked, &sc.win);
+                cut(&g, &sc.win, xb, sc.X);
+                copy_kept(&g, &sc, kept->data + image * kept_per_image(&g), 0);
+            } else if (image_forward(&g, xb, &sc, all_here)) {
+                image_forward(&g, xb, &sc, 1);
+            }
             if (image_backward(&g, &sc, gb, gout_max, gx ? gx + image * g.C * HW : NULL)) {
                 all = 1, b = first - 1;
                 memset(sc.sum_bu, 0, (size_t)g.CK * g.Op * LB * sizeof(float));
@@ -652,5 +767,6 @@ int attconv_backward(const int *dims, int groups, int images, int parts, int thr
             for (int l = 0; l < LB; l++) tb[o] += sc.sum_b[o * LB + l];
         free(block);
     }
+    put_workspace(kept, NULL);
     return failed;
 }

@@ -3,13 +3,15 @@
 As tensor operations, each step of an iteration streams a tensor k² times the image for the whole
 batch through memory, and on a CPU the layer is bound by those passes, compiled or not
 (``docs/performance.md``). The kernel cuts one image's windows and runs every iteration on them
-while they are in cache; its backward recomputes the forward of the image, so autograd keeps only
-the inputs. Where the input's gradient is not wanted, it leaves out windows whose pixels are all
-0 (on composite digits, most of conv1's): the same numbers to float rounding, for less work. It
-is built with the machine's C compiler (``$CC``, else ``cc``) on first use, for this CPU, into
-``$STUDY_CACHE/kernels`` (``$STUDY_KERNEL_CFLAGS`` adds flags, e.g. sanitizers); where that
-fails, ``available()`` is False, one warning says why, and AttConv runs its tensor operations,
-which compute the same numbers. ``path()`` names the path AttConv takes here.
+while they are in cache. In training, the forward keeps every iteration's shares and outputs in a
+workspace of the kernel's own that its backward reads (recomputing them where another forward has
+taken it), so autograd keeps only the inputs and a tag. Where the input's gradient is not wanted,
+it leaves out windows whose pixels are all 0 (on composite digits, most of conv1's): the same
+numbers to float rounding, for less work. It is built with the machine's C compiler (``$CC``,
+else ``cc``) on first use, for this CPU, into ``$STUDY_CACHE/kernels`` (``$STUDY_KERNEL_CFLAGS``
+adds flags, e.g. sanitizers); where that fails, ``available()`` is False, one warning says why,
+and AttConv runs its tensor operations, which compute the same numbers. ``path()`` names the
+path AttConv takes here.
 
 Float32 on the CPU only; CUDA and other dtypes use the tensor operations. Each group's images are
 split into as many parts as torch has threads (fewer for fewer images), and the kernel runs the
@@ -28,10 +30,12 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -53,6 +57,7 @@ LINK = ["-shared", "-lm"]
 OPENMP = ["-fopenmp"]  # given to both steps where the compiler has it
 log = logging.getLogger(__name__)
 _float_p, _int_p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
+_tag_p = ctypes.POINTER(ctypes.c_longlong)
 
 
 def _machine(compiler: str) -> str:
@@ -102,9 +107,10 @@ def _library() -> ctypes.CDLL | None:
         log.warning("AttConv's CPU kernel could not be built (%s); AttConv runs as tensor "
                     "operations, the same numbers several times slower", detail.strip()[:300])
         return None
-    for name, tensors in (("attconv_forward", 5), ("attconv_backward", 9)):
-        getattr(library, name).argtypes = [_int_p, *[ctypes.c_int] * 4, *[_float_p] * tensors]
-        getattr(library, name).restype = ctypes.c_int
+    library.attconv_forward.argtypes = [_int_p, *[ctypes.c_int] * 4, *[_float_p] * 5, _tag_p]
+    library.attconv_backward.argtypes = [_int_p, *[ctypes.c_int] * 4, *[_float_p] * 9, ctypes.c_longlong]
+    for function in (library.attconv_forward, library.attconv_backward):
+        function.restype = ctypes.c_int
     return library
 
 
@@ -179,24 +185,52 @@ def _ran(failed: int) -> None:
         raise MemoryError("AttConv's CPU kernel could not allocate its scratch memory")
 
 
-@torch.library.custom_op("study::attconv_cpu", mutates_args=(), device_types="cpu")
 def attconv(x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor, kernel: int, stride: int,
             iterations: int, relu: bool) -> Tensor:
     """AttConv's output, G×B×O×h×w, for G groups of images G×B×C×H×W, each with its own weights
-    (G×(C·k²)×O, G×O). A group is a seed of a stack; a single layer is one group."""
+    (G×(C·k²)×O, G×O). A group is a seed of a stack; a single layer is one group. Where a
+    backward of the weights alone will follow (training at conv1), the kernel keeps the
+    iterations for it."""
+    return attconv_kept(x, w_bu, w_td, b_bu, kernel, stride, iterations, relu,
+                        _keeps(x, w_bu, w_td, b_bu))[0]
+
+
+def kept_bytes(x_shape: Sequence[int], outputs: int, kernel: int, stride: int, iterations: int) -> int:
+    """Bytes the kernel keeps from a training forward on inputs of ``x_shape`` (…×C×H×W) for its
+    backward, at most: every image's slot of T iterations' k² planes of shares and O of outputs,
+    each plane the image's windows padded to 16 lanes (``LB`` in the C source)."""
+    *images, _, height, width = x_shape
+    rows, columns = sides(height, width, kernel, stride)
+    lanes = -(-rows * columns // 16) * 16
+    return math.prod(images) * iterations * (kernel**2 + outputs) * lanes * 4
+
+
+def _keeps(x: Tensor, *weights: Tensor) -> bool:
+    """Whether a backward of the weights alone follows (as far as can be told here: under
+    ``vmap`` nothing requires grad until its rule unwraps the tensors)."""
+    return torch.is_grad_enabled() and not x.requires_grad and any(w.requires_grad for w in weights)
+
+
+@torch.library.custom_op("study::attconv_cpu", mutates_args=(), device_types="cpu")
+def attconv_kept(x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor, kernel: int, stride: int,
+                 iterations: int, relu: bool, keep: bool) -> tuple[Tensor, Tensor]:
+    """``attconv``'s output and the tag of the iterations the kernel kept for the backward (0 where
+    it kept none: not asked to, ``keep`` False, or its workspaces taken)."""
     x, w_bu, w_td, b_bu = _checked(x, w_bu, w_td, b_bu, kernel, stride, iterations)
     out = x.new_empty(*x.shape[:2], w_bu.shape[-1], *sides(*x.shape[-2:], kernel, stride))
+    tag = torch.zeros(1, dtype=torch.int64)
     _ran(_library().attconv_forward(*_geometry(x, w_bu, kernel, stride, iterations, relu),
-                                    *map(_pointer, (x, w_bu, w_td, b_bu, out))))
-    return out
+                                    *map(_pointer, (x, w_bu, w_td, b_bu, out)),
+                                    ctypes.cast(tag.data_ptr(), _tag_p) if keep else None))
+    return out, tag
 
 
 @torch.library.custom_op("study::attconv_cpu_backward", mutates_args=(), device_types="cpu")
-def attconv_backward(grad: Tensor, x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor,
+def attconv_backward(grad: Tensor, x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor, tag: Tensor,
                      kernel: int, stride: int, iterations: int, relu: bool,
                      input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``attconv``'s four tensors given its output's; the input's is empty unless
-    ``input_grad``."""
+    ``input_grad``. ``tag``: the forward's, whose kept iterations it reads where they still are."""
     x, w_bu, w_td, b_bu, grad = _checked(x, w_bu, w_td, b_bu, kernel, stride, iterations, grad)
     geometry = _geometry(x, w_bu, kernel, stride, iterations, relu)
     if grad.shape != (*x.shape[:2], w_bu.shape[-1], *sides(*x.shape[-2:], kernel, stride)):
@@ -208,62 +242,66 @@ def attconv_backward(grad: Tensor, x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: 
     gb_bu = b_bu.new_zeros(G, parts, b_bu.shape[-1])
     gx = torch.empty_like(x) if input_grad else None
     _ran(_library().attconv_backward(*geometry, *map(_pointer, (x, w_bu, w_td, b_bu, grad, gx, gw_bu,
-                                                                 gw_td, gb_bu))))
+                                                                 gw_td, gb_bu)), int(tag[0])))
     return (x.new_empty(0) if gx is None else gx), gw_bu.sum(1), gw_td.sum(1), gb_bu.sum(1)
 
 
-@attconv.register_fake
-def _(x, w_bu, w_td, b_bu, kernel, stride, iterations, relu):
-    return x.new_empty(*x.shape[:2], w_bu.shape[-1], *sides(*x.shape[-2:], kernel, stride))
+@attconv_kept.register_fake
+def _(x, w_bu, w_td, b_bu, kernel, stride, iterations, relu, keep):
+    return (x.new_empty(*x.shape[:2], w_bu.shape[-1], *sides(*x.shape[-2:], kernel, stride)),
+            x.new_empty(1, dtype=torch.int64))
 
 
 @attconv_backward.register_fake
-def _(grad, x, w_bu, w_td, b_bu, kernel, stride, iterations, relu, input_grad):
+def _(grad, x, w_bu, w_td, b_bu, tag, kernel, stride, iterations, relu, input_grad):
     # Contiguous, as the kernel writes them, whatever the inputs' strides.
     return (x.new_empty(x.shape if input_grad else 0), w_bu.new_empty(w_bu.shape),
             w_td.new_empty(w_td.shape), b_bu.new_empty(b_bu.shape))
 
 
 def _setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs[:4])
-    ctx.geometry = inputs[4:]
+    ctx.save_for_backward(*inputs[:4], output[1])
+    ctx.geometry = inputs[4:8]
 
 
-def _backward(ctx, grad: Tensor):
+def _backward(ctx, grad: Tensor, _tag_grad: Tensor | None):
     gx, gw_bu, gw_td, gb_bu = attconv_backward(grad, *ctx.saved_tensors, *ctx.geometry,
                                                ctx.needs_input_grad[0])
     # With one iteration the top-down weights never reach the output: no gradient, as in autograd.
     iterations = ctx.geometry[2]
     return (gx if ctx.needs_input_grad[0] else None, gw_bu, gw_td if iterations > 1 else None,
-            gb_bu, None, None, None, None)
+            gb_bu, None, None, None, None, None)
 
 
-attconv.register_autograd(_backward, setup_context=_setup)
+attconv_kept.register_autograd(_backward, setup_context=_setup)
 
 
-@attconv.register_vmap
+@attconv_kept.register_vmap
 def _(info, in_dims, x, w_bu, w_td, b_bu, *geometry):
     """Seeds of a stack: with weights of their own, each seed's groups become groups; sharing the
     weights, its images join the batch of each group."""
     size, (x_dim, *weight_dims) = info.batch_size, in_dims[:4]
+    *geometry, keep = geometry
+    geometry = (*geometry, keep or _keeps(x, w_bu, w_td, b_bu))
     if all(d is None for d in weight_dims):
         x = x.movedim(x_dim, 1)  # G×S×B×…: the seeds' images side by side in each group
-        out = attconv(x.flatten(1, 2), w_bu, w_td, b_bu, *geometry)
-        return out.unflatten(1, x.shape[1:3]), 1
+        out, tag = attconv_kept(x.flatten(1, 2), w_bu, w_td, b_bu, *geometry)
+        return (out.unflatten(1, x.shape[1:3]), tag), (1, None)
 
     def per_seed(t: Tensor, dim: int | None) -> Tensor:
         t = t.expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
         return t.flatten(0, 1)  # (S·G)×…
 
-    out = attconv(per_seed(x, x_dim), *(per_seed(t, d) for t, d in
-                                         zip((w_bu, w_td, b_bu), weight_dims, strict=True)), *geometry)
-    return out.unflatten(0, (size, -1)), 0
+    out, tag = attconv_kept(per_seed(x, x_dim), *(per_seed(t, d) for t, d in
+                                                   zip((w_bu, w_td, b_bu), weight_dims, strict=True)),
+                            *geometry)
+    return (out.unflatten(0, (size, -1)), tag), (0, None)  # one tag: the kernel ran once
 
 
 @register_flop_formula(torch.ops.study.attconv_cpu)
-def _(x_shape, w_bu_shape, w_td_shape, b_shape, kernel, stride, iterations, relu, *,
+def _(x_shape, w_bu_shape, w_td_shape, b_shape, kernel, stride, iterations, relu, keep, *,
       out_shape) -> int:
     """What the tensor operations' matrix products count: T bottom-up and T − 1 top-down, each
     (C·k²)·O multiply-adds per window."""
-    groups, images, outputs, h, w = out_shape
+    (groups, images, outputs, h, w), _tag = out_shape
     return (2 * iterations - 1) * 2 * w_bu_shape[-2] * outputs * h * w * images * groups

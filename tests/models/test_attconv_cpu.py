@@ -215,14 +215,18 @@ def ink(n: int, C: int, H: int, W: int, seed: int = 0) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize(("C", "H", "W", "k", "s", "T", "relu", "outputs"), [
+# Layers on images mostly 0 (``ink``), where the kernel leaves windows out.
+INKED_SHAPES = pytest.mark.parametrize(("C", "H", "W", "k", "s", "T", "relu", "outputs"), [
     (1, 48, 48, 5, 1, 4, False, 6),   # conv1 of a 48-pixel canvas
     (6, 22, 22, 5, 1, 4, True, 16),   # conv2's shape, ReLU inside
     (3, 9, 11, 3, 2, 3, True, 4),     # stride that does not tile, not square
     (2, 12, 12, 3, 2, 2, False, 3),   # a stride leaving the last row and column in no window
     (2, 10, 10, 3, 1, 1, False, 5),   # one iteration
 ])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@INKED_SHAPES
 def test_windows_of_zeros_left_out_change_no_number(C, H, W, k, s, T, relu, outputs, threads):
     """Where the input's gradient is not wanted (conv1), windows whose pixels are all 0 are left
     out: their output is their bias (through the ReLU), their gradients reach only the bias. On
@@ -249,6 +253,70 @@ def test_windows_of_zeros_left_out_change_no_number(C, H, W, k, s, T, relu, outp
             assert got is None, name
             continue
         assert (got.double() - want).abs().max() / want.abs().max() < 1e-5, name
+
+
+def kept_forward(layer: AttConv, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's forward as the operator runs it in training: its output and the tag of the
+    iterations it kept for the backward."""
+    weights = (p.detach()[None] for p in layer.parameters())
+    return attconv_cpu.attconv_kept(x[None], *weights, layer.kernel_size, layer.stride, layer.iterations,
+                                    layer.relu_inside, True)
+
+
+def weight_gradients(layer: AttConv, x: torch.Tensor, grad: torch.Tensor, tag: torch.Tensor) -> list:
+    """The operator's backward of the weights alone, reading the iterations kept under ``tag``
+    where they still are."""
+    _, *weights = attconv_cpu.attconv_backward(
+        grad[None], x[None], *(p.detach()[None] for p in layer.parameters()), tag,
+        layer.kernel_size, layer.stride, layer.iterations, layer.relu_inside, False)
+    return weights
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@INKED_SHAPES
+def test_the_backward_reads_the_iterations_its_forward_kept_and_they_are_the_ones_it_would_recompute(
+        C, H, W, k, s, T, relu, outputs, threads):
+    """In training the forward keeps its iterations for the backward, which reads them instead of
+    running the forward again: the gradients are bit for bit those recomputed (tag 0), also read a
+    second time (the first read frees them: recomputed again), and they are read: given weights
+    the forward did not run with, the kept iterations give other gradients than recomputed ones."""
+    torch.manual_seed(2)
+    layer = AttConv(C, outputs, k, iterations=T, stride=s, relu_inside=relu)
+    with torch.no_grad():
+        layer.weight_td.add_(0.5 * torch.randn_like(layer.weight_td))
+    x = ink(3 * threads + 2, C, H, W)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, tag = kept_forward(layer, x)
+        grad = torch.randn_like(out[0])
+        assert int(tag) != 0
+        recomputed = weight_gradients(layer, x, grad, torch.zeros(1, dtype=torch.int64))
+        for read in (weight_gradients(layer, x, grad, tag), weight_gradients(layer, x, grad, tag)):
+            assert all(torch.equal(a, b) for a, b in zip(read, recomputed, strict=True))
+        _, tag = kept_forward(layer, x)
+        with torch.no_grad():
+            layer.weight_td.mul_(1.5)
+        other = weight_gradients(layer, x, grad, tag)
+        fresh = weight_gradients(layer, x, grad, torch.zeros(1, dtype=torch.int64))
+        # At one iteration the weights' gradients use nothing kept but the ReLU's mask.
+        assert T == 1 or not torch.equal(other[0], fresh[0])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_more_forwards_than_the_kernel_keeps_before_their_backwards_each_get_their_gradients():
+    """Ten forwards kept before any backward (the kernel keeps a few: the oldest are taken for the
+    newest), then the backwards in reverse order: each gets the gradients of its own forward."""
+    torch.manual_seed(3)
+    layer = AttConv(1, 6, 5, iterations=3)
+    images = [ink(3, 1, 20, 20, seed=seed) for seed in range(10)]
+    kept = [kept_forward(layer, x) for x in images]
+    for x, (out, tag) in reversed(list(zip(images, kept, strict=True))):
+        grad = torch.randn_like(out[0])
+        recomputed = weight_gradients(layer, x, grad, torch.zeros(1, dtype=torch.int64))
+        assert all(torch.equal(a, b) for a, b in
+                   zip(weight_gradients(layer, x, grad, tag), recomputed, strict=True))
 
 
 @pytest.mark.parametrize("where", ["bias_bu", "gradient", "input"])
