@@ -219,24 +219,52 @@ static void normalise(const Shape *g, const Windows *win, float *a, float *pixel
     WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, e, p, n) for (int q = 0; q < n; q++) a[e + q] *= pixels[p + q * s]);
 }
 
-/* a = N(exp(e − shift)), the shift each pixel's largest e: it cancels in N and leaves every
-   pixel one share of exactly 1, so nothing overflows. A NaN among a pixel's e is its maximum,
-   as torch.maximum takes it, so it reaches every share of that pixel. The exp runs over whole
-   planes in vectors (a row of windows at a time, fused with the shift and the sums, measured
-   slower: a row is 44 windows at conv1, not a multiple of LB), then the padding is cleared.
-   pixels: H·W floats. */
+/* Whether every entry of e's k² planes (their padding too, which holds zeros) lies within
+   SPREAD of the largest, which is then in `most`: false where one is NaN or infinite. */
+#define SPREAD 64.0f
+static int narrow(const Shape *g, const Windows *win, const float *e, float *most) {
+    vec hi = load(e), lo = hi;
+    ivec nan = hi != hi;
+    for (int ij = 0; ij < g->K; ij++)
+        for (int n = ij * g->Lp; n < ij * g->Lp + win->Lp; n += LB) {
+            vec v = load(e + n);
+            hi = choose(v > hi, v, hi), lo = choose(v < lo, v, lo), nan |= v != v;
+        }
+    float h = hi[0], l = lo[0];
+    int bad = 0;
+    for (int i = 0; i < LB; i++) h = hi[i] > h ? hi[i] : h, l = lo[i] < l ? lo[i] : l, bad |= nan[i];
+    *most = h;
+    return !bad && h - l <= SPREAD;
+}
+
+/* a = N(exp(e − shift)), which the shift leaves unchanged: N divides by each pixel's sum. Where
+   e spans at most SPREAD (see `narrow`; on the study's images, whose pixels are in [0, 1], it
+   spans about 0.2), one shift for the image, its largest e: one pass over whole planes, every
+   exp at least e^−64 and every pixel's sum a normal float. Otherwise each pixel's own largest e,
+   which leaves every pixel one share of exactly 1, so nothing overflows or vanishes; a NaN among
+   a pixel's e is its maximum, as torch.maximum takes it, so it reaches every share of that pixel.
+   The exp runs over whole planes in vectors (a row of windows at a time, fused with the shift
+   and the sums, measured slower: a row is 44 windows at conv1, not a multiple of LB), then the
+   padding is cleared. pixels: H·W floats. */
 static void softmax(const Shape *shape, const Windows *win, const float *e, float *a, float *pixels) {
     const Shape local = *shape, *g = &local; /* see `vec` */
-    int HW = g->H * g->W;
-    for (int p = 0; p < HW; p++) pixels[p] = -INFINITY;
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++) {
-        float *d = pixels + p + q * s, v = e[n + q];
-        *d = v > *d || v != v ? v : *d;
-    });
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
-        a[n + q] = e[n + q] - pixels[p + q * s]);
-    for (int ij = 0; ij < g->K; ij++)
-        for (int n = ij * g->Lp; n < ij * g->Lp + win->Lp; n += LB) store(a + n, exp_nonpositive(load(a + n)));
+    float most;
+    if (narrow(g, win, e, &most)) {
+        for (int ij = 0; ij < g->K; ij++)
+            for (int n = ij * g->Lp; n < ij * g->Lp + win->Lp; n += LB)
+                store(a + n, exp_nonpositive(load(e + n) - most));
+    } else {
+        int HW = g->H * g->W;
+        for (int p = 0; p < HW; p++) pixels[p] = -INFINITY;
+        WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++) {
+            float *d = pixels + p + q * s, v = e[n + q];
+            *d = v > *d || v != v ? v : *d;
+        });
+        WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
+            a[n + q] = e[n + q] - pixels[p + q * s]);
+        for (int ij = 0; ij < g->K; ij++)
+            for (int n = ij * g->Lp; n < ij * g->Lp + win->Lp; n += LB) store(a + n, exp_nonpositive(load(a + n)));
+    }
     clear_padding(g, win, a, g->K, g->K);
     normalise(g, win, a, pixels);
 }

@@ -71,15 +71,23 @@ def test_matches_the_loop_over_windows():
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_shares_far_apart_stay_finite_and_match():
-    """Large weights spread e over hundreds: the kernel's exp must neither overflow nor lose the
-    winning window, as the tensor operations' shift guarantees."""
+@pytest.mark.parametrize(("scale", "lowest", "highest"), [(1, 9, 44), (30, 8000, 36000)])
+def test_shares_far_apart_stay_finite_and_match(scale, lowest, highest):
+    """Large weights spread an image's e over tens (one shift for the image: shares down to
+    e^−44) or thousands (each pixel's own shift): the kernel's exp must neither overflow nor
+    lose the winning window, as the tensor operations' shift guarantees."""
     torch.manual_seed(3)
     layer = AttConv(2, 4, 5, iterations=4)
     with torch.no_grad():
         for p in layer.parameters():
-            p.mul_(30)
+            p.mul_(scale)
     x = torch.rand(2, 2, 14, 14) * 10
+    with torch.no_grad():  # each image's e at each iteration, from the tensor operations
+        X = layer._windows(x)
+        agreements = [(x_hat * X).sum(1) / 2**0.5 for _, _, x_hat in layer.steps(x) if x_hat is not None]
+    spans = torch.stack([e.amax((1, 2, 3, 4)).clamp(min=0) - e.amin((1, 2, 3, 4)).clamp(max=0)
+                         for e in agreements])
+    assert lowest <= spans.min() and spans.max() <= highest
     y = layer(x)
     assert torch.isfinite(y).all()
     expected = reference(layer.double(), x.double())
