@@ -328,11 +328,13 @@ static inline vec predict(const Shape *g, int ck, int l0, const float *wtd, cons
     return (s0 + s1) + (s2 + s3);
 }
 
-/* e = Σ_c x̂ ⊙ X / √C (k²×Lp), for `Op` outputs. Where Op is a constant (OB or 2·OB, the
-   networks here), a block of windows' outputs is loaded into registers once and serves all C·k²
-   predictions; otherwise each prediction loads them again. */
+/* e = Σ_c x̂ ⊙ X / √C (k²×Lp) with x̂ = W y, for `Op` outputs: the agreement (W_td and the
+   outputs), and in the backward the shares' part of the attended input's gradient (W_bu and the
+   outputs' gradient). Where Op is a constant (OB or 2·OB, the networks here), a block of windows'
+   outputs is loaded into registers once and serves all C·k² predictions; otherwise each
+   prediction loads them again. */
 static inline __attribute__((always_inline)) void agreement_of(const Shape *g, const Windows *win, const int Op,
-                                                               const float *X, const float *wtd, const float *y,
+                                                               const float *X, const float *w, const float *y,
                                                                float *e) {
     float scale = 1.0f / sqrtf((float)g->C);
     for (int ij = 0; ij < g->K; ij++) memset(e + (size_t)ij * g->Lp, 0, (size_t)win->Lp * sizeof(float));
@@ -344,7 +346,7 @@ static inline __attribute__((always_inline)) void agreement_of(const Shape *g, c
             float *er = e + (ck % g->K) * g->Lp + l0;
             vec x_hat;
             if (Op <= 2 * OB) {
-                const float *wr = wtd + (size_t)ck * Op;
+                const float *wr = w + (size_t)ck * Op;
                 vec s0 = {0}, s1 = {0};
                 for (int o = 0; o < Op; o += 2) {
                     s0 += wr[o] * yv[o];
@@ -352,22 +354,22 @@ static inline __attribute__((always_inline)) void agreement_of(const Shape *g, c
                 }
                 x_hat = s0 + s1;
             } else {
-                x_hat = predict(g, ck, l0, wtd, y);
+                x_hat = predict(g, ck, l0, w, y);
             }
             store(er, load(er) + scale * x_hat * load(X + (size_t)ck * g->Lp + l0));
         }
     }
 }
 
-static void agreement(const Shape *shape, const Windows *win, const float *X, const float *wtd, const float *y,
+static void agreement(const Shape *shape, const Windows *win, const float *X, const float *w, const float *y,
                       float *e) {
     const Shape local = *shape, *g = &local; /* see `vec` */
     if (g->Op == OB)
-        agreement_of(g, win, OB, X, wtd, y, e);
+        agreement_of(g, win, OB, X, w, y, e);
     else if (g->Op == 2 * OB)
-        agreement_of(g, win, 2 * OB, X, wtd, y, e);
+        agreement_of(g, win, 2 * OB, X, w, y, e);
     else
-        agreement_of(g, win, g->Op, X, wtd, y, e);
+        agreement_of(g, win, g->Op, X, w, y, e);
 }
 
 /* One task's scratch: the group's weights padded to Op, N(1) per pixel, the windows, the shares
@@ -673,11 +675,11 @@ static int image_backward(const Shape *shape, const Scratch *sc, const float *go
     const Shape local = *shape, *g = &local; /* see `vec` */
     const Windows *win = &sc->win;
     int K = g->K, Lp = g->Lp, leaves_out = win->L < g->L;
-    size_t KL = (size_t)K * Lp, OL = (size_t)g->Op * Lp, HW = (size_t)g->H * g->W;
+    size_t KL = (size_t)K * Lp, HW = (size_t)g->H * g->W;
     float scale = 1.0f / sqrtf((float)g->C), *gz = sc->gz, *gy = sc->gy, *ga = sc->e, *gX = sc->gX;
     /* The output's gradient, of the windows run over into lanes; the rest reaches the bias only,
        through the last iteration's ReLU (if inside), where their output is the bias. */
-    memset(gz, 0, OL * sizeof(float));
+    clear_padding(g, win, gz, 0, g->Op); /* the lanes run over, of every output */
     for (int o = 0; o < g->O; o++) {
         const float *row = gout + (size_t)o * g->L;
         float left_out = 0.0f;
@@ -689,11 +691,14 @@ static int image_backward(const Shape *shape, const Scratch *sc, const float *go
         }
         sc->sum_b[o * LB] += g->relu && sc->bias[o] <= 0.0f ? 0.0f : left_out;
     }
-    memset(gX, 0, (size_t)g->CK * Lp * sizeof(float));
+    if (gx) memset(gX, 0, (size_t)g->CK * Lp * sizeof(float));
     for (int t = g->T - 1; t >= 0; t--) {
         const float *at = shares_at(g, sc, t), *yt = output_at(g, sc, t);
-        /* Through the ReLU (y > 0 exactly where it passed) to the bottom-up product. */
-        for (size_t n = 0; n < OL; n++) gy[n] = g->relu && yt[n] <= 0.0f ? 0.0f : gz[n];
+        /* Through the ReLU (y > 0 exactly where it passed) to the bottom-up product; of the
+           lanes run over only, as everything below. */
+        for (int o = 0; o < g->Op; o++)
+            for (size_t n = (size_t)o * Lp; n < (size_t)o * Lp + win->Lp; n++)
+                gy[n] = g->relu && yt[n] <= 0.0f ? 0.0f : gz[n];
         if (leaves_out && !(larger(planes_peak(g, gy, g->O, win->Lp), gout_max) * sc->reach_bu < BOUND))
             return 1;
         for (int o = 0; o < g->Op; o++) {
@@ -702,24 +707,30 @@ static int image_backward(const Shape *shape, const Scratch *sc, const float *go
             store(sc->sum_b + o * LB, load(sc->sum_b + o * LB) + acc);
         }
         weight_sums(g, win, sc->X, at, gy, sc->sum_bu);
-        /* The attended input's gradient, W_bu gy, into the shares' and the windows'. */
-        for (int ij = 0; ij < K; ij++) memset(ga + (size_t)ij * Lp, 0, (size_t)win->Lp * sizeof(float));
-        for (int l0 = 0; l0 < win->Lp; l0 += LB)
-            for (int ck = 0; ck < g->CK; ck++) {
-                float *gar = ga + (ck % K) * Lp + l0, *gXr = gX + (size_t)ck * Lp + l0;
-                vec gxa = predict(g, ck, l0, sc->wbu, gy);
-                store(gar, load(gar) + gxa * load(sc->X + (size_t)ck * Lp + l0));
-                if (gx) store(gXr, load(gXr) + gxa * load(at + (ck % K) * Lp + l0));
-            }
-        if (t == 0) break; /* N(1) depends on nothing */
-        /* Through the softmax of each pixel's windows, ge = a ⊙ (ga − Σ_pixel a ⊙ ga), and
-           the 1/√C of e; ge overwrites ga. */
+        /* The attended input's gradient, W_bu gy, into the windows' where wanted and into the
+           shares' as e is formed (⊙ X / √C: what `agreement` computes, W_bu for W_td); the
+           shares' is not wanted at t = 0, N(1) depending on nothing. */
+        if (gx) {
+            for (int ij = 0; ij < K; ij++) memset(ga + (size_t)ij * Lp, 0, (size_t)win->Lp * sizeof(float));
+            for (int l0 = 0; l0 < win->Lp; l0 += LB)
+                for (int ck = 0; ck < g->CK; ck++) {
+                    float *gar = ga + (ck % K) * Lp + l0, *gXr = gX + (size_t)ck * Lp + l0;
+                    vec gxa = predict(g, ck, l0, sc->wbu, gy);
+                    store(gar, load(gar) + scale * gxa * load(sc->X + (size_t)ck * Lp + l0));
+                    store(gXr, load(gXr) + gxa * load(at + (ck % K) * Lp + l0));
+                }
+        } else if (t > 0) {
+            agreement(g, win, sc->X, sc->wbu, gy, ga);
+        }
+        if (t == 0) break;
+        /* Through the softmax of each pixel's windows, ge = a ⊙ (ga − Σ_pixel a ⊙ ga) (ga being
+           e's gradient, the 1/√C already in); ge overwrites ga. */
         for (int ij = 0; ij < K; ij++)
             for (int n = ij * Lp; n < ij * Lp + win->Lp; n++) ga[n] *= at[n];
         memset(sc->pixels, 0, HW * sizeof(float));
         pixel_sums(g, win, ga, sc->pixels);
         WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
-            ga[n + q] = scale * (ga[n + q] - at[n + q] * sc->pixels[p + q * s]));
+            ga[n + q] -= at[n + q] * sc->pixels[p + q * s]);
         clear_padding(g, win, ga, K, K);
         /* ... then through e = Σ_c x̂ ⊙ X and x̂ = W_td y of the iteration before. */
         const float *yp = output_at(g, sc, t - 1);
