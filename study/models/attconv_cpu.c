@@ -538,15 +538,26 @@ static Kept *find_workspace(long long tag, const int *dims, int groups, int imag
     return kept;
 }
 
+/* The first shares, N(1): every window entry 1 over the number of windows covering its pixel
+   (a0, per pixel), the padding cleared. */
+static void first_shares(const Shape *g, const Windows *win, const float *a0, float *a) {
+    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
+        a[n + q] = a0[p + q * s]);
+    clear_padding(g, win, a, g->K, g->K);
+}
+
 /* Copies an image's iterations between the scratch and its slot of the workspace (`to_slot`:
-   that way), its windows' lanes of every plane. */
+   that way), its windows' lanes of every plane the backward reads but the first shares, which
+   `first_shares` makes again: not the last output either, without the ReLU inside (it is read
+   only for the ReLU's mask). */
 static void copy_kept(const Shape *g, const Scratch *sc, float *slot, int to_slot) {
     size_t n = (size_t)sc->win.Lp * sizeof(float);
     for (int t = 0; t < g->T; t++) {
-        for (int plane = 0; plane < g->K + g->O; plane++, slot += sc->win.Lp) {
+        for (int plane = t == 0 ? g->K : 0; plane < g->K + (t < g->T - 1 || g->relu ? g->O : 0); plane++) {
             float *at = plane < g->K ? shares_at(g, sc, t) + (size_t)plane * g->Lp
                                      : output_at(g, sc, t) + (size_t)(plane - g->K) * g->Lp;
             memcpy(to_slot ? slot : at, to_slot ? at : slot, n);
+            slot += sc->win.Lp;
         }
     }
 }
@@ -561,9 +572,7 @@ static int image_forward(const Shape *g, const float *x, Scratch *sc, int all) {
     const Windows *win = &sc->win;
     int leaves_out = win->L < g->L;
     cut(g, win, x, sc->X);
-    WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
-        sc->a[n + q] = sc->a0[p + q * s]);
-    clear_padding(g, win, sc->a, g->K, g->K);
+    first_shares(g, win, sc->a0, sc->a);
     for (int t = 0; t < g->T; t++) {
         float *y = output_at(g, sc, t);
         product(g, win, sc->X, shares_at(g, sc, t), sc->wbu, sc->bias, y, g->relu);
@@ -785,6 +794,7 @@ int attconv_backward(const int *dims, int groups, int images, int parts, int thr
                 choose_windows(&g, xb, kept->ran_all[image], sc.inked, &sc.win);
                 cut(&g, &sc.win, xb, sc.X);
                 copy_kept(&g, &sc, kept->data + image * kept_per_image(&g), 0);
+                first_shares(&g, &sc.win, sc.a0, sc.a);
             } else if (image_forward(&g, xb, &sc, all_here)) {
                 image_forward(&g, xb, &sc, 1);
             }
