@@ -9,9 +9,12 @@ GPU), and on a CPU in float32 with its C kernel (``study.models.attconv_cpu``). 
 milliseconds per forward and backward at conv1 of the thesis network (1 → 6 channels, 5×5,
 48×48) for T = 1, 4, 8 and each batch, and the ratios textbook ÷ AttConv and tensor operations ÷
 AttConv (1× where AttConv is the tensor operations). A batch of 320 stands for 10 stacked seeds
-of 32.
+of 32. The images are the thesis study's, as the network sees them (pixels in [0, 1], most of
+conv1's windows empty, which the kernel leaves out); ``--images random`` gives every pixel a
+random value in [0, 1], so that no window is left out (the figures before 2026-12-06 did so).
 
 Usage: python bench/attconv.py [--device cuda] [--batch 32 320] [--steps 10]
+                               [--images thesis|random]
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ import argparse
 import math
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from study.data.dataset import sample
+from study.loading import load
 from study.models import AttConv
-from study.train import pick_device
+from study.train import as_images, as_inputs, pick_device
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def textbook(layer: AttConv, x: torch.Tensor) -> torch.Tensor:
@@ -77,18 +85,21 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 320])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--images", choices=["thesis", "random"], default="thesis")
     args = parser.parse_args()
     device = pick_device(args.device)
+    made = sample(load(ROOT / "searchspaces" / "thesis.yaml").data, max(args.batch))
+    thesis = as_inputs(as_images(made.images[:max(args.batch)], device))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), threads {torch.get_num_threads()}, AttConv 1→6 channels, 5×5, "
-          f"48×48; ms per forward + backward, {args.steps} timed passes")
+          f"48×48, {args.images} images; ms per forward + backward, {args.steps} timed passes")
     print(f"{'T':>3}{'batch':>7}{'textbook':>10}{'tensor ops':>12}{'AttConv':>9}{'textbook÷':>11}"
           f"{'tensor ops÷':>13}{'max |diff|':>12}")
     for iterations in (1, 4, 8):
         torch.manual_seed(0)
         layer = AttConv(1, 6, 5, iterations=iterations).to(device)
         for batch in args.batch:
-            x = torch.rand(batch, 1, 48, 48, device=device)
+            x = thesis[:batch] if args.images == "thesis" else torch.rand(batch, 1, 48, 48, device=device)
             with torch.no_grad():
                 diff = (textbook(layer, x) - layer(x)).abs().max().item()
             book = ms_per_pass(partial(textbook, layer), x, args.steps, device)
