@@ -82,6 +82,7 @@ def activations(study: Study) -> Activations:
     with torch.device("meta"):
         net = Stacked([build_network(study.model, canvas, channels)])
     sizes, kept = [], []  # per batch: the tensors saved for the backward; what the kernel keeps
+    layers = [m for m in net.template.modules() if isinstance(m, AttConv)]
     with FakeTensorMode():
         net.params = {name: torch.empty(value.shape, device=device, requires_grad=value.requires_grad)
                       for name, value in net.params.items()}
@@ -98,7 +99,6 @@ def activations(study: Study) -> Activations:
             def keep(layer: AttConv, inputs: tuple) -> None:
                 kept[-1] += layer.kept_bytes(inputs[0])
 
-            layers = [m for m in net.template.modules() if isinstance(m, AttConv)]
             hooks = [layer.register_forward_pre_hook(keep) for layer in layers]
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
                 net(torch.zeros(1, batch, channels, canvas, canvas, device=device))

@@ -457,12 +457,12 @@ static float reach(const Shape *g, const float *w) {
    must be finite where they meet the zeros, and so must the predictions of the windows kept
    (a NaN among them meets the zeros they share with left-out windows). Each is bounded by
    reach(W)·max|entries| below BOUND (< FLT_MAX, with room for rounding; a NaN entry fails it);
-   where a bound fails the image (in the backward, the task) runs again over all windows, so NaN and infinity reach exactly what they reach in the
-   tensor operations. Non-finite weights, inputs or output gradients take all windows at once. */
+   where a bound fails the image (in the backward, the task) runs again over all windows, so NaN
+   and infinity reach exactly what they reach in the tensor operations. Non-finite weights, inputs or output gradients take all windows at once. */
 #define BOUND 1e38f
 
 /* The forward's iterations kept for the backward: per image, from the start of a slot of
-   T·(k²+O)·Lp floats, each iteration's k² planes of shares and O of outputs, each plane the
+   T·(k²+O)·Lp floats (room for all of them), the planes `copy_kept` copies, each plane the
    windows the image ran over (its Windows' Lp lanes). A few workspaces, so that networks with
    several AttConv layers keep each layer's; each holds one forward's, named by a tag, until its
    backward has read it or, all being taken, the oldest is taken for a new forward (whose
@@ -538,17 +538,21 @@ static Kept *find_workspace(long long tag, const int *dims, int groups, int imag
     return kept;
 }
 
-/* The first shares, N(1): every window entry 1 over the number of windows covering its pixel
-   (a0, per pixel), the padding cleared. */
-static void first_shares(const Shape *g, const Windows *win, const float *a0, float *a) {
+/* Starts image x's run over its windows (every window where `all`): chooses them, cuts them,
+   and gives them the first shares, N(1): every window entry 1 over the number of windows covering
+   its pixel (a0, per pixel), the padding cleared. */
+static void start_image(const Shape *g, const float *x, Scratch *sc, int all) {
+    const Windows *win = &sc->win;
+    choose_windows(g, x, all, sc->inked, &sc->win);
+    cut(g, win, x, sc->X);
     WITH_STRIDE(g, FOR_WINDOW_ROWS(g, win, n, p, width) for (int q = 0; q < width; q++)
-        a[n + q] = a0[p + q * s]);
-    clear_padding(g, win, a, g->K, g->K);
+        sc->a[n + q] = sc->a0[p + q * s]);
+    clear_padding(g, win, sc->a, g->K, g->K);
 }
 
 /* Copies an image's iterations between the scratch and its slot of the workspace (`to_slot`:
    that way), its windows' lanes of every plane the backward reads but the first shares, which
-   `first_shares` makes again: not the last output either, without the ReLU inside (it is read
+   `start_image` makes again: not the last output either, without the ReLU inside (it is read
    only for the ReLU's mask). */
 static void copy_kept(const Shape *g, const Scratch *sc, float *slot, int to_slot) {
     size_t n = (size_t)sc->win.Lp * sizeof(float);
@@ -567,12 +571,9 @@ static void copy_kept(const Shape *g, const Scratch *sc, float *slot, int to_slo
    bound fails (see BOUND): the image is then run again with `all`. The first shares, N(1), are 1
    over the number of windows covering each pixel, as with all windows. */
 static int image_forward(const Shape *g, const float *x, Scratch *sc, int all) {
-    all = all || !sc->finite || !(peak(x, (size_t)g->C * g->H * g->W) <= FLT_MAX);
-    choose_windows(g, x, all, sc->inked, &sc->win);
+    start_image(g, x, sc, all || !sc->finite || !(peak(x, (size_t)g->C * g->H * g->W) <= FLT_MAX));
     const Windows *win = &sc->win;
     int leaves_out = win->L < g->L;
-    cut(g, win, x, sc->X);
-    first_shares(g, win, sc->a0, sc->a);
     for (int t = 0; t < g->T; t++) {
         float *y = output_at(g, sc, t);
         product(g, win, sc->X, shares_at(g, sc, t), sc->wbu, sc->bias, y, g->relu);
@@ -791,10 +792,8 @@ int attconv_backward(const int *dims, int groups, int images, int parts, int thr
             int all_here = all || !(gout_max <= FLT_MAX);
             if (kept && (!all_here || kept->ran_all[image])) {
                 /* The windows the forward ran over: those image_forward would choose here. */
-                choose_windows(&g, xb, kept->ran_all[image], sc.inked, &sc.win);
-                cut(&g, &sc.win, xb, sc.X);
+                start_image(&g, xb, &sc, kept->ran_all[image]);
                 copy_kept(&g, &sc, kept->data + image * kept_per_image(&g), 0);
-                first_shares(&g, &sc.win, sc.a0, sc.a);
             } else if (image_forward(&g, xb, &sc, all_here)) {
                 image_forward(&g, xb, &sc, 1);
             }
