@@ -29,8 +29,10 @@ def installed() -> str | None:
 
 
 # What every test Slurm shares: root, no munge (auth/none: on this machine only), no cgroups, one
-# CPU as the unit of a job.
+# CPU as the unit of a job; ended jobs forgotten after 6 s, so that `sbatch --wait` asks every 2 s
+# (it asks less often the longer Slurm keeps them: up to every 32 s at the default 300).
 COMMON = """\
+MinJobAge=6
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/none
