@@ -24,3 +24,9 @@ def _data_cache(tmp_path_factory):
     mp.setenv("STUDY_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: under ``pytest -n 2`` the long ones start early and the quick ones
+    fill in at the end, so that both workers finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -10,7 +10,7 @@ root, or no ``ip``), the tests that need them skip with the reason.
 Example (as root)::
 
     with two_hosts() as (head, worker):
-        head.run(["ip", "-brief", "address"])      # its link's address is 10.231.7.1
+        head.run(["ip", "-brief", "address"])      # its link's address is NET.1
         worker.run(["ping", "-c", "1", head.address])
 """
 
@@ -26,7 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NET = "10.231.7"  # a private test range, given only to the two namespaces' ends of the link
+# A private test range, given only to the two namespaces' ends of the link: one per pytest-xdist
+# worker (gw0, gw1, ...), so that two workers' hosts never meet at one address, where Ray and
+# Slurm would take the other's daemons for their own.
+NET = f"10.231.{7 + int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:])}"
 
 
 def _ip(*args: str) -> None:

@@ -5,6 +5,7 @@ planned networks."""
 
 import os
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -19,13 +20,16 @@ pytestmark = pytest.mark.slow  # a real Slurm and Ray on two hosts
 # before the first ends: Ray Tune hands an ended trial's worker to a trial still waiting for its own.
 LONGER = ["--set", "data.n_images=3000", "--set", "train.epochs=8", "--set", "search.seeds=1"]
 
+# Job numbers from 1001: the one-node Slurm of tests/test_slurm.py, perhaps running beside it
+# (pytest -n), numbers from 1, and a job's number names its Ray folder in the shared /tmp.
 CONFIG = COMMON + """\
 ClusterName=studyhosts
+FirstJobId=1001
 SlurmctldHost={host}({head})
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation={folder}/state
-SlurmdSpoolDir={folder}/spool-%n
+SlurmdSpoolDir={spool}/%n
 SlurmctldPidFile={folder}/slurmctld.pid
 SlurmdPidFile={folder}/slurmd-%n.pid
 SlurmctldLogFile={folder}/slurmctld.log
@@ -48,17 +52,23 @@ def slurm_hosts(hosts, tmp_path):
     (folder / "state").mkdir(parents=True)
     host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
     conf = folder / "slurm.conf"
-    conf.write_text(CONFIG.format(host=host, head=head.address, worker=worker.address, folder=folder))
-    env = {**os.environ, "SLURM_CONF": str(conf), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    head.start(["slurmctld", "-D", "-f", str(conf)], folder / "slurmctld.out", env)
-    for host_, name in ((head, "node1"), (worker, "node2")):
-        (folder / f"spool-{name}").mkdir()
-        host_.start(["slurmd", "-D", "-f", str(conf), "-N", name], folder / f"{name}.out", env)
-    deadline = time.monotonic() + 90
-    while head.run(["sinfo", "-h", "-o", "%T %D"], env=env).stdout.split() != ["idle", "2"]:
-        assert time.monotonic() < deadline, (folder / "slurmctld.log").read_text()[-3000:]
-        time.sleep(0.5)
-    yield head, worker, env
+    # The spools hold a job's sockets, whose paths may have 108 characters at most: a short folder
+    # of their own, not one under pytest's (longer under `pytest -n`).
+    with tempfile.TemporaryDirectory(prefix="slurm-") as spool:
+        conf.write_text(CONFIG.format(host=host, head=head.address, worker=worker.address, folder=folder,
+                                      spool=spool))
+        env = {**os.environ, "SLURM_CONF": str(conf), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        head.start(["slurmctld", "-D", "-f", str(conf)], folder / "slurmctld.out", env)
+        for host_, name in ((head, "node1"), (worker, "node2")):
+            os.mkdir(f"{spool}/{name}")
+            host_.start(["slurmd", "-D", "-f", str(conf), "-N", name], folder / f"{name}.out", env)
+        deadline = time.monotonic() + 90
+        while head.run(["sinfo", "-h", "-o", "%T %D"], env=env).stdout.split() != ["idle", "2"]:
+            assert time.monotonic() < deadline, (folder / "slurmctld.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield head, worker, env
+        for host_ in (head, worker):
+            host_.stop()  # the daemons, before their spools go
 
 
 def test_two_nodes_train_through_sbatch_and_a_cancelled_job_resumes_to_the_planned_networks(
