@@ -26,7 +26,16 @@ def _data_cache(tmp_path_factory):
     mp.undo()
 
 
+# The longest tests (a study killed and resumed, studies across two hosts or through Slurm: a
+# minute or more each in one process), started first, then the other slow ones, then the quick:
+# under `pytest -n 2` each worker takes the next test as it finishes one, so the quick tests fill
+# in at the end and both workers end together.
+LONGEST = ("test_resume_is_exact_from_any_moment", "test_an_interrupted_trial_goes_on_from_its_last_epoch",
+           "test_a_study_runs_on_both_hosts_and_records_where_each_network_trained",
+           "test_two_nodes_train_through_sbatch_and_a_cancelled_job_resumes_to_the_planned_networks",
+           "test_a_study_runs_through_sbatch_a_cancelled_job_leaves_nothing_and_the_same_submission_resumes_it",
+           "test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round")
+
+
 def pytest_collection_modifyitems(items):
-    """The slow tests first: under ``pytest -n 2`` the long ones start early and the quick ones
-    fill in at the end, so that both workers finish together."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items.sort(key=lambda item: (item.name not in LONGEST, item.get_closest_marker("slow") is None))
