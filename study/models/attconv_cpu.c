@@ -458,7 +458,8 @@ static float reach(const Shape *g, const float *w) {
    (a NaN among them meets the zeros they share with left-out windows). Each is bounded by
    reach(W)·max|entries| below BOUND (< FLT_MAX, with room for rounding; a NaN entry fails it);
    where a bound fails the image (in the backward, the task) runs again over all windows, so NaN
-   and infinity reach exactly what they reach in the tensor operations. Non-finite weights, inputs or output gradients take all windows at once. */
+   and infinity reach exactly what they reach in the tensor operations. Non-finite weights,
+   inputs or output gradients take all windows at once. */
 #define BOUND 1e38f
 
 /* The forward's iterations kept for the backward: per image, from the start of a slot of
