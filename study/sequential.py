@@ -44,7 +44,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -175,6 +175,14 @@ def decide(arm: Sequence[float], reference: Sequence[float], design: Design, mar
     at one look, else ``continue`` (``inconclusive`` at the last look; ``no test`` there below two
     trained networks per arm).
     """
+    *_, latest = _looks(arm, reference, design, margin)
+    return latest
+
+
+def _looks(arm: Sequence[float], reference: Sequence[float], design: Design,
+           margin: float) -> Iterator[Decision]:
+    """``decide`` at each look the values reach in turn, each from that look's networks only: one
+    pass over the looks, each tested once."""
     arm, reference = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
     planned = design.looks()
     reached = [n for n in planned if n <= min(len(arm), len(reference))]
@@ -182,27 +190,24 @@ def decide(arm: Sequence[float], reference: Sequence[float], design: Design, mar
         raise ValueError(f"the first look needs {planned[0]} networks per arm; got "
                          f"{len(arm)} and {len(reference)}")
     tested, p_diff, p_equivalent, ci_low, ci_high = [], math.inf, math.inf, math.nan, math.nan
-    for n in reached:
+    for look, n in enumerate(reached, 1):
         a, r = _trained(arm, n), _trained(reference, n)
-        if min(len(a), len(r)) < MIN_SEEDS or (np.ptp(a) == 0 and np.ptp(r) == 0):
-            continue
-        if tested and tested[-1] == (len(a), len(r)):
-            continue  # the round's networks all failed: no new information, no new look
-        tested.append((len(a), len(r)))
-        fractions, last = _fractions(tested, design), n == planned[-1]
-        p, ci_low, ci_high = welch(a, r, 1 - nominal(ALPHA, fractions, 2, design.spending, last))
-        p_diff = min(p_diff, repeated_p(p, fractions, 2, design.spending, last))
-        p_equivalent = min(p_equivalent, repeated_p(equivalence(a, r, margin), fractions, 1, design.spending,
-                                                    last))
-    if not tested:
-        p_diff = p_equivalent = math.nan
-    a, r = _trained(arm, reached[-1]), _trained(reference, reached[-1])
-    # The decision is made now, on every look so far, from the networks trained so far.
-    decision = Decision("continue", look=len(reached), n=len(a), n_reference=len(r),
-                        diff=float(a.mean() - r.mean()) if len(a) and len(r) else math.nan,
-                        ci_low=ci_low, ci_high=ci_high, p=p_diff, p_equivalent=p_equivalent,
-                        last=reached[-1] == planned[-1])
-    return replace(decision, verdict=_verdict(p_diff, p_equivalent, decision))
+        # A look without two trained networks per arm, or whose round's networks all failed (no
+        # new information), is no test.
+        if (min(len(a), len(r)) >= MIN_SEEDS and not (np.ptp(a) == 0 and np.ptp(r) == 0)
+                and (not tested or tested[-1] != (len(a), len(r)))):
+            tested.append((len(a), len(r)))
+            fractions, last = _fractions(tested, design), n == planned[-1]
+            p, ci_low, ci_high = welch(a, r, 1 - nominal(ALPHA, fractions, 2, design.spending, last))
+            p_diff = min(p_diff, repeated_p(p, fractions, 2, design.spending, last))
+            p_equivalent = min(p_equivalent, repeated_p(equivalence(a, r, margin), fractions, 1,
+                                                        design.spending, last))
+        # The decision is made now, on every look so far, from the networks trained so far.
+        decision = Decision("continue", look=look, n=len(a), n_reference=len(r),
+                            diff=float(a.mean() - r.mean()) if len(a) and len(r) else math.nan,
+                            ci_low=ci_low, ci_high=ci_high, p=p_diff if tested else math.nan,
+                            p_equivalent=p_equivalent if tested else math.nan, last=n == planned[-1])
+        yield replace(decision, verdict=_verdict(decision.p, decision.p_equivalent, decision))
 
 
 def _trained(values: np.ndarray, n: int) -> np.ndarray:
@@ -235,11 +240,11 @@ def replay(arms: Mapping[Any, Sequence[float]], reference: Sequence[float], desi
         ('inconclusive', 2)
     """
     decisions: dict[Any, Decision] = {}
+    looks = {level: _looks(values, reference, design, margin) for level, values in arms.items()}
     for n in design.looks():
         if len(reference) < n:
             break
-        current = {level: decide(values[:n], reference[:n], design, margin)
-                   for level, values in arms.items()
+        current = {level: next(looks[level]) for level, values in arms.items()
                    if len(values) >= n and not (level in decisions and decisions[level].settled())}
         if not current:
             break
