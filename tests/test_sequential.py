@@ -30,7 +30,7 @@ def inside(c, fractions, sides, mean=None):
     c = np.asarray(c)
     low = -c if sides == 2 else np.full(len(c), -40.0)
     return scipy_stats.multivariate_normal.cdf(c, mean=mean, cov=correlation(fractions), lower_limit=low,
-                                               abseps=1e-7, releps=1e-7, rng=0)
+                                               abseps=1e-6, releps=1e-6, rng=0)
 
 
 @pytest.mark.slow

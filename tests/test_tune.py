@@ -19,7 +19,9 @@ import optuna
 import pandas as pd
 import pytest
 from scipy import stats
+from typer.testing import CliRunner
 
+from study.cli import app
 from study.figures import FIGURES
 
 from .conftest import SMOKE, readme_python
@@ -34,6 +36,14 @@ N_TEST = 30  # 10 % of 300
 def study(*args, **kwargs):
     return subprocess.run([str(BIN / "study"), *args], capture_output=True, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess:
+    """``study analyze`` run in this process, returned as ``study`` returns it: it starts no Ray,
+    so it needs no interpreter of its own (one is four seconds of imports)."""
+    result = CliRunner().invoke(app, ["analyze", *args])
+    return subprocess.CompletedProcess(["study", "analyze", *args], result.exit_code, result.stdout,
+                                       result.stderr)
 
 
 def check_contract(study_dir: Path, n_trials: int, seeds: int = 1, epochs: int = 2,
@@ -93,7 +103,7 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1, epochs: int =
 
 def check_analysis(study_dir: Path, trials: pd.DataFrame) -> dict:
     """The report's numbers, recomputed independently from the Parquet files with scipy."""
-    out = study("analyze", str(study_dir), "--json")
+    out = analyze(str(study_dir), "--json")
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
     (row,) = shown["comparisons"]
@@ -123,7 +133,7 @@ def check_analysis(study_dir: Path, trials: pd.DataFrame) -> dict:
             drawn = (study_dir / "report" / figure).exists()
             assert (f"]({figure})" in report) == drawn
             assert drawn or f"### {title}\n\n*Not drawn: " in report
-    text = study("analyze", str(study_dir))
+    text = analyze(str(study_dir))
     assert "[0] vs []" in text.stdout and "report.md" in text.stdout
     return shown
 
@@ -401,7 +411,7 @@ def test_resume_is_exact_from_any_moment(tmp_path):
     assert {t.state.name for t in ot.trials} <= {"COMPLETE", "FAIL"}  # none RUNNING or WAITING
     assert sorted(t.params["train.lr"] for t in ot.trials if t.state.name == "COMPLETE") == \
         [0.001, 0.001, 0.003, 0.003]  # the confirmation is no search
-    shown = json.loads(study("analyze", str(study_dir), "--json").stdout)
+    shown = json.loads(analyze(str(study_dir), "--json").stdout)
     assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
     assert shown["notes"] == []
 
@@ -492,7 +502,7 @@ def test_retrained_seeds_are_split_over_trials_where_slots_would_idle(tmp_path):
     done = [line for line in run.stdout.splitlines() if "confirmation trial" in line and " done: " in line]
     assert len(done) == 4 and all("(mean of 1 seed)" in line for line in done)
     assert not list((study_dir / "ray").glob("*/*/checkpoint_*"))
-    shown = json.loads(study("analyze", str(study_dir), "--json").stdout)
+    shown = json.loads(analyze(str(study_dir), "--json").stdout)
     assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
 
 
@@ -559,7 +569,7 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
     for level, rows in trials.groupby("train.lr"):
         assert sorted(rows["seed"]) == list(range(6)), level
         assert sorted(rows.groupby("trial_id")["seed"].apply(sorted).tolist()) == [[0, 1], [2, 3], [4, 5]]
-    shown = json.loads(study("analyze", str(study_dir), "--json").stdout)
+    shown = json.loads(analyze(str(study_dir), "--json").stdout)
     (row,) = shown["comparisons"]
     assert (row["look"], row["verdict"], row["seeds"], row["seeds_reference"]) == (3, "inconclusive", 6, 6)
     assert row["diff"] == 0 and row["p"] == 1  # the same networks in both arms
@@ -642,7 +652,7 @@ def test_a_diverging_configuration_is_recorded_as_failed_and_the_study_goes_on(t
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     ot = optuna.load_study(storage=storage, study_name="smoke")
     assert sorted(t.state.name for t in ot.trials) == ["COMPLETE", "FAIL"]
-    analyzed = study("analyze", str(tmp_path / "smoke"))  # one level left: no comparison, a message
+    analyzed = analyze(str(tmp_path / "smoke"))  # one level left: no comparison, a message
     assert analyzed.returncode == 2 and "a comparison needs two" in analyzed.stderr
 
 
@@ -680,5 +690,5 @@ def test_asha_stops_trailing_tuning_trials_and_each_still_writes_its_rows(tmp_pa
     assert run.stdout.count(": stopped: ASHA stopped it after") == stopped["trial_id"].nunique()
     ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
     assert [t.state.name for t in ot.trials] == ["COMPLETE"] * 10  # with the value when stopped
-    notes = json.loads(study("analyze", str(study_dir), "--json").stdout)["notes"]
+    notes = json.loads(analyze(str(study_dir), "--json").stdout)["notes"]
     assert f"ASHA stopped {stopped['trial_id'].nunique()} of 10 tuning trials early" in " ".join(notes)
