@@ -227,14 +227,15 @@ def test_every_trial_of_a_process_compiles_its_step(monkeypatch):
 
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **kw, backend="eager"))
-    monkeypatch.setattr(dynamo.config, "recompile_limit", 2)
     study = loading.load(SMOKE, ["data.n_images=100", "train.epochs=1", "train.compile=true",
                                  "model.attention.layers=[]"])
     compiled = []
-    for trial in range(dynamo.config.recompile_limit + 1):
-        dynamo.utils.counters.clear()
-        fit(study, seeds=[trial])
-        compiled.append(dynamo.utils.counters["stats"]["unique_graphs"])
+    # dynamo's own patch: monkeypatch's undo deletes a torch config entry instead of restoring it
+    with dynamo.config.patch(recompile_limit=2):
+        for trial in range(dynamo.config.recompile_limit + 1):
+            dynamo.utils.counters.clear()
+            fit(study, seeds=[trial])
+            compiled.append(dynamo.utils.counters["stats"]["unique_graphs"])
     assert min(compiled) > 0, compiled
 
 
