@@ -25,7 +25,9 @@ def pytest_configure(config):
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+        from study.preflight import local_cpus
+
+        torch.set_num_threads(max(1, local_cpus() // workers))
 
 
 @pytest.fixture(autouse=True, scope="session")
