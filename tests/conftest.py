@@ -21,7 +21,7 @@ def pytest_configure(config):
     """Under `pytest -n N` each worker's torch gets its share of the cores: torch's default, a
     thread per core in every worker, oversubscribes them, and OpenMP's threads spin waiting for
     each other (tests/test_train.py and tests/models took 1.7 times as long on 2 cores)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)  # xdist's workers only
     if workers > 1:
         import torch
 
