@@ -191,13 +191,13 @@ def _looks(arm: Sequence[float], reference: Sequence[float], design: Design,
                          f"{len(arm)} and {len(reference)}")
     tested, p_diff, p_equivalent, ci_low, ci_high = [], math.inf, math.inf, math.nan, math.nan
     for look, n in enumerate(reached, 1):
-        a, r = _trained(arm, n), _trained(reference, n)
+        a, r, last = _trained(arm, n), _trained(reference, n), n == planned[-1]
         # A look without two trained networks per arm, or whose round's networks all failed (no
         # new information), is no test.
         if (min(len(a), len(r)) >= MIN_SEEDS and not (np.ptp(a) == 0 and np.ptp(r) == 0)
                 and (not tested or tested[-1] != (len(a), len(r)))):
             tested.append((len(a), len(r)))
-            fractions, last = _fractions(tested, design), n == planned[-1]
+            fractions = _fractions(tested, design)
             p, ci_low, ci_high = welch(a, r, 1 - nominal(ALPHA, fractions, 2, design.spending, last))
             p_diff = min(p_diff, repeated_p(p, fractions, 2, design.spending, last))
             p_equivalent = min(p_equivalent, repeated_p(equivalence(a, r, margin), fractions, 1,
@@ -206,7 +206,7 @@ def _looks(arm: Sequence[float], reference: Sequence[float], design: Design,
         decision = Decision("continue", look=look, n=len(a), n_reference=len(r),
                             diff=float(a.mean() - r.mean()) if len(a) and len(r) else math.nan,
                             ci_low=ci_low, ci_high=ci_high, p=p_diff if tested else math.nan,
-                            p_equivalent=p_equivalent if tested else math.nan, last=n == planned[-1])
+                            p_equivalent=p_equivalent if tested else math.nan, last=last)
         yield replace(decision, verdict=_verdict(decision.p, decision.p_equivalent, decision))
 
 
