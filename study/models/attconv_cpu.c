@@ -51,12 +51,22 @@
    of LB windows, the OB outputs' accumulators stay in registers while the k² (times C) window
    entries stream past once. Padding lanes are zero in every plane of windows and shares, so
    products and sums over lanes add exact zeros for them (and stay zero whatever was computed
-   there: every step that writes a padded plane clears its padding). */
+   there: every step that writes a padded plane clears its padding).
+
+   LB is one vector register's floats where the CPU has AVX-512 (16), else 8 (one AVX register;
+   two of SSE's or NEON's): the OB accumulators and what they meet must fit the register file.
+   A `vec` twice a register's width takes two registers each, and with AVX2's sixteen the
+   accumulators spill to memory: on an AMD EPYC with AVX2, LB 16 made the T = 4 training step
+   2.3× slower than LB 8 (docs/performance.md, 2026-12-06 evening). */
+#ifdef __AVX512F__
 #define LB 16
+#else
+#define LB 8
+#endif
 #define OB 8
 
-/* LB floats as one value (GCC and Clang vector extensions): the compiler maps it onto whatever
-   vector registers the CPU has. Loads and stores need no alignment. */
+/* LB floats as one value (GCC and Clang vector extensions): the compiler maps it onto the CPU's
+   vector registers. Loads and stores need no alignment. */
 typedef float vec __attribute__((vector_size(4 * LB), aligned(4), may_alias));
 /* A store through a `vec` may alias anything, the Shape a function was given included, so that
    a loop storing vectors would reload the shape's fields after every store: the functions with

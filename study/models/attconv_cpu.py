@@ -198,7 +198,8 @@ def attconv(x: Tensor, w_bu: Tensor, w_td: Tensor, b_bu: Tensor, kernel: int, st
 def kept_bytes(x_shape: Sequence[int], outputs: int, kernel: int, stride: int, iterations: int) -> int:
     """Bytes the kernel keeps from a training forward on inputs of ``x_shape`` (…×C×H×W) for its
     backward, at most: every image's slot of T iterations' k² planes of shares and O of outputs,
-    each plane the image's windows padded to 16 lanes (``LB`` in the C source)."""
+    each plane the image's windows padded to a whole vector (``LB`` lanes in the C source: 8, or
+    16 where the CPU has AVX-512; counted here as 16)."""
     *images, _, height, width = x_shape
     rows, columns = sides(height, width, kernel, stride)
     lanes = -(-rows * columns // 16) * 16

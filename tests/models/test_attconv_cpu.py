@@ -187,7 +187,7 @@ def test_flops_are_counted_as_for_the_tensor_operations():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_many_images_in_one_part_with_padded_rows_match_the_equations(threads):
-    """Twenty conv2-shaped images (324 windows, a row padded to 336) per thread part: the padding
+    """Twenty conv2-shaped images (324 windows, a row padded to 328 or 336) per thread part: the padding
     lanes must stay zero from image to image, not be carried through the exp again and again."""
     torch.manual_seed(8)
     layer = AttConv(6, 16, 5, iterations=4)
