@@ -57,7 +57,7 @@
    two of SSE's or NEON's): the OB accumulators and what they meet must fit the register file.
    A `vec` twice a register's width takes two registers each, and with AVX2's sixteen the
    accumulators spill to memory: on an AMD EPYC with AVX2, LB 16 made the T = 4 training step
-   2.3× slower than LB 8 (docs/performance.md, 2026-12-06 evening). */
+   2.1× slower than LB 8 (docs/performance.md, 2026-12-06, AMD EPYC). */
 #ifdef __AVX512F__
 #define LB 16
 #else
