@@ -72,6 +72,27 @@ class Layout:
         ends = [k * size + min(k, more) for k in range(groups + 1)]
         return [seeds[a:b] for a, b in zip(ends, ends[1:], strict=False)]
 
+    def levels_are_configurations(self) -> bool:
+        """Whether each level of the compared factor is one configuration, known before anything
+        trains: the space varies only that factor, once per level (its grid, or one trial of each
+        level; no ASHA, which such a study refuses). The search then has nothing to choose, and
+        its first round may be laid out as a later one is (``first_round``)."""
+        return len(self.space) == 1 and self.n_levels() > 0 and self.n_configurations() == self.n_levels()
+
+    def first_round(self, slots: int, gpu: float) -> list[list[int]]:
+        """The Ray trials of each configuration in the tuning stage's first round: one training all
+        its seeds (the search's trial), or, where the levels are the configurations
+        (``levels_are_configurations``), its seeds in ``seed_groups``.
+
+        Example:
+            >>> from study.loading import load
+            >>> load("searchspaces/smoke.yaml").first_round(slots=6, gpu=0)
+            [[0], [1], [2]]
+        """
+        if not self.levels_are_configurations():
+            return [self.seeds()]
+        return self.seed_groups(self.seeds(), self.n_levels(), slots, gpu)
+
     def retrained_seeds(self) -> list[int]:
         """The seeds of the first round that retrains fixed configurations (the confirmation
         stage's first, or a sequential design's second); none where the study has no such round."""
@@ -80,10 +101,11 @@ class Layout:
         return self.seeds(look=2) if self.design() is not None else []
 
     def most_trials(self, slots: int, gpu: float) -> int:
-        """The most trials one stage or round of the study starts: its configurations, or each
-        level's ``seed_groups`` where fixed configurations are retrained."""
+        """The most trials one stage or round of the study starts: its configurations (each in
+        ``first_round``'s trials), or each level's ``seed_groups`` where fixed configurations are
+        retrained."""
         groups = self.seed_groups(self.retrained_seeds(), self.n_levels(), slots, gpu)
-        return max(self.n_configurations(), self.n_levels() * len(groups))
+        return max(self.n_configurations() * len(self.first_round(slots, gpu)), self.n_levels() * len(groups))
 
     def n_configurations(self) -> int:
         if self.search.sampler == "grid":

@@ -101,12 +101,13 @@ def stages(study: Study, slots: int = 1, gpu: float = 0) -> list[Stage]:
 
 def _rounds(study: Study, name: str, levels: int, steps: int, slots: int, gpu: float) -> list[Stage]:
     """A stage's rounds: one, or a sequential design's, each as if every level went on. The tuning
-    stage's first round is the search's, a trial per configuration; the rest retrain fixed ones,
-    each level's seeds in ``seed_groups`` (a trial's seeds: the largest group)."""
+    stage's first round is ``Study.first_round``; the rest retrain fixed configurations, each
+    level's seeds in ``seed_groups`` (a trial's seeds: the largest group)."""
     out = []
     for look in range(1, len(study.looks(name)) + 1):
         seeds = study.seeds(name, look)
-        groups = [seeds] if name == "tune" and look == 1 else study.seed_groups(seeds, levels, slots, gpu)
+        groups = (study.first_round(slots, gpu) if name == "tune" and look == 1
+                  else study.seed_groups(seeds, levels, slots, gpu))
         out.append(Stage(name, look, levels * len(groups), len(groups[0]), levels * len(seeds), steps))
     return out
 

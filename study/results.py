@@ -203,7 +203,7 @@ def finished(study_dir: Path) -> pd.DataFrame:
     """The network rows of the trials that have finished (their rows are staged);
     ``trials.parquet`` is brought up to date on the way."""
     if not consolidate(study_dir):
-        return pd.DataFrame(columns=["trial_id", "stage"])
+        return pd.DataFrame(columns=["trial_id", "stage", "seed"])
     return pd.read_parquet(Path(study_dir) / "trials.parquet")
 
 

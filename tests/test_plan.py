@@ -47,11 +47,11 @@ def test_retrained_seeds_are_split_over_the_slots_where_the_study_splits(sets, g
     assert (retrained.trials, retrained.seeds, retrained.networks) == (*confirm, 20)
 
 
-def test_a_sequential_designs_later_rounds_split_where_its_first_is_the_searchs():
+def test_a_sequential_designs_rounds_split_from_the_first_where_the_levels_are_the_configurations():
     study = loading.load(SMOKE, ["search.seeds={start: 3, step: 3, max: 9}"])
-    first, second, third = stages(study, slots=6, gpu=0)
-    assert [(s.trials, s.seeds) for s in (first, second, third)] == [(2, 3), (6, 1), (6, 1)]
+    assert [(s.trials, s.seeds) for s in stages(study, slots=6, gpu=0)] == [(6, 1)] * 3
     assert [(s.trials, s.seeds) for s in stages(study, slots=2, gpu=0)] == [(2, 3)] * 3
+    assert [(s.trials, s.seeds) for s in stages(study, slots=6, gpu=0.25)] == [(2, 3)] * 3  # a GPU stacks
 
 
 def test_a_last_batch_of_one_image_is_not_a_step():

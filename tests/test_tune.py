@@ -508,6 +508,35 @@ def test_retrained_seeds_are_split_over_trials_where_slots_would_idle(tmp_path):
     assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
 
 
+def test_a_first_round_of_fixed_levels_is_split_over_trials_and_optuna_is_told_each_level(tmp_path):
+    """The levels are the configurations (the space varies only the compared factor), so the
+    search has nothing to choose: at half a CPU per trial on two CPUs, each level's two seeds train
+    in two one-seed trials from the first round on, not one stacked trial, and Optuna is told one
+    trial per level with the value the search would have told it (the mean of its networks' best
+    validation losses)."""
+    key = "model.attention.layers"
+    args = [str(SMOKE), *SMALL, "--set", "search.seeds=2", "--set", "resources.cpu=0.5",
+            "--set", "train.compile=false", "--results", str(tmp_path)]
+    plan = study("plan", *args)
+    assert plan.returncode == 0 and "tune: 4 trials × 1 seed = 4 networks" in plan.stdout, plan.stdout
+    run = study("run", *args)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "each level's seeds split over 2 trials" in run.stdout
+    assert "round 1: [], [0] on seeds 0..1, each level in 2 trials" in run.stdout
+    assert "optuna: 2 trials told, one per level" in run.stdout
+    study_dir = tmp_path / "smoke"
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    assert len(trials) == 4 and trials["trial_id"].nunique() == 4 and (trials["stage"] == "tune").all()
+    ot = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke")
+    assert [t.state for t in ot.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    told = {t.params[key]: t.value for t in ot.trials}
+    for level, networks in trials.groupby(key):
+        assert sorted(networks["seed"]) == [0, 1], level
+        assert told[level] == pytest.approx(networks["best_val_loss"].mean())
+    shown = json.loads(analyze(str(study_dir), "--json").stdout)
+    assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("tune", 2), ("tune", 2)]
+
+
 def test_the_cpu_a_finished_trial_frees_goes_to_the_trial_still_running(tmp_path):
     """Two trials on two CPUs, one each: LeNet-5's ends first, and AttConv's goes on from its
     checkpoint with both CPUs as two threads, its epochs each trained once. (Trials this short

@@ -9,7 +9,9 @@ With a sequential design (``study.sequential``), the compared networks (the
 confirmation stage, or the trials of a study that does not select) come in rounds: after each,
 the design's decisions (``study.decisions``, from the result files alone) say which
 levels train ``step`` more seeds. A level's retrained seeds are one trial, or several where the
-study splits seeds over trials so that no slot idles (``Study.seed_groups``).
+study splits seeds over trials so that no slot idles (``Study.seed_groups``). Where the levels
+are the configurations (the space varies only the compared factor), so are the first round's
+(``Study.first_round``), and Optuna is told each level's result afterwards.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from study.tune.nodes import check_results_folder
 from study.tune.progress import Progress
 from study.tune.recorder import Recorder, TrialFailures
 from study.tune.schedulers import FreedCPUs, PerLevelASHA, gpu_share, largest_node, reallocates
-from study.tune.search import searcher, settle_interrupted
+from study.tune.search import searcher, settle_interrupted, tell_levels
 from study.tune.trainable import SEEDS, finish_stopped, params, trainable
 from study.words import counted
 
@@ -117,7 +119,8 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
     """The tuning stage and, where the study selects, the confirmation stage; of an interrupted
     study, the trials it lacks."""
     search = study.search
-    finished = results.finished(study_dir).drop_duplicates("trial_id")  # a row per configuration
+    networks = results.finished(study_dir)
+    finished = networks.drop_duplicates("trial_id")  # a row per configuration
     configurations_tuned = [{k: row[k] for k in study.space}
                             for _, row in finished[finished["stage"] == "tune"].iterrows()]
     gpu, cluster = study.resources.gpu, ray.cluster_resources()
@@ -126,8 +129,15 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
     slots = study.trials_at_once(cluster.get("CPU", 1), cluster.get("GPU", 0), gpu)
     # The confirmation stage retrains each level in the space's order; the tuning stage's order is
     # the sampler's to choose.
-    planned: list[list[tuple[str | None, int]]] = [[(None, study.looks()[0])] * study.n_configurations()]
     levels = [str(v) for v in study.space[study.compare_key()].levels()]
+    first = study.first_round(slots, gpu)
+    # Where the levels are the configurations, the first round trains them as a later round does
+    # (the search has nothing to choose), its seeds split over trials where slots would idle, and
+    # Optuna is told each level's result afterwards; so is a run that started that way.
+    fixed = study.levels_are_configurations() and (len(first) > 1 or _split_before(study, networks))
+    planned: list[list[tuple[str | None, int]]] = [
+        [(level, len(group)) for level in levels for group in first] if fixed
+        else [(None, study.looks()[0])] * study.n_configurations()]
     groups = study.seed_groups(study.retrained_seeds(), len(levels), slots, gpu)
     if study.confirms():
         planned.append([(level, len(group)) for level in levels for group in groups])
@@ -136,14 +146,24 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
     stages = Stages(study, study_dir, gpu, slots, reallocate, progress, verbose)
     where = "the confirmation stage" if study.confirms() else "each later round"
     split = f"; in {where}, a level's seeds split over {len(groups)} trials" if len(groups) > 1 else ""
+    together = (f"each level's seeds split over {len(first)} trials" if fixed and len(first) > 1
+                else "each configuration one trial training its seeds together")
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
-          f"{seeds_in_words(search.seeds)}, "
-          f"each configuration one trial training its seeds together{split}; {study.resources.cpu:g} CPU "
+          f"{seeds_in_words(search.seeds)}, {together}{split}; {study.resources.cpu:g} CPU "
           f"and {gpu:g} GPU per trial; " + ("the CPUs a finished trial frees go to the running ones"
                                             if reallocate else "a finished trial's worker goes to the next"),
           flush=True)
     missing = study.n_configurations() - len(configurations_tuned)
     stages.progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
+    key = study.compare_key()
+    level_configurations = {level: {key: level} for level in study.space[key].levels()}
+    if fixed:
+        _rounds(stages, "tune", level_configurations, networks)
+        told = tell_levels(study, study_dir)
+        if told:
+            print(f"optuna: {counted(told, 'trial')} told, one per level: the mean best validation loss "
+                  "of its first round's networks", flush=True)
+        return
     if missing > 0:
         _trials(stages, "tune", searcher(study, study_dir, configurations_tuned), missing, None,
                 study.seeds("tune"))
@@ -157,8 +177,14 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
         print("confirmation: each level's selected configuration retrained on fresh seeds", flush=True)
         _rounds(stages, "confirm", best_configurations(study, tuned, study.compare_key()), finished)
     else:
-        key = study.compare_key()
-        _rounds(stages, "tune", {level: {key: level} for level in study.space[key].levels()}, finished)
+        _rounds(stages, "tune", level_configurations, finished)
+
+
+def _split_before(study: Study, finished) -> bool:
+    """Whether an earlier run of the study split its first round's seeds (a trial of the tuning
+    stage holds some of them, not all): its resume must go on that way, never retrain them all."""
+    first = finished[(finished["stage"] == "tune") & finished["seed"].isin(study.seeds())]
+    return bool(len(first)) and first.groupby("trial_id").size().lt(len(study.seeds())).any()
 
 
 def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]], finished) -> None:
@@ -179,7 +205,7 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
             stages.progress.extend([(str(level), len(group)) for level in going for group in groups])
         rows, lacking = finished[finished["stage"] == stage], {}
         for level in going:
-            have = set(rows.loc[rows[key] == level, "seed"])
+            have = set(rows.loc[rows[key] == level, "seed"]) if len(rows) else set()  # none: no key column
             lacking.setdefault(tuple(s for s in seeds if s not in have), []).append(level)
         for needed, levels in lacking.items():
             if needed:

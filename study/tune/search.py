@@ -2,7 +2,9 @@
 turns, and the Optuna side of a resumed study.
 
 A trial is one configuration: one Optuna trial (in ``search.storage``) and one Ray trial; Optuna's
-value is the mean over seeds of each seed's best validation loss. When the study is tuned per level
+value is the mean over seeds of each seed's best validation loss. Where the levels are the
+configurations and their seeds are split over Ray trials, Optuna is told each level's trial once
+its networks are trained (``tell_levels``). When the study is tuned per level
 of its compare factor, each level has its own Optuna study in that file (named
 ``<study>:<level>``) and ``PerLevel`` lets them take turns.
 
@@ -147,6 +149,35 @@ def searcher(study: Study, study_dir: Path, done: list[dict[str, Any]] = ()) -> 
         missing = [point for point in combinations(study, keys) if point not in done]
         return optuna_search(keys, study_name(study), missing)
     return optuna_search(list(study.space), study_name(study))
+
+
+def tell_levels(study: Study, study_dir: Path) -> int:
+    """Tell Optuna the first round of a study whose levels are its configurations, where it trained
+    them without the search (``Study.first_round``): one trial per level whose round has finished,
+    its value the mean over the round's seeds of each seed's best validation loss (FAIL where a
+    network failed), as ``FailingSearch`` would have told it. A level Optuna already holds a
+    finished trial of is left as it is, so a resumed run tells each once. Returns how many were told."""
+    key, seeds, stored = study.compare_key(), set(study.seeds()), optuna_storage(study, study_dir)
+    networks = results.finished(study_dir)
+    first = networks[(networks["stage"] == "tune") & networks["seed"].isin(seeds)]
+    told = 0
+    for level in study.space[key].levels():
+        rows = first[first[key] == level]
+        if set(rows["seed"]) != seeds:
+            continue  # its round is not finished: told by the run that finishes it
+        # As ``searcher`` names the Optuna studies and their parameters.
+        per_level = study.tuned_per_level()
+        name, params = (study_name(study, level), {}) if per_level else (study_name(study), {key: level})
+        ot = optuna.create_study(study_name=name, storage=stored, direction="minimize", load_if_exists=True)
+        if any(t.params == params and t.state.is_finished() for t in ot.get_trials(deepcopy=False)):
+            continue
+        trained = bool(rows["status"].isin(results.TRAINED).all())
+        ot.add_trial(optuna.trial.create_trial(
+            params=params, distributions=optuna_space(study, list(params)),
+            value=float(rows["best_val_loss"].mean()) if trained else None,
+            state=optuna.trial.TrialState.COMPLETE if trained else optuna.trial.TrialState.FAIL))
+        told += 1
+    return told
 
 
 def _stored_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
