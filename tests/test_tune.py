@@ -258,11 +258,14 @@ def ray_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port, dashboard = free_port(), free_port()
-    head = ray_start(tmp_path / "ray-head.log", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-                     f"--dashboard-port={dashboard}")
-    # On one machine the second node needs its own session folder: sharing the head's, it would
-    # delete the job's working directory there when its own trials end. (Short: it holds sockets.)
-    with tempfile.TemporaryDirectory(prefix="ray-") as temp:
+    # On one machine each node needs its own session folder (short: it holds sockets): sharing the
+    # head's, the second node would delete the job's working directory there when its own trials
+    # end; in Ray's default one, shared with another test's cluster, a job's driver found that
+    # cluster's address.
+    with tempfile.TemporaryDirectory(prefix="ray-") as head_temp, \
+            tempfile.TemporaryDirectory(prefix="ray-") as temp:
+        head = ray_start(tmp_path / "ray-head.log", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                         f"--dashboard-port={dashboard}", f"--temp-dir={head_temp}")
         try:
             node = ray_start(tmp_path / "ray-node.log", f"--address=127.0.0.1:{port}", f"--temp-dir={temp}")
             try:

@@ -49,15 +49,20 @@ def start_ray(host: Host, log: Path, env: dict[str, str], *args: str,
 
 @pytest.fixture
 def ray_hosts(hosts, tmp_path, monkeypatch):
-    """A Ray cluster across the two hosts; yields (head host, worker host, env). The worker's
-    node has its own session folder (short: it holds sockets), as a second machine would."""
+    """A Ray cluster across the two hosts; yields (head host, worker host, env). Each node has
+    its own session folder (short: it holds sockets), as on two machines: in Ray's default one,
+    shared with another test's cluster on this machine, a job's driver found that cluster's
+    address."""
     env = ray_env(secrets.token_hex(32))
     monkeypatch.setenv("RAY_AUTH_TOKEN", env["RAY_AUTH_TOKEN"])
     head, worker = hosts
-    start_ray(head, tmp_path / "ray-head.log", env, "--head", f"--port={RAY_PORT}",
-              f"--dashboard-host={head.address}", f"--dashboard-port={DASHBOARD_PORT}")
-    with tempfile.TemporaryDirectory(prefix="ray-") as temp:
+    with tempfile.TemporaryDirectory(prefix="ray-") as head_temp, \
+            tempfile.TemporaryDirectory(prefix="ray-") as temp:
+        start_ray(head, tmp_path / "ray-head.log", env, "--head", f"--port={RAY_PORT}",
+                  f"--temp-dir={head_temp}", f"--dashboard-host={head.address}",
+                  f"--dashboard-port={DASHBOARD_PORT}")
         start_ray(worker, tmp_path / "ray-worker.log", env, f"--address={head.address}:{RAY_PORT}",
                   f"--temp-dir={temp}")
         yield head, worker, env
-        worker.stop()  # before its session folder goes
+        worker.stop()  # before their session folders go
+        head.stop()
