@@ -153,7 +153,6 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
           f"and {gpu:g} GPU per trial; " + ("the CPUs a finished trial frees go to the running ones"
                                             if reallocate else "a finished trial's worker goes to the next"),
           flush=True)
-    missing = study.n_configurations() - len(configurations_tuned)
     stages.progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
     key = study.compare_key()
     level_configurations = {level: {key: level} for level in study.space[key].levels()}
@@ -164,6 +163,7 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
             print(f"optuna: {counted(told, 'trial')} told, one per level: the mean best validation loss "
                   "of its first round's networks", flush=True)
         return
+    missing = study.n_configurations() - len(configurations_tuned)
     if missing > 0:
         _trials(stages, "tune", searcher(study, study_dir, configurations_tuned), missing, None,
                 study.seeds("tune"))

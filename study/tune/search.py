@@ -160,13 +160,12 @@ def tell_levels(study: Study, study_dir: Path) -> int:
     key, seeds, stored = study.compare_key(), set(study.seeds()), optuna_storage(study, study_dir)
     networks = results.finished(study_dir)
     first = networks[(networks["stage"] == "tune") & networks["seed"].isin(seeds)]
-    told = 0
-    for level in study.space[key].levels():
+    per_level, told = study.tuned_per_level(), 0
+    for level in study.space[key].levels() if len(first) else []:  # none: no key column either
         rows = first[first[key] == level]
         if set(rows["seed"]) != seeds:
             continue  # its round is not finished: told by the run that finishes it
         # As ``searcher`` names the Optuna studies and their parameters.
-        per_level = study.tuned_per_level()
         name, params = (study_name(study, level), {}) if per_level else (study_name(study), {key: level})
         ot = optuna.create_study(study_name=name, storage=stored, direction="minimize", load_if_exists=True)
         if any(t.params == params and t.state.is_finished() for t in ot.get_trials(deepcopy=False)):
