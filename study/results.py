@@ -174,11 +174,16 @@ def write_failed(study_dir: Path, trial_id: str, stage: str, seeds: list[int],
     _stage(Path(study_dir), trial_id, rows, [])
 
 
+def staged_trials(study_dir: Path) -> set[str]:
+    """The trials whose rows are staged: every trial that ended (trained, failed or stopped)."""
+    return {p.stem for p in (Path(study_dir) / _STAGED).glob("*.json")}
+
+
 def discard_unfinished(study_dir: Path) -> list[str]:
     """Remove what trials that never finished (no staged rows: the run was killed) left in
     ``samples/`` and ``weights/``; returns their ids."""
     study_dir = Path(study_dir)
-    finished = {p.stem for p in (study_dir / _STAGED).glob("*.json")}
+    finished = staged_trials(study_dir)
     gone = set()
     for folder in [*(study_dir / "samples").glob("trial_id=*"), *(study_dir / "weights").glob("*")]:
         trial_id = folder.name.removeprefix("trial_id=")

@@ -583,8 +583,9 @@ def test_a_node_without_a_compiler_is_named_once_and_its_attconv_runs_as_tensor_
 
 def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(tmp_path):
     """Two labels of one learning rate (identical arms, the same networks) and a margin no
-    difference can show: the design goes on to its maximum, round by round. Killed once round 2
-    has begun, resumed: each level ends with seeds 0..5 in three trials of two, nothing twice."""
+    difference can show: the design goes on to its maximum, round by round. Stopped with Ctrl-C
+    once round 2 has begun, it stops there (no look at a round cut short, no next round), and
+    resumed, each level ends with seeds 0..5 in three trials of two, nothing twice."""
     args = ["run", str(SMOKE), *SMALL, "--set", "model.attention.layers=[]",
             "--set", "space={train.lr: {choice: {a: 0.001, b: 0.001}}}", "--set", "compare=train.lr",
             "--set", "search.seeds={start: 2, step: 2, max: 6}", "--set", "analysis.margin=1e-9",
@@ -594,9 +595,11 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
     def staged() -> int:
         return len(list((study_dir / ".trials").glob("*.json")))
 
-    interrupt(args, log, lambda: "round 2:" in log.read_text() and staged() == 3)
-    assert "look 1 of 3: b: continue" in log.read_text()
-    assert "left in this round]" in log.read_text()  # a later round is not in the estimate
+    status = interrupt(args, log, lambda: "round 2:" in log.read_text() and staged() == 3, signal.SIGINT)
+    text = log.read_text()
+    assert status == 130 and "look 1 of 3: b: continue" in text and "look 2" not in text, text[-3000:]
+    assert "interrupted: " in text and " --resume" in text.split("Continue with: ")[1]
+    assert "left in this round]" in text  # a later round is not in the estimate
     resumed = study(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "look 2 of 3: b: continue" in resumed.stdout and "round 3: a, b on seeds 4..5" in resumed.stdout

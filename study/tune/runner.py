@@ -51,10 +51,11 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     """Run every trial of ``study`` and leave the result files in ``study_dir``; with
     ``verbose``, Ray's own status tables and worker output are shown too. With ``resume``,
     continue an interrupted run there: the trials that finished stay, the ones that were
-    running are rerun from their start. What the trials lack is planned from the finished
-    networks' rows, never from Optuna's view of them. ``reallocate``: whether the CPUs of
-    finished trials go to the running ones, as ``study.plan`` decided (default: as the study
-    says); never across the nodes of a cluster. The caller holds the folder's lock."""
+    running go on from their last epoch's checkpoint (``study.checkpoints``). What the trials
+    lack is planned from the finished networks' rows, never from Optuna's view of them.
+    ``reallocate``: whether the CPUs of finished trials go to the running ones, as
+    ``study.plan`` decided (default: as the study says); never across the nodes of a cluster.
+    The caller holds the folder's lock."""
     study_dir = Path(study_dir).resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # On Ctrl-C Ray advises `Tuner.restore(...)`; this tool's own resume command is what works.
@@ -157,16 +158,17 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
     key = study.compare_key()
     level_configurations = {level: {key: level} for level in study.space[key].levels()}
     if fixed:
-        _rounds(stages, "tune", level_configurations, networks)
+        if not _rounds(stages, "tune", level_configurations, networks):
+            return  # interrupted: no level is told a mean of part of its networks
         told = tell_levels(study, study_dir)
         if told:
             print(f"optuna: {counted(told, 'trial')} told, one per level: the mean best validation loss "
                   "of its first round's networks", flush=True)
         return
     missing = study.n_configurations() - len(configurations_tuned)
-    if missing > 0:
-        _trials(stages, "tune", searcher(study, study_dir, configurations_tuned), missing, None,
-                study.seeds("tune"))
+    if missing > 0 and not _trials(stages, "tune", searcher(study, study_dir, configurations_tuned), missing,
+                                   None, study.seeds("tune")):
+        return  # interrupted: the CLI says how to resume
     if not study.confirms() and study.design() is None:
         return
     finished = results.finished(study_dir)  # with the tuning stage's trials
@@ -187,13 +189,13 @@ def _split_before(study: Study, finished) -> bool:
     return bool(len(first)) and first.groupby("trial_id").size().lt(len(study.seeds())).any()
 
 
-def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]], finished) -> None:
+def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]], finished) -> bool:
     """The compared networks of ``stage``, round by round: each round trains, for every level still
     undecided (and the reference while any is), the round's seeds it lacks (``finished``: the
     network rows so far), as one trial per level, or several where the study splits seeds
     (``Study.seed_groups``); an interrupted round's trials run again. With a
     sequential design, the decisions after each round (``study.decisions``) say which
-    levels go on."""
+    levels go on. False where the run was interrupted (Ctrl-C): no look follows a round cut short."""
     study = stages.study
     key, design, looks = study.compare_key(), study.design(), study.looks(stage)
     going = list(configurations)
@@ -215,10 +217,11 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
                 # The points are the whole trials; the param space only names the keys they fill.
                 points = [{**configurations[level], SEEDS: ",".join(map(str, group))}
                           for level in levels for group in groups]
-                _trials(stages, stage, BasicVariantGenerator(points_to_evaluate=points), len(points),
-                        {**dict.fromkeys(study.space), SEEDS: None}, list(needed))
+                if not _trials(stages, stage, BasicVariantGenerator(points_to_evaluate=points), len(points),
+                               {**dict.fromkeys(study.space), SEEDS: None}, list(needed)):
+                    return False
         if design is None or look == len(looks):
-            return
+            return True
         finished = results.finished(stages.study_dir)
         decided = decisions(study, finished)
         print(f"look {look} of {len(looks)}: " + "; ".join(
@@ -226,13 +229,14 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
             for level, d in decided.items()), flush=True)
         going = [level for level, d in decided.items() if not d.settled()]
         if not going:
-            return
+            return True
         going.insert(0, next(iter(configurations)))  # the reference trains while any level is undecided
 
 
 def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param_space: dict | None,
-            seeds: list[int]) -> None:
-    """``trials`` Ray trials of ``stage`` as ``search_alg`` chooses them, each training ``seeds``."""
+            seeds: list[int]) -> bool:
+    """``trials`` Ray trials of ``stage`` as ``search_alg`` chooses them, each training ``seeds``;
+    whether they all ended (False: the run was interrupted)."""
     study, study_dir, gpu, verbose = stages.study, stages.study_dir, stages.gpu, stages.verbose
     # Ray's newer console output prints an experiment table and a TensorBoard hint at every
     # verbosity; its legacy reporter at verbosity 0 prints nothing, which quiet mode wants.
@@ -252,6 +256,7 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}
     fn = tune.with_parameters(trainable, **settings, seeds=seeds)
+    ended_before = results.staged_trials(study_dir)
     grid = tune.Tuner(
         tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
         param_space=param_space,
@@ -277,6 +282,8 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
     if scheduler is not None:
         _test_stopped(stages, grid, scheduler, {"num_cpus": study.resources.cpu, "num_gpus": gpu},
                       {**settings, "threads": max(1, int(study.resources.cpu))})
+    # On Ctrl-C, Tune ends the run and returns as if it were done: some trials then staged no rows.
+    return len(results.staged_trials(study_dir) - ended_before) >= trials
 
 
 def _test_stopped(stages: Stages, grid: tune.ResultGrid, scheduler: PerLevelASHA,
