@@ -1,7 +1,9 @@
 """Ray Tune schedules the trials, Optuna (through Ray Tune's OptunaSearch) chooses them.
 
-A trial is one configuration: one Optuna trial and one Ray trial, which trains the configuration's
-seeds at once and reports, per epoch, the means over its seeds. The package, a concept a module:
+A trial is one configuration: one Optuna trial, and one Ray trial that trains the configuration's
+seeds at once and reports, per epoch, the means over its seeds (or several, each training some of
+them, where a study splits fixed configurations' seeds over trials so that no CPU idles:
+``Study.seed_groups``). The package, a concept a module:
 
 - ``search``: Optuna behind Ray Tune (the space, the sampler, one Optuna study per compared level
   taking turns, settling the Optuna trials an interrupted run left);
