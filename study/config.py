@@ -129,7 +129,8 @@ class ResourcesConfig(Section):
     gpu: float | Literal["auto"] = Field("auto", description="GPU share per trial; auto: 0.25 if any")
     retries: int = Field(2, ge=0, description="times Ray restarts a trial whose worker or node died")
     reallocate: bool | Literal["auto"] = Field(
-        "auto", description="on one node, once a stage's trials have all started, the CPUs a finished "
+        "auto", description="on one node, a stage of fewer trials than CPUs starts each on an even share "
+                            "of them, and once a stage's trials have all started, the CPUs a finished "
                             "trial frees go to the running ones (restarted from their last epoch with "
                             "more threads, on a new worker); auto: where trials train on CPUs and the "
                             "plan's schedule is shorter so than with the workers reused")

@@ -213,7 +213,7 @@ class Plan:
     slots: int  # trials at once
     device: str
     attconv_path: str | None  # how AttConv runs here, where the space has it and trains on the CPU
-    reallocates: bool  # the CPUs of finished trials go to the running ones
+    reallocates: bool  # the CPUs shared out among the running trials (``schedule``)
 
     def trial_s(self, stage: Stage, arch: Architecture, reused: bool = False) -> float:
         """One trial of ``stage`` on ``arch``: start (on a new worker, or ``reused``: on one a
@@ -330,7 +330,8 @@ def lines(p: Plan) -> list[str]:
                f"{' + '.join(shown)} = {duration(total)}")
     walls = sum(wall for wall, _ in schedules.values())
     use = sum(wall * share for wall, share in schedules.values()) / walls if walls else 1.0
-    how = "the CPUs of finished trials going to the running ones" if p.reallocates else \
+    how = "the CPUs shared out: a stage's trials starting on even shares, those of finished trials " \
+        "going to the running ones" if p.reallocates else \
         "each trial on its own CPUs to its end, the next reusing its worker"
     cpus = p.slots * study.resources.cpu
     out.append(f"use of the {cpus:g} CPU{'s' if cpus != 1 else ''}: {use:.0%} (the trials' "

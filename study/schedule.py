@@ -28,7 +28,8 @@ def schedule(trials: list[float], slots: int, reallocate: bool,
     time in the order given, after the ``running`` ones (seconds left at their present speed, and
     the slots each holds), and the use of the slots: the trials' own seconds over the slots' wall
     time (a slot given to a trial that gains less than a slot's worth counts short). With
-    ``reallocate``, once no trial waits, the slots of each trial that ends are shared out among the
+    ``reallocate``, trials that all fit at once start with an even share of the slots, and once no
+    trial waits, the slots no trial holds (those of each trial that ends) are shared out among the
     running ones (the longest first), each given more restarting from its checkpoint
     (``TRIAL_START_S``) and running ``speed(k)`` times as fast with k slots. The plan and the
     run's progress line both lay trials out with it.
@@ -38,6 +39,8 @@ def schedule(trials: list[float], slots: int, reallocate: bool,
         (300.0, 0.666...)
         >>> round(schedule([100.0, 300.0], slots=2, reallocate=True)[0])
         216
+        >>> schedule([300.0], slots=2, reallocate=True)[0]  # one trial, both slots from its start
+        166.666...
         >>> schedule([100.0], slots=2, reallocate=False, running=[(50.0, 1)])[0]  # beside one with 50 s left
         100.0
     """
@@ -45,6 +48,8 @@ def schedule(trials: list[float], slots: int, reallocate: bool,
     waiting, now = list(trials), 0.0
     active = [[left * speed(k), k] for left, k in running]
     work = sum(trials) + sum(w for w, _ in active)
+    if reallocate and not active and 0 < len(waiting) <= slots:  # as the run starts them
+        active, waiting = [[seconds, slots // len(waiting)] for seconds in waiting], []
     free = max(0, slots - sum(k for _, k in active))
     while waiting or active:
         while waiting and free:

@@ -12,6 +12,13 @@ from study.schedule import schedule
     # Reallocated: after 100 s the long trial restarts (5 s) on both CPUs, where its 200 s of work
     # left take 200 / 1.8 s.
     ([100.0, 300.0], 2, True, 105.0 + 200.0 / 1.8, 400 / (2 * (105.0 + 200.0 / 1.8))),
+    # Fewer trials than CPUs start on even shares: one trial on both CPUs from its start, 1.8× as fast.
+    ([300.0], 2, True, 300.0 / 1.8, 300 / (2 * 300.0 / 1.8)),
+    # Two on two CPUs each: after 100 / 1.8 s the short one ends, and the long one, with 200 s of
+    # one CPU's work left, restarts (5 s) on all four, 3.4× as fast.
+    ([100.0, 300.0], 4, True, 100.0 / 1.8 + (200.0 + 5 * 3.4) / 3.4,
+     400 / (4 * (100.0 / 1.8 + (200.0 + 5 * 3.4) / 3.4))),
+    ([300.0], 2, False, 300.0, 0.5),  # without reallocation, a trial keeps its one CPU
 ])
 def test_the_schedule_lays_trials_over_the_cpus_and_hands_freed_ones_on(trials, slots, reallocate, wall, use):
     got_wall, got_use = schedule(trials, slots, reallocate)

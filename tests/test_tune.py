@@ -220,15 +220,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_start(log: Path, *args: str) -> subprocess.Popen:
-    """``ray start --block`` bound to 127.0.0.1, once it says it runs; it drains and stops its
+def ray_start(log: Path, *args: str, cpus: int = 1) -> subprocess.Popen:
+    """``ray start --block`` bound to 127.0.0.1 with ``cpus`` CPUs (as Ray counts them, whatever
+    the machine has), once it says it runs; it drains and stops its
     daemons when terminated. This environment's ``python`` comes first on its PATH, for jobs.
     Its agent (which runs jobs) listens on a free port: at Ray's default, one any other Ray node
     on this machine already holds, the head answers "No available agent to submit job"."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     with log.open("w") as out:
         node = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
-                                 "--num-cpus=1", "--disable-usage-stats",
+                                 f"--num-cpus={cpus}", "--disable-usage-stats",
                                  f"--dashboard-agent-listen-port={free_port()}", *args],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + 90
@@ -561,6 +562,29 @@ def test_the_cpu_a_finished_trial_frees_goes_to_the_trial_still_running(tmp_path
     assert on_two and on_two[-1] and on_two == sorted(on_two), later
     assert not any("threads" in line for line in lines[:lenet_done])
     check_contract(tmp_path / "smoke", n_trials=2, seeds=1, epochs=6, n_test=90)
+
+
+def test_a_stage_of_fewer_trials_than_cpus_starts_each_on_an_even_share(tmp_path, monkeypatch):
+    """One node of four CPUs (as its Ray counts them) and a stage of two trials: each starts on two
+    CPUs and trains every epoch on two threads, not on one until its first epoch's checkpoint lets
+    Ray hand it more."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ray-") as temp:  # a session folder of its own
+        head = ray_start(tmp_path / "ray-head.log", "--head", f"--port={port}", "--include-dashboard=false",
+                         f"--temp-dir={temp}", cpus=4)
+        try:
+            result = study("run", str(SMOKE), *SMALL, "--set", "search.seeds=1", "--set",
+                           "train.compile=false", "--set", "resources.reallocate=true",
+                           "--results", str(tmp_path), "--address", f"127.0.0.1:{port}")
+        finally:
+            stop(head)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "a stage's trials start on even shares of the CPUs" in result.stdout
+    epochs = [line for line in result.stdout.splitlines() if ": epoch " in line]
+    assert len(epochs) == 4 and all(line.endswith(" on 2 threads") for line in epochs), result.stdout
+    check_contract(tmp_path / "smoke", n_trials=2)
 
 
 def test_a_node_without_a_compiler_is_named_once_and_its_attconv_runs_as_tensor_operations(tmp_path):

@@ -23,7 +23,7 @@ class Progress:
     here), its epochs at its level's measured seconds per epoch and seed on one CPU's share (the
     mean of the levels where its own is not known yet) and the tail. They are laid out over the
     ``slots`` that run at once by ``study.schedule.schedule``, the plan's own model (with
-    ``reallocate``, freed CPUs going to the running trials). ``stages``: each stage's trials in
+    ``reallocate``, the CPUs shared out among the running trials). ``stages``: each stage's trials in
     order, each as the level of the compared factor it will train (None where the sampler has yet
     to choose) and its number of seeds. A stage starts when the one before has ended. A resumed
     study's earlier trials took no time here and count only as done; a trial resumed from its

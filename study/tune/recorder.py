@@ -48,7 +48,8 @@ class Recorder(tune.Callback):
         self.progress.epoch(trial.trial_id, None if level is None else str(level), len(seeds),
                             result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]),
                             share)
-        more = result.get("threads", 0) > self.study.resources.cpu  # given CPUs a trial freed
+        # More threads than a trial's own CPUs give: its share of a stage's CPUs, or CPUs a trial freed.
+        more = result.get("threads", 0) > max(1, int(self.study.resources.cpu))
         self._line(trial, f"epoch {result['epoch'] + 1}/{self.study.train.epochs}: val_loss "
                    f"{result['val_loss']:.4f} (mean of {counted(len(seeds), 'seed')}), "
                    f"{result['seconds']:.3g} s" + (f" on {result['threads']} threads" if more else ""),

@@ -53,7 +53,8 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     continue an interrupted run there: the trials that finished stay, the ones that were
     running go on from their last epoch's checkpoint (``study.checkpoints``). What the trials
     lack is planned from the finished networks' rows, never from Optuna's view of them.
-    ``reallocate``: whether the CPUs of finished trials go to the running ones, as
+    ``reallocate``: whether the CPUs are shared out among the running trials (a stage's trials
+    starting on even shares, a finished trial's CPUs going to those still running), as
     ``study.plan`` decided (default: as the study says); never across the nodes of a cluster.
     The caller holds the folder's lock."""
     study_dir = Path(study_dir).resolve()
@@ -111,7 +112,7 @@ class Stages:
     study_dir: Path
     gpu: float
     slots: int  # trials at once
-    reallocate: bool  # the CPUs of finished trials go to the running ones; else workers are reused
+    reallocate: bool  # the CPUs shared out among the running trials; else workers are reused
     progress: Progress
     verbose: bool
 
@@ -149,11 +150,11 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
     split = f"; in {where}, a level's seeds split over {len(groups)} trials" if len(groups) > 1 else ""
     together = (f"each level's seeds split over {len(first)} trials" if fixed and len(first) > 1
                 else "each configuration one trial training its seeds together")
+    shared = ("a stage's trials start on even shares of the CPUs, and the CPUs a finished trial frees "
+              "go to the running ones" if reallocate else "a finished trial's worker goes to the next")
     print(f"study {study.name}: {counted(study.n_configurations(), 'configuration')} × "
           f"{seeds_in_words(search.seeds)}, {together}{split}; {study.resources.cpu:g} CPU "
-          f"and {gpu:g} GPU per trial; " + ("the CPUs a finished trial frees go to the running ones"
-                                            if reallocate else "a finished trial's worker goes to the next"),
-          flush=True)
+          f"and {gpu:g} GPU per trial; {shared}", flush=True)
     stages.progress.rounds_may_follow = study.design() is not None and not study.confirms()  # its round 1
     key = study.compare_key()
     level_configurations = {level: {key: level} for level in study.space[key].levels()}
@@ -252,13 +253,17 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
     scheduler = PerLevelASHA(study.compare_key(), study.train.epochs, search.grace_period,
                              search.reduction_factor) if asha else None
     reallocate = stages.reallocate
+    # Sharing out the CPUs starts where the trials do: a stage of fewer trials than slots starts
+    # each on an even share of them, not on one slot until a first epoch's checkpoint lets Ray
+    # hand it more (``study.schedule`` lays them out so).
+    cpus = study.resources.cpu * (max(1, stages.slots // trials) if reallocate else 1)
     # A checkpoint every epoch makes Ray save its experiment state as often, and warn.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}
     fn = tune.with_parameters(trainable, **settings, seeds=seeds)
     ended_before = results.staged_trials(study_dir)
     grid = tune.Tuner(
-        tune.with_resources(fn, {"cpu": study.resources.cpu, "gpu": gpu}),
+        tune.with_resources(fn, {"cpu": cpus, "gpu": gpu}),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=trials,

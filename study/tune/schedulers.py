@@ -89,7 +89,8 @@ def gpu_share(trials: int) -> float:
 
 
 def reallocates(study: Study, gpu: float, planned: bool | None = None) -> bool:
-    """Whether the CPUs of finished trials go to the running ones: as ``planned`` (``study.plan``)
+    """Whether the CPUs are shared out among the running trials (a stage's trials starting on even
+    shares, a finished trial's going to those still running): as ``planned`` (``study.plan``)
     or else the study says, and only where all CPUs are on one node, since a trial's CPUs must all
     be on its node (Ray Tune's even split counts the whole cluster's, and a trial given more than
     a node has never starts)."""
