@@ -97,10 +97,17 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
               f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)\n"
               f"source: {data.source}", flush=True)
         _stages(study, study_dir, verbose, reallocate)
+    except Interrupted:
+        pass  # the CLI counts the networks that finished and says how to resume
     finally:
         controller.removeFilter(failures)
         if started_here:
             ray.shutdown()
+
+
+class Interrupted(Exception):
+    """A stage cut short (Ctrl-C): the study ends there, with no look at a round cut short, no
+    later stage or round, and no level of a fixed design told a mean of part of its networks."""
 
 
 @dataclass(frozen=True)
@@ -159,24 +166,21 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
     key = study.compare_key()
     level_configurations = {level: {key: level} for level in study.space[key].levels()}
     if fixed:
-        if not _rounds(stages, "tune", level_configurations, networks):
-            return  # interrupted: no level is told a mean of part of its networks
+        _rounds(stages, "tune", level_configurations, networks)
         told = tell_levels(study, study_dir)
         if told:
             print(f"optuna: {counted(told, 'trial')} told, one per level: the mean best validation loss "
                   "of its first round's networks", flush=True)
         return
     missing = study.n_configurations() - len(configurations_tuned)
-    if missing > 0 and not _trials(stages, "tune", searcher(study, study_dir, configurations_tuned), missing,
-                                   None, study.seeds("tune")):
-        return  # interrupted: the CLI says how to resume
+    if missing > 0:
+        _trials(stages, "tune", searcher(study, study_dir, configurations_tuned), missing, None,
+                study.seeds("tune"))
     if not study.confirms() and study.design() is None:
         return
     finished = results.finished(study_dir)  # with the tuning stage's trials
     if study.confirms():
         tuned = finished[finished["stage"] == "tune"]
-        if tuned["trial_id"].nunique() < study.n_configurations():
-            return  # interrupted: the CLI reports what is missing
         print("confirmation: each level's selected configuration retrained on fresh seeds", flush=True)
         _rounds(stages, "confirm", best_configurations(study, tuned, study.compare_key()), finished)
     else:
@@ -190,13 +194,13 @@ def _split_before(study: Study, finished) -> bool:
     return bool(len(first)) and first.groupby("trial_id").size().lt(len(study.seeds())).any()
 
 
-def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]], finished) -> bool:
+def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]], finished) -> None:
     """The compared networks of ``stage``, round by round: each round trains, for every level still
     undecided (and the reference while any is), the round's seeds it lacks (``finished``: the
     network rows so far), as one trial per level, or several where the study splits seeds
     (``Study.seed_groups``); an interrupted round's trials run again. With a
     sequential design, the decisions after each round (``study.decisions``) say which
-    levels go on. False where the run was interrupted (Ctrl-C): no look follows a round cut short."""
+    levels go on."""
     study = stages.study
     key, design, looks = study.compare_key(), study.design(), study.looks(stage)
     going = list(configurations)
@@ -218,11 +222,10 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
                 # The points are the whole trials; the param space only names the keys they fill.
                 points = [{**configurations[level], SEEDS: ",".join(map(str, group))}
                           for level in levels for group in groups]
-                if not _trials(stages, stage, BasicVariantGenerator(points_to_evaluate=points), len(points),
-                               {**dict.fromkeys(study.space), SEEDS: None}, list(needed)):
-                    return False
+                _trials(stages, stage, BasicVariantGenerator(points_to_evaluate=points), len(points),
+                        {**dict.fromkeys(study.space), SEEDS: None}, list(needed))
         if design is None or look == len(looks):
-            return True
+            return
         finished = results.finished(stages.study_dir)
         decided = decisions(study, finished)
         print(f"look {look} of {len(looks)}: " + "; ".join(
@@ -230,14 +233,14 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
             for level, d in decided.items()), flush=True)
         going = [level for level, d in decided.items() if not d.settled()]
         if not going:
-            return True
+            return
         going.insert(0, next(iter(configurations)))  # the reference trains while any level is undecided
 
 
 def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param_space: dict | None,
-            seeds: list[int]) -> bool:
+            seeds: list[int]) -> None:
     """``trials`` Ray trials of ``stage`` as ``search_alg`` chooses them, each training ``seeds``;
-    whether they all ended (False: the run was interrupted)."""
+    ``Interrupted`` where they did not all end."""
     study, study_dir, gpu, verbose = stages.study, stages.study_dir, stages.gpu, stages.verbose
     # Ray's newer console output prints an experiment table and a TensorBoard hint at every
     # verbosity; its legacy reporter at verbosity 0 prints nothing, which quiet mode wants.
@@ -288,7 +291,8 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
         _test_stopped(stages, grid, scheduler, {"num_cpus": study.resources.cpu, "num_gpus": gpu},
                       {**settings, "threads": max(1, int(study.resources.cpu))})
     # On Ctrl-C, Tune ends the run and returns as if it were done: some trials then staged no rows.
-    return len(results.staged_trials(study_dir) - ended_before) >= trials
+    if len(results.staged_trials(study_dir) - ended_before) < trials:
+        raise Interrupted
 
 
 def _test_stopped(stages: Stages, grid: tune.ResultGrid, scheduler: PerLevelASHA,
