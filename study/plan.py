@@ -33,7 +33,7 @@ from study.data.dataset import sample, split_sizes
 from study.footprint import Network, dataset_bytes
 from study.models import Stacked, attconv_cpu, build_network, n_params
 from study.resolution import combinations, resolve, section_keys
-from study.schedule import TRIAL_START_S, schedule
+from study.schedule import TRIAL_START_S, schedule, threads
 from study.train import (
     as_images,
     eval_chunk,
@@ -132,8 +132,8 @@ def _sized(study: Study, seeds: int, saved: footprint.Activations) -> tuple[int,
 def _timed(network: Network, seeds: int, compile_here: bool) -> Architecture:
     study, batch = network.study, network.study.train.batch_size
     device = pick_device(study.train.device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(study.resources.cpu)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads(study.resources.cpu))
     try:
         canvas, channels = study.data.canvas, study.data.channels()
         saved = footprint.activations(study)
@@ -173,7 +173,7 @@ def _timed(network: Network, seeds: int, compile_here: bool) -> Architecture:
         return Architecture(network.label, network.share, n_params(nets[0]), step_ms, compiled_ms, warmup,
                             eval_ms, measured=measured, timed=timed)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def timed_ms(fn: Callable, batches: Iterator, device: torch.device, steps: int = TIMED_STEPS,
@@ -325,8 +325,8 @@ def lines(p: Plan) -> list[str]:
         shown.append(f"{len(group)} × {duration(each)} {label}" if len(group) > 1 else
                      f"{duration(each)} {label}")
     total = STUDY_START_S + sum(wall for wall, _ in schedules.values())
-    threads = counted(max(1, int(study.resources.cpu)), "thread")
-    out.append(f"estimated time on {p.device} ({threads} per trial, {p.slots} at once): "
+    each = counted(threads(study.resources.cpu), "thread")
+    out.append(f"estimated time on {p.device} ({each} per trial, {p.slots} at once): "
                f"{' + '.join(shown)} = {duration(total)}")
     walls = sum(wall for wall, _ in schedules.values())
     use = sum(wall * share for wall, share in schedules.values()) / walls if walls else 1.0

@@ -17,6 +17,16 @@ TRIAL_START_S = 5.0  # a trial's worker: importing torch, loading the cached dat
 SCALING, MAX_SHARE = 0.8, 4
 
 
+def threads(cpus: float) -> int:
+    """torch's threads for a trial holding ``cpus`` CPUs: one per whole CPU, one at least.
+
+    Example:
+        >>> threads(0.5), threads(2.0)
+        (1, 2)
+    """
+    return max(1, int(cpus))
+
+
 def speed(k: int) -> float:
     """How many times as fast a trial given ``k`` times its CPUs trains (``SCALING``, ``MAX_SHARE``)."""
     return 1 + SCALING * (min(k, MAX_SHARE) - 1)

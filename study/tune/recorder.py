@@ -16,6 +16,7 @@ from study import checkpoints, results, words
 from study.config import Study
 from study.errors import UserError
 from study.preflight import disk_full
+from study.schedule import threads
 from study.tune.progress import Progress
 from study.tune.schedulers import PerLevelASHA
 from study.tune.search import METRIC
@@ -49,7 +50,7 @@ class Recorder(tune.Callback):
                             result["epoch"], result["seconds"], result.get("time_total_s", result["seconds"]),
                             share)
         # More threads than a trial's own CPUs give: its share of a stage's CPUs, or CPUs a trial freed.
-        more = result.get("threads", 0) > max(1, int(self.study.resources.cpu))
+        more = result.get("threads", 0) > threads(self.study.resources.cpu)
         self._line(trial, f"epoch {result['epoch'] + 1}/{self.study.train.epochs}: val_loss "
                    f"{result['val_loss']:.4f} (mean of {counted(len(seeds), 'seed')}), "
                    f"{result['seconds']:.3g} s" + (f" on {result['threads']} threads" if more else ""),

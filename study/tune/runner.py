@@ -36,6 +36,7 @@ from study.data import build
 from study.decisions import decisions
 from study.errors import UserError
 from study.preflight import check_resources
+from study.schedule import threads
 from study.sequential import seeds_in_words
 from study.tune.nodes import check_results_folder
 from study.tune.progress import Progress
@@ -289,7 +290,7 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
     ).fit()
     if scheduler is not None:
         _test_stopped(stages, grid, scheduler, {"num_cpus": study.resources.cpu, "num_gpus": gpu},
-                      {**settings, "threads": max(1, int(study.resources.cpu))})
+                      {**settings, "threads": threads(study.resources.cpu)})
     # On Ctrl-C, Tune ends the run and returns as if it were done: some trials then staged no rows.
     if len(results.staged_trials(study_dir) - ended_before) < trials:
         raise Interrupted

@@ -21,6 +21,7 @@ from ray import tune
 from study import checkpoints, results
 from study.config import Study
 from study.resolution import resolve
+from study.schedule import threads
 from study.train import Snapshot, conclude, fit, pick_device
 from study.tune.nodes import node_address
 
@@ -51,7 +52,7 @@ def trainable(config: dict[str, Any], study: dict, study_dir: str, stage: str, s
     from the checkpoint with the most epochs saved of the same stage, configuration and seeds
     (``study.checkpoints``)."""
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(threads(cpus))
     seeds = own_seeds(config, seeds)
     base = Study.model_validate(study)
     chosen = params(base, config)
