@@ -33,7 +33,7 @@ from study.data.dataset import sample, split_sizes
 from study.footprint import Network, dataset_bytes
 from study.models import Stacked, attconv_cpu, build_network, n_params
 from study.resolution import combinations, resolve, section_keys
-from study.schedule import TRIAL_START_S, schedule, threads
+from study.schedule import TRIAL_START_S, schedule, start_share, threads
 from study.train import (
     as_images,
     eval_chunk,
@@ -295,9 +295,12 @@ def lines(p: Plan) -> list[str]:
     groups = _grouped(p.stages)
     for label, (stage, *more) in groups:
         most = "up to " if stage.trials * stage.seeds > stage.networks else ""  # seeds split unevenly
+        share = start_share(p.slots, stage.trials) if p.reallocates else 1  # as the run starts them
+        starts = f", each starting on {counted(threads(study.resources.cpu * share), 'thread')}" \
+            if share > 1 else ""
         out.append(f"{label}{', each' if more else ''}: {counted(stage.trials, 'trial')} × "
                    f"{most}{counted(stage.seeds, 'seed')} = "
-                   f"{stage.networks} networks; {stage.steps:,} training steps per trial "
+                   f"{stage.networks} networks{starts}; {stage.steps:,} training steps per trial "
                    f"({counted(study.train.epochs, 'epoch')})")
     if p.attconv_path:
         out.append(p.attconv_path)

@@ -27,6 +27,17 @@ def threads(cpus: float) -> int:
     return max(1, int(cpus))
 
 
+def start_share(slots: int, trials: int) -> int:
+    """The slots each trial of a stage of ``trials`` starts on where the CPUs are shared out: an
+    even share where fewer trials than ``slots``, else one.
+
+    Example:
+        >>> start_share(64, 20), start_share(2, 6)
+        (3, 1)
+    """
+    return max(1, slots // trials)
+
+
 def speed(k: int) -> float:
     """How many times as fast a trial given ``k`` times its CPUs trains (``SCALING``, ``MAX_SHARE``)."""
     return 1 + SCALING * (min(k, MAX_SHARE) - 1)
@@ -59,7 +70,7 @@ def schedule(trials: list[float], slots: int, reallocate: bool,
     active = [[left * speed(k), k] for left, k in running]
     work = sum(trials) + sum(w for w, _ in active)
     if reallocate and not active and 0 < len(waiting) <= slots:  # as the run starts them
-        active, waiting = [[seconds, slots // len(waiting)] for seconds in waiting], []
+        active, waiting = [[seconds, start_share(slots, len(waiting))] for seconds in waiting], []
     free = max(0, slots - sum(k for _, k in active))
     while waiting or active:
         while waiting and free:

@@ -84,6 +84,14 @@ def test_plan_prints_networks_steps_memory_and_time():
     assert "use of the 64 CPUs: " in node.output
 
 
+def timed_as(step_ms: float):
+    """Architectures timed at ``step_ms`` (LeNet-5) and three times that (AttConv), as if measured."""
+    def timed(study, seeds, compile_here):
+        return [Architecture(label, 0.5, 1, ms, None, 0.0, 0.0, True, 1.0)
+                for label, ms in (("LeNet-5", step_ms), ("AttConv", 3 * step_ms))]
+    return timed
+
+
 @pytest.mark.parametrize(("step_ms", "sets", "reallocates"), [
     (1.0, [], False),  # seconds a trial: a restart on a new worker costs more than the freed CPU gives
     (1000.0, [], True),  # a minute a trial: AttConv's 32 s left run on both CPUs, 23 s with the restart
@@ -93,11 +101,7 @@ def test_plan_prints_networks_steps_memory_and_time():
 def test_auto_reallocates_where_that_saves_more_than_reusing_the_workers(monkeypatch, step_ms, sets,
                                                                          reallocates):
     """Two arms on two CPUs, AttConv's step three times LeNet-5's, 16 steps a trial."""
-    def timed(study, seeds, compile_here):
-        return [Architecture(label, 0.5, 1, ms, None, 0.0, 0.0, True, 1.0)
-                for label, ms in (("LeNet-5", step_ms), ("AttConv", 3 * step_ms))]
-
-    monkeypatch.setattr(plan, "architectures", timed)
+    monkeypatch.setattr(plan, "architectures", timed_as(step_ms))
     study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=2", *sets])
     planned = plan.plan(study, cpus=2)
     assert planned.reallocates is reallocates
@@ -105,6 +109,19 @@ def test_auto_reallocates_where_that_saves_more_than_reusing_the_workers(monkeyp
         assert planned.wall() == min(planned.wall(True), planned.wall(False))
     how = "going to the running ones" if reallocates else "the next reusing its worker"
     assert how in plan.lines(planned)[-1]
+
+
+@pytest.mark.parametrize(("reallocate", "shown"), [
+    ("true", "2 trials × 3 seeds = 6 networks, each starting on 4 threads; 16 training steps"),
+    ("false", "2 trials × 3 seeds = 6 networks; 16 training steps"),  # one CPU each to the end
+])
+def test_the_plan_shows_the_threads_a_stages_trials_start_on(monkeypatch, reallocate, shown):
+    """Two trials (each arm's seeds stacked) on eight CPUs start on four threads each where the
+    CPUs are shared out, as the run starts them."""
+    monkeypatch.setattr(plan, "architectures", timed_as(1.0))
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=2", "resources.split_seeds=false",
+                                 f"resources.reallocate={reallocate}"])
+    assert plan.lines(plan.plan(study, cpus=8))[0].startswith(f"tune: {shown}")
 
 
 @pytest.mark.parametrize("layers", ["[]", "[0]"])

@@ -36,7 +36,7 @@ from study.data import build
 from study.decisions import decisions
 from study.errors import UserError
 from study.preflight import check_resources
-from study.schedule import threads
+from study.schedule import start_share, threads
 from study.sequential import seeds_in_words
 from study.tune.nodes import check_results_folder
 from study.tune.progress import Progress
@@ -260,7 +260,7 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
     # Sharing out the CPUs starts where the trials do: a stage of fewer trials than slots starts
     # each on an even share of them, not on one slot until a first epoch's checkpoint lets Ray
     # hand it more (``study.schedule`` lays them out so).
-    cpus = study.resources.cpu * (max(1, stages.slots // trials) if reallocate else 1)
+    cpus = study.resources.cpu * (start_share(stages.slots, trials) if reallocate else 1)
     # A checkpoint every epoch makes Ray save its experiment state as often, and warn.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}
