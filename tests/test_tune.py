@@ -627,6 +627,8 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
     resumed = study(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "look 2 of 3: b: continue" in resumed.stdout and "round 3: a, b on seeds 4..5" in resumed.stdout
+    # Look 1 replayed on round 1's networks alone, as the run first took it, not on round 2's too.
+    assert "look 1 of 3: b: continue (diff +0, repeated p 1, 2 vs 2)" in resumed.stdout, resumed.stdout
 
     trials = pd.read_parquet(study_dir / "trials.parquet")
     assert (trials["status"] == "COMPLETED").all() and (trials["stage"] == "tune").all()

@@ -228,7 +228,9 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
         if design is None or look == len(looks):
             return
         finished = results.finished(stages.study_dir)
-        decided = decisions(study, finished)
+        # Each look on the networks of its rounds (seeds up to this round's last): a resumed run
+        # replays look 1 as the run took it, not on the networks of the rounds after it.
+        decided = decisions(study, finished[finished["seed"] <= seeds[-1]])
         print(f"look {look} of {len(looks)}: " + "; ".join(
             f"{level}: {d.verdict} (diff {d.diff:+.4g}, repeated p {d.p:.3g}, {d.n} vs {d.n_reference})"
             for level, d in decided.items()), flush=True)
