@@ -608,8 +608,10 @@ def test_a_node_without_a_compiler_is_named_once_and_its_attconv_runs_as_tensor_
 def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(tmp_path):
     """Two labels of one learning rate (identical arms, the same networks) and a margin no
     difference can show: the design goes on to its maximum, round by round. Stopped with Ctrl-C
-    once round 2 has begun, it stops there (no look at a round cut short, no next round), and
-    resumed, each level ends with seeds 0..5 in three trials of two, nothing twice."""
+    once round 2 has begun, it stops there (no look at a round cut short, no next round); resumed
+    and stopped again as round 3 begins, then resumed to the end, it replays each look on the
+    networks of its own rounds, and each level ends with seeds 0..5 in three trials of two,
+    nothing twice."""
     args = ["run", str(SMOKE), *SMALL, "--set", "model.attention.layers=[]",
             "--set", "space={train.lr: {choice: {a: 0.001, b: 0.001}}}", "--set", "compare=train.lr",
             "--set", "search.seeds={start: 2, step: 2, max: 6}", "--set", "analysis.margin=1e-9",
@@ -624,11 +626,16 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
     assert status == 130 and "look 1 of 3: b: continue" in text and "look 2" not in text, text[-3000:]
     assert "interrupted: " in text and " --resume" in text.split("Continue with: ")[1]
     assert "left in this round]" in text  # a later round is not in the estimate
+    again = tmp_path / "2.log"
+    status = interrupt([*args, "--resume"], again, lambda: "round 3:" in again.read_text(), signal.SIGINT)
+    text = again.read_text()
+    assert status == 130 and "look 2 of 3: b: continue (diff +0, repeated p 1, 4 vs 4)" in text, text[-3000:]
     resumed = study(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "look 2 of 3: b: continue" in resumed.stdout and "round 3: a, b on seeds 4..5" in resumed.stdout
-    # Look 1 replayed on round 1's networks alone, as the run first took it, not on round 2's too.
+    # Each look replayed on its own rounds' networks, as the run took it: look 1 not on round 2's too.
     assert "look 1 of 3: b: continue (diff +0, repeated p 1, 2 vs 2)" in resumed.stdout, resumed.stdout
+    assert "look 2 of 3: b: continue (diff +0, repeated p 1, 4 vs 4)" in resumed.stdout
+    assert "round 3: a, b on seeds 4..5" in resumed.stdout
 
     trials = pd.read_parquet(study_dir / "trials.parquet")
     assert (trials["status"] == "COMPLETED").all() and (trials["stage"] == "tune").all()
