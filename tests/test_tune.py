@@ -609,7 +609,7 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
     """Two labels of one learning rate (identical arms, the same networks) and a margin no
     difference can show: the design goes on to its maximum, round by round. Stopped with Ctrl-C
     once round 2 has begun, it stops there (no look at a round cut short, no next round); resumed
-    and stopped again as round 3 begins, then resumed to the end, it replays each look on the
+    and stopped again once a trial of round 3 has finished, then resumed to the end, it replays each look on the
     networks of its own rounds, and each level ends with seeds 0..5 in three trials of two,
     nothing twice."""
     args = ["run", str(SMOKE), *SMALL, "--set", "model.attention.layers=[]",
@@ -627,7 +627,8 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
     assert "interrupted: " in text and " --resume" in text.split("Continue with: ")[1]
     assert "left in this round]" in text  # a later round is not in the estimate
     again = tmp_path / "2.log"
-    status = interrupt([*args, "--resume"], again, lambda: "round 3:" in again.read_text(), signal.SIGINT)
+    status = interrupt([*args, "--resume"], again, lambda: "round 3:" in again.read_text() and staged() == 5,
+                       signal.SIGINT)
     text = again.read_text()
     assert status == 130 and "look 2 of 3: b: continue (diff +0, repeated p 1, 4 vs 4)" in text, text[-3000:]
     resumed = study(*args, "--resume")
@@ -635,7 +636,7 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
     # Each look replayed on its own rounds' networks, as the run took it: look 1 not on round 2's too.
     assert "look 1 of 3: b: continue (diff +0, repeated p 1, 2 vs 2)" in resumed.stdout, resumed.stdout
     assert "look 2 of 3: b: continue (diff +0, repeated p 1, 4 vs 4)" in resumed.stdout
-    assert "round 3: a, b on seeds 4..5" in resumed.stdout
+    assert "round 3: a on seeds 4..5" in resumed.stdout or "round 3: b on seeds 4..5" in resumed.stdout
 
     trials = pd.read_parquet(study_dir / "trials.parquet")
     assert (trials["status"] == "COMPLETED").all() and (trials["stage"] == "tune").all()
