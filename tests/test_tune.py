@@ -609,9 +609,9 @@ def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(
     """Two labels of one learning rate (identical arms, the same networks) and a margin no
     difference can show: the design goes on to its maximum, round by round. Stopped with Ctrl-C
     once round 2 has begun, it stops there (no look at a round cut short, no next round); resumed
-    and stopped again once a trial of round 3 has finished, then resumed to the end, it replays each look on the
-    networks of its own rounds, and each level ends with seeds 0..5 in three trials of two,
-    nothing twice."""
+    and stopped again once a trial of round 3 has finished, then resumed to the end, it replays
+    each look on the networks of its own rounds, and each level ends with seeds 0..5 in three
+    trials of two, nothing twice."""
     args = ["run", str(SMOKE), *SMALL, "--set", "model.attention.layers=[]",
             "--set", "space={train.lr: {choice: {a: 0.001, b: 0.001}}}", "--set", "compare=train.lr",
             "--set", "search.seeds={start: 2, step: 2, max: 6}", "--set", "analysis.margin=1e-9",
