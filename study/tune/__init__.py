@@ -13,6 +13,7 @@ them, where a study splits fixed configurations' seeds over trials so that no CP
 - ``progress``: the running count and the time left;
 - ``recorder``: the driver's callback (the lines a person reads, the result tables kept current)
   and Ray's failure reports as one line;
+- ``interrupts``: where Ctrl-C goes between Ray Tune's runs and as one starts, so none is lost;
 - ``runner``: ``run``, the stages and a sequential design's rounds, and resume.
 
 Every epoch's report carries the trial so far as a Ray checkpoint (``study.checkpoints``): a

@@ -38,6 +38,7 @@ from study.errors import UserError
 from study.preflight import check_resources
 from study.schedule import start_share, threads
 from study.sequential import seeds_in_words
+from study.tune.interrupts import Interrupted, Interrupts
 from study.tune.nodes import check_results_folder
 from study.tune.progress import Progress
 from study.tune.recorder import Recorder, TrialFailures
@@ -82,22 +83,24 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     if not verbose:
         controller.addFilter(failures)
     try:
-        if address:  # a cluster's nodes are known only now: nothing is written yet
-            check_resources(study, *largest_node(), where=f"the largest node of the cluster at {address}")
-            check_results_folder(study_dir)
-        if resume:
-            gone = results.discard_unfinished(study_dir)
-            told, failed = settle_interrupted(study, study_dir)
-            print(f"resuming {study_dir}: {counted(len(gone), 'unfinished trial')} discarded; of the "
-                  f"Optuna trials left running, {told} told the value their finished rows hold, "
-                  f"{failed} marked failed",
-                  flush=True)
-        results.write_study(study_dir, study)
-        data = build(study.data)  # warm the cache once, before trials race to generate it
-        print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
-              f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)\n"
-              f"source: {data.source}", flush=True)
-        _stages(study, study_dir, verbose, reallocate)
+        # A Ctrl-C from here on ends the study between its writes (Ray's start is before any)
+        with Interrupts() as interrupts:
+            if address:  # a cluster's nodes are known only now: nothing is written yet
+                check_resources(study, *largest_node(), where=f"the largest node of the cluster at {address}")
+                check_results_folder(study_dir)
+            if resume:
+                gone = results.discard_unfinished(study_dir)
+                told, failed = settle_interrupted(study, study_dir)
+                print(f"resuming {study_dir}: {counted(len(gone), 'unfinished trial')} discarded; of the "
+                      f"Optuna trials left running, {told} told the value their finished rows hold, "
+                      f"{failed} marked failed",
+                      flush=True)
+            results.write_study(study_dir, study)
+            data = build(study.data)  # warm the cache once, before trials race to generate it
+            print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
+                  f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)\n"
+                  f"source: {data.source}", flush=True)
+            _stages(study, study_dir, verbose, reallocate, interrupts)
     except Interrupted:
         pass  # the CLI counts the networks that finished and says how to resume
     finally:
@@ -106,15 +109,10 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
             ray.shutdown()
 
 
-class Interrupted(Exception):
-    """A stage cut short (Ctrl-C): the study ends there, with no look at a round cut short, no
-    later stage or round, and no level of a fixed design told a mean of part of its networks."""
-
-
 @dataclass(frozen=True)
 class Stages:
     """What every stage of one run shares: the study, its folder, each trial's GPU share, how many
-    trials run at once, the progress line and whether Ray's own output shows."""
+    trials run at once, the progress line, whether Ray's own output shows and where Ctrl-C goes."""
 
     study: Study
     study_dir: Path
@@ -123,9 +121,11 @@ class Stages:
     reallocate: bool  # the CPUs shared out among the running trials; else workers are reused
     progress: Progress
     verbose: bool
+    interrupts: Interrupts
 
 
-def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | None) -> None:
+def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | None,
+            interrupts: Interrupts) -> None:
     """The tuning stage and, where the study selects, the confirmation stage; of an interrupted
     study, the trials it lacks."""
     search = study.search
@@ -153,7 +153,7 @@ def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | Non
         planned.append([(level, len(group)) for level in levels for group in groups])
     reallocate = reallocates(study, gpu, reallocate)
     progress = Progress(planned, len(finished), study.train.epochs, slots, reallocate)
-    stages = Stages(study, study_dir, gpu, slots, reallocate, progress, verbose)
+    stages = Stages(study, study_dir, gpu, slots, reallocate, progress, verbose, interrupts)
     where = "the confirmation stage" if study.confirms() else "each later round"
     split = f"; in {where}, a level's seeds split over {len(groups)} trials" if len(groups) > 1 else ""
     together = (f"each level's seeds split over {len(first)} trials" if fixed and len(first) > 1
@@ -268,7 +268,7 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
     settings = {"study": study.model_dump(by_alias=True), "study_dir": str(study_dir), "stage": stage}
     fn = tune.with_parameters(trainable, **settings, seeds=seeds)
     ended_before = results.staged_trials(study_dir)
-    grid = tune.Tuner(
+    tuner = tune.Tuner(
         tune.with_resources(fn, {"cpu": cpus, "gpu": gpu}),
         param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -289,7 +289,8 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
             callbacks=[Recorder(study, study_dir, stage, seeds, stages.progress, scheduler)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=study.resources.retries)),
-    ).fit()
+    )
+    grid = stages.interrupts.fit(tuner.fit)
     if scheduler is not None:
         _test_stopped(stages, grid, scheduler, {"num_cpus": study.resources.cpu, "num_gpus": gpu},
                       {**settings, "threads": threads(study.resources.cpu)})
