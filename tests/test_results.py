@@ -123,6 +123,24 @@ def test_the_readmes_pandas_example_reads_the_shipped_thesis_results():
     assert sorted(line.split()[0] for line in lines[2:]) == ["[0]", "[]"]  # one row per arm
 
 
+def test_the_readmes_second_run_figures_are_the_shipped_replication_results():
+    """The second thesis run's verdict, each arm's networks, mean and SD, and the difference with
+    its repeated CI, as the README's Findings state them and as its shipped report holds them."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = readme[readme.index("**A second run agrees.**"):readme.index("**The original's test")]
+    shipped = ROOT / "results" / "thesis-replication"
+    trials = pd.read_parquet(shipped / "trials.parquet")
+    arms = trials.groupby("model.attention.layers")["test_loss"].agg(["size", "mean", "std"])
+    for arm, name in (("[]", "LeNet-5"), ("[0]", "AttConv")):
+        mean, sd = arms.loc[arm, "mean"], arms.loc[arm, "std"]
+        assert arms.loc[arm, "size"] == 9 and f"{mean:.4f} (SD {sd:.4f}) for {name}" in said
+    (row,) = pd.read_csv(shipped / "report" / "comparisons.csv").to_dict("records")
+    assert row["verdict"] == "equivalent" and (row["seeds"], row["seeds_reference"]) == (9, 9)
+    ci = f"= {row['diff']:+.4f}, repeated 95 % CI [{row['diff_ci_low']:+.4f}, {row['diff_ci_high']:+.4f}]"
+    assert ci.replace("-", "−") in said  # the README's minus signs
+    assert f"p = {row['p_equivalent_holm']:.3f}" in said
+
+
 def test_the_readmes_calibration_figures_are_the_shipped_calibration_results():
     """Every finished setting's networks, and their mean, as the README's Findings state them."""
     readme = " ".join((ROOT / "README.md").read_text().split())
