@@ -63,6 +63,10 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # On Ctrl-C Ray advises `Tuner.restore(...)`; this tool's own resume command is what works.
     logging.getLogger("ray.tune.tune").addFilter(lambda record: "Resume " not in record.getMessage())
+    # Nor its lines for the trials a Ctrl-C stopped before their first report: they have no results
+    # yet, which the runner counts from the staged rows anyway.
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    analysis.addFilter(lambda record: "Failed to fetch metrics" not in record.getMessage())
     # Ray's own ResourceChangingScheduler reads a controller attribute Ray then warns about.
     controller = logging.getLogger("ray.tune.execution.tune_controller")
     controller.addFilter(lambda record: "_reuse_actors" not in record.getMessage())
