@@ -328,16 +328,17 @@ def lines(p: Plan) -> list[str]:
         shown.append(f"{len(group)} × {duration(each)} {label}" if len(group) > 1 else
                      f"{duration(each)} {label}")
     total = STUDY_START_S + sum(wall for wall, _ in schedules.values())
-    each = counted(threads(study.resources.cpu), "thread")
-    out.append(f"estimated time on {p.device} ({each} per trial, {p.slots} at once): "
-               f"{' + '.join(shown)} = {duration(total)}")
+    cpus = p.slots * study.resources.cpu
+    cpus_in_words = f"{cpus:g} CPU{'s' if cpus != 1 else ''}"
+    at_once = f"{cpus_in_words} shared out among the trials" if p.reallocates else \
+        f"{counted(threads(study.resources.cpu), 'thread')} per trial, up to {p.slots} at once"
+    out.append(f"estimated time on {p.device} ({at_once}): {' + '.join(shown)} = {duration(total)}")
     walls = sum(wall for wall, _ in schedules.values())
     use = sum(wall * share for wall, share in schedules.values()) / walls if walls else 1.0
     how = "the CPUs shared out: a stage's trials starting on even shares, those of finished trials " \
         "going to the running ones" if p.reallocates else \
         "each trial on its own CPUs to its end, the next reusing its worker"
-    cpus = p.slots * study.resources.cpu
-    out.append(f"use of the {cpus:g} CPU{'s' if cpus != 1 else ''}: {use:.0%} (the trials' "
+    out.append(f"use of the {cpus_in_words}: {use:.0%} (the trials' "
                f"work over the CPUs' time), {how}")
     return out
 

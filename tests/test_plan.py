@@ -75,12 +75,12 @@ def test_plan_prints_networks_steps_memory_and_time():
     assert any(line.startswith("  tune layers=[0]: ") and "ms per step of 3 seeds, eager" in line
                for line in lines)
     assert lines[-3].startswith("checkpoints: about ") and "MiB on disk" in lines[-3]
-    assert lines[-2].startswith("estimated time on cpu (1 thread per trial, 2 at once): ")
+    assert lines[-2].startswith("estimated time on cpu (1 thread per trial, up to 2 at once): ")
     # Trials of seconds: a worker reused saves more than a freed CPU handed on.
     assert lines[-1].startswith("use of the 2 CPUs: ") and "the next reusing its worker" in lines[-1]
     node = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=2",
                                "--set", "train.compile=false", "--cpus", "64"])
-    assert node.exit_code == 0 and "1 thread per trial, 64 at once" in node.output
+    assert node.exit_code == 0 and "1 thread per trial, up to 64 at once" in node.output
     assert "use of the 64 CPUs: " in node.output
 
 
@@ -111,17 +111,21 @@ def test_auto_reallocates_where_that_saves_more_than_reusing_the_workers(monkeyp
     assert how in plan.lines(planned)[-1]
 
 
-@pytest.mark.parametrize(("reallocate", "shown"), [
-    ("true", "2 trials × 3 seeds = 6 networks, each starting on 4 threads; 16 training steps"),
-    ("false", "2 trials × 3 seeds = 6 networks; 16 training steps"),  # one CPU each to the end
+@pytest.mark.parametrize(("reallocate", "shown", "estimated"), [
+    ("true", "2 trials × 3 seeds = 6 networks, each starting on 4 threads; 16 training steps",
+     "estimated time on cpu (8 CPUs shared out among the trials): "),
+    ("false", "2 trials × 3 seeds = 6 networks; 16 training steps",  # one CPU each to the end
+     "estimated time on cpu (1 thread per trial, up to 8 at once): "),
 ])
-def test_the_plan_shows_the_threads_a_stages_trials_start_on(monkeypatch, reallocate, shown):
+def test_the_plan_shows_the_threads_a_stages_trials_start_on(monkeypatch, reallocate, shown, estimated):
     """Two trials (each arm's seeds stacked) on eight CPUs start on four threads each where the
-    CPUs are shared out, as the run starts them."""
+    CPUs are shared out, as the run starts them; the estimate's line does not say one thread."""
     monkeypatch.setattr(plan, "architectures", timed_as(1.0))
     study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=2", "resources.split_seeds=false",
                                  f"resources.reallocate={reallocate}"])
-    assert plan.lines(plan.plan(study, cpus=8))[0].startswith(f"tune: {shown}")
+    lines = plan.lines(plan.plan(study, cpus=8))
+    assert lines[0].startswith(f"tune: {shown}")
+    assert lines[-2].startswith(estimated)
 
 
 @pytest.mark.parametrize("layers", ["[]", "[0]"])

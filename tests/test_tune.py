@@ -160,7 +160,7 @@ def test_a_trial_trains_every_seed_of_its_configuration(tmp_path):
     progress = [line for line in run.stdout.splitlines() if " done: " in line]
     assert len(progress) == 2 and all("mean of 3 seeds" in line for line in progress)
     # Quiet by default: the model table, the plan, the dataset, one line per trial, the summary.
-    assert "estimated time on cpu (1 thread per trial, 2 at once): " in run.stdout
+    assert "estimated time on cpu (1 thread per trial, up to 2 at once): " in run.stdout
     epochs = [line for line in run.stdout.splitlines() if ": epoch " in line]
     assert len(epochs) == 4 and "epoch 2/2: val_loss " in epochs[-1] and "(mean of 3 seeds)" in epochs[0]
     # A running count and an estimate of the time left, from the first epoch on (both trials may
