@@ -9,7 +9,7 @@ directory is built under a temporary name and swapped in whole. Used on a finish
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,7 @@ def run_record(analysis: Analysis, study_dir: Path) -> list[tuple[str, str]]:
     trained = networks[networks["status"].isin(TRAINED)]
     nodes = trained["node"].dropna().value_counts().sort_index() if "node" in trained else pd.Series()
     compute = trials["wall_s"].dropna().sum() if "wall_s" in trials else 0.0
-    written = datetime.fromtimestamp((study_dir / "trials.parquet").stat().st_mtime)
+    finished = networks["finished"].dropna() if "finished" in networks else pd.Series()
     seeds = seeds_in_words(search.seeds, per="configuration") + (
         "; each arm's selected configuration retrained on fresh seeds: "
         f"{seeds_in_words(search.confirm_seeds)}"
@@ -236,8 +236,9 @@ def run_record(analysis: Analysis, study_dir: Path) -> list[tuple[str, str]]:
         ("nodes", "; ".join(f"{node}: {counted(n, 'network')}" for node, n in nodes.items())
                   or "not recorded"),
         ("compute", f"{duration(compute)} of trial time in all (trials that ran at once overlap)"),
-        ("results written", written.isoformat(sep=" ", timespec="minutes")),
-        ("analysed", f"{datetime.now().isoformat(sep=' ', timespec='minutes')} with study {__version__}, "
+        ("results written", f"{finished.max():%Y-%m-%d %H:%M} UTC (the last trial's end)" if len(finished)
+                            else "not recorded (before trials.parquet kept `finished`)"),
+        ("analysed", f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC with study {__version__}, "
                      f"torch {torch.__version__}, optuna {optuna.__version__}"),
     ]
 

@@ -18,6 +18,7 @@ import shutil
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from study.train import Network, TrialResult, pick_device
 TRIAL_COLUMNS_FIRST = ("trial_id", "seed", "stage", "status", "reason")
 TRIAL_COLUMNS_LAST = (
     "n_params", "flops", "best_epoch", "best_val_loss", "test_loss", "test_exact_acc",
-    "test_digit_f1", "wall_s", "device", "node", "attconv", "data_fingerprint", "data_source",
+    "test_digit_f1", "wall_s", "finished", "device", "node", "attconv", "data_fingerprint", "data_source",
 )
 # A network with test results and weights: trained to the end, or stopped early by ASHA (tuning only).
 TRAINED = ("COMPLETED", "STOPPED")
@@ -110,6 +111,12 @@ def trained(result: TrialResult) -> list[Network]:
     return [network for network in result.networks if network.failure is None]
 
 
+def now() -> str:
+    """The time a trial's rows are written (``finished``), in UTC: the record of when the results
+    came to be, which a file's modification time is not once the folder is copied."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def ran_on(study: Study, node: str | None = None) -> dict[str, str | None]:
     """Where and how this process trains ``study`` (resolved): the ``node`` (a Ray node's
     address; default: this host's name) and, with an AttConv layer, which ``attconv`` it runs
@@ -141,6 +148,7 @@ def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialR
         "test_digit_f1": None if network.failure else digit_f1(network.test_logits,
                                                                result.dataset["test"].targets),
         "wall_s": result.wall_s,
+        "finished": now(),
         "device": result.device,
         "node": where.get("node") or socket.gethostname(),
         "attconv": where.get("attconv"),
@@ -170,7 +178,7 @@ def write_failed(study_dir: Path, trial_id: str, stage: str, seeds: list[int],
                  params: dict[str, Any], reason: str) -> None:
     """Rows for a trial that raised, one per seed, so ``trials.parquet`` accounts for every network."""
     rows = [{"trial_id": trial_id, "seed": seed, "stage": stage, "status": "ERROR", "reason": reason,
-             **params} for seed in seeds]
+             **params, "finished": now()} for seed in seeds]
     _stage(Path(study_dir), trial_id, rows, [])
 
 
@@ -228,6 +236,7 @@ def consolidate(study_dir: Path) -> int:
     trials = trials.astype({"seed": "int32", "reason": "string", "n_params": "Int64", "flops": "Int64",
                             "best_epoch": "Int64", "best_val_loss": "float64", "test_loss": "float64",
                             "test_exact_acc": "float64", "test_digit_f1": "float64"})
+    trials["finished"] = pd.to_datetime(trials["finished"], utc=True)  # none for rows staged before it
     epochs = pd.DataFrame([e for s in staged for e in s["epochs"]], columns=list(EPOCH_COLUMNS))
     epochs = epochs.astype({"seed": "int32", "epoch": "int32"})
     atomic_write(study_dir / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))

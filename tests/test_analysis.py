@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import numpy as np
@@ -224,6 +225,24 @@ def test_needs_two_levels_and_a_choice_factor(tmp_path):
         analysis.analyze(tmp_path)
     with pytest.raises(UserError, match="compare by a 'choice' key"):
         analysis.analyze(tmp_path, by="train.lr")
+
+
+def test_the_report_dates_the_results_by_their_trials_not_by_the_files(tmp_path):
+    """A results folder copied elsewhere (a clone of shipped results) keeps the time its trials
+    finished: the report reads the latest of ``finished``, never a file's modification time;
+    results written before that column say the time is not recorded."""
+    fake_study(tmp_path, THREE_SEEDS)
+    assert CliRunner().invoke(app, ["analyze", str(tmp_path)]).exit_code == 0
+    assert "| results written | not recorded " in (tmp_path / "report" / "report.md").read_text()
+    path = tmp_path / "trials.parquet"
+    trials = pd.read_parquet(path)
+    trials["finished"] = pd.to_datetime(["2026-12-05 09:43:20+00:00"] * 5 + ["2026-12-05 07:10:00+00:00"])
+    trials.to_parquet(path)
+    os.utime(path, (0, 0))  # the file's own time says 1970
+    assert CliRunner().invoke(app, ["analyze", str(tmp_path)]).exit_code == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| results written | 2026-12-05 09:43 UTC (the last trial's end) |" in text
+    assert re.search(r"\| analysed \| \d{4}-\d\d-\d\d \d\d:\d\d UTC with study ", text)
 
 
 def test_report_json_and_csv_carry_the_same_numbers(tmp_path):

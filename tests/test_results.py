@@ -19,9 +19,11 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=2", "model.attention.layers=[]"])
     params = {"model.attention.layers": "[]"}
     result = fit(study, seeds=[0, 1])
+    before = pd.Timestamp.now(tz="UTC").floor("s")
     results.write_trial(tmp_path, "good", "tune", params, result)
     results.write_failed(tmp_path, "bad", "confirm", [3, 4], {"model.attention.layers": "[0]"},
                          "the trial's worker failed 3 time(s)")
+    after = pd.Timestamp.now(tz="UTC")
     assert results.consolidate(tmp_path) == 2  # trials
 
     r = results.load(tmp_path)
@@ -32,6 +34,10 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
     assert trials.loc["good", "reason"].isna().all()
     assert (trials.loc["bad", "reason"] == "the trial's worker failed 3 time(s)").all()
     assert (trials.loc["good", "n_params"] == 169_270).all() and trials.loc["bad", "n_params"].isna().all()
+    # When each trial's rows were written, in UTC: what the report dates the results by.
+    finished = r.trials["finished"]
+    assert isinstance(finished.dtype, pd.DatetimeTZDtype) and str(finished.dt.tz) == "UTC"
+    assert finished.between(before, after).all()
     for network in result.networks:
         row = trials.loc[("good", network.seed)]
         assert row["best_epoch"] == network.best_epoch and row["best_val_loss"] == network.best_val_loss

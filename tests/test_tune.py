@@ -61,8 +61,9 @@ def check_contract(study_dir: Path, n_trials: int, seeds: int = 1, epochs: int =
     assert (trials.groupby("trial_id")["seed"].apply(sorted) == [list(range(seeds))] * n_trials).all()
     for column in ("trial_id", "status", "seed", "model.attention.layers", "n_params", "flops",
                    "best_epoch", "best_val_loss", "test_loss", "test_exact_acc", "test_digit_f1", "wall_s",
-                   "device", "node", "data_fingerprint"):
+                   "finished", "device", "node", "data_fingerprint"):
         assert column in trials, column
+    assert trials["finished"].notna().all() and (trials.groupby("trial_id")["finished"].nunique() == 1).all()
     assert trials["node"].notna().all()  # where each network trained, and with which AttConv
     with_attconv = trials["model.attention.layers"] == "[0]"
     assert set(trials.loc[with_attconv, "attconv"]) <= {"C kernel", "tensor operations"}
