@@ -111,7 +111,7 @@ def trained(result: TrialResult) -> list[Network]:
     return [network for network in result.networks if network.failure is None]
 
 
-def now() -> str:
+def _now() -> str:
     """The time a trial's rows are written (``finished``), in UTC: the record of when the results
     came to be, which a file's modification time is not once the folder is copied."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -131,7 +131,7 @@ def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialR
     """One row per network of the trial; a failed one is ERROR with its reason and no test results;
     those of a trial a scheduler stopped are STOPPED, with the reason; ``where`` it ran
     (``ran_on``)."""
-    where = where or {}
+    where, finished = where or {}, _now()
     return [{
         "trial_id": trial_id,
         "seed": network.seed,
@@ -148,7 +148,7 @@ def trial_rows(trial_id: str, stage: str, params: dict[str, Any], result: TrialR
         "test_digit_f1": None if network.failure else digit_f1(network.test_logits,
                                                                result.dataset["test"].targets),
         "wall_s": result.wall_s,
-        "finished": now(),
+        "finished": finished,
         "device": result.device,
         "node": where.get("node") or socket.gethostname(),
         "attconv": where.get("attconv"),
@@ -177,8 +177,9 @@ def write_trial(study_dir: Path, trial_id: str, stage: str, params: dict[str, An
 def write_failed(study_dir: Path, trial_id: str, stage: str, seeds: list[int],
                  params: dict[str, Any], reason: str) -> None:
     """Rows for a trial that raised, one per seed, so ``trials.parquet`` accounts for every network."""
+    finished = _now()
     rows = [{"trial_id": trial_id, "seed": seed, "stage": stage, "status": "ERROR", "reason": reason,
-             **params, "finished": now()} for seed in seeds]
+             **params, "finished": finished} for seed in seeds]
     _stage(Path(study_dir), trial_id, rows, [])
 
 
