@@ -118,8 +118,10 @@ def _describe(err: ValidationError, path: Path, context: str = "",
               given: dict[str, str] | None = None) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-") and p not in SEED_FORMS)
-        msg = e["msg"].removeprefix("Value error, ")
+        loc, msg = e["loc"], e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing" and loc and isinstance(loc[-1], int):  # a list of fixed length, short
+            loc, msg = loc[:-1], f"too few items: item {loc[-1] + 1} is missing (got {excerpt(e['input'])})"
+        key = ".".join(str(p) for p in loc if not str(p).startswith("function-") and p not in SEED_FORMS)
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check its spelling against README.md's search-space reference"
         elif e["type"] not in ("value_error", "missing"):

@@ -17,6 +17,8 @@ runner = CliRunner()
         (["run", "missing.yaml"], "missing.yaml: no such file"),
         (["run", str(SMOKE), "--set", "train.epoch=2"], "--set 'train.epoch=2': train.epoch: unknown key"),
         (["run", str(SMOKE), "--set", "data.canvas=big"], "data.canvas: Input should be a valid integer"),
+        (["run", str(SMOKE), "--set", "data.split=[0.9, 0.1]"],
+         "--set 'data.split=[0.9, 0.1]': data.split: too few items: item 3 is missing (got [0.9, 0.1])"),
         (["trial", str(SMOKE), "--set", "model.attention.layers=[7]"], "conv positions that do not exist"),
     ],
 )
