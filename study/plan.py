@@ -329,7 +329,7 @@ def lines(p: Plan) -> list[str]:
                      f"{duration(each)} {label}")
     total = STUDY_START_S + sum(wall for wall, _ in schedules.values())
     cpus = p.slots * study.resources.cpu
-    cpus_in_words = f"{cpus:g} CPU{'s' if cpus != 1 else ''}"
+    cpus_in_words = counted(cpus, "CPU")
     at_once = f"{cpus_in_words} shared out among the trials" if p.reallocates else \
         f"{counted(threads(study.resources.cpu), 'thread')} per trial, up to {p.slots} at once"
     out.append(f"estimated time on {p.device} ({at_once}): {' + '.join(shown)} = {duration(total)}")
