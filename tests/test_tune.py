@@ -33,12 +33,18 @@ SMALL = ["--set", "data.n_images=300", "--set", "train.epochs=2"]
 N_TEST = 30  # 10 % of 300
 
 
+def driver_env(**variables: str) -> dict[str, str]:
+    """The environment of a ``study`` driver a test starts: unbuffered, so that its log has each
+    line as it is printed, with ``variables`` set."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **variables}
+
+
 def study(*args, faults: dict[str, str] | None = None, **kwargs):
     """``study`` with ``args``; ``faults``: the variables of tests/faults/sitecustomize.py to set."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = driver_env()
     if faults:
         path = os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")])
-        env = {**env, **faults, "PYTHONPATH": path}
+        env = driver_env(**faults, PYTHONPATH=path)
     return subprocess.run([str(BIN / "study"), *args], capture_output=True, text=True, env=env, **kwargs)
 
 
@@ -342,7 +348,7 @@ def interrupt(args: list[str], log: Path, moment, how: int = signal.SIGKILL) -> 
     SIGKILL, also to everything it started, as a machine that died would); returns its exit status."""
     with log.open("w") as out:
         driver = subprocess.Popen([str(BIN / "study"), *args], stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                  start_new_session=True, env=driver_env())
     deadline, started = time.monotonic() + 300, []
     try:
         while not moment():
@@ -590,8 +596,7 @@ def test_a_stage_of_fewer_trials_than_cpus_starts_each_on_an_even_share(tmp_path
 def test_a_node_without_a_compiler_is_named_once_and_its_attconv_runs_as_tensor_operations(tmp_path):
     """Two AttConv trials where no compiler builds the kernel: the plan names the slower path, and
     the driver says once which node lacks a compiler, not once per trial."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CC": "no-such-compiler",
-           "STUDY_CACHE": str(tmp_path / "cache")}
+    env = driver_env(CC="no-such-compiler", STUDY_CACHE=str(tmp_path / "cache"))
     space = "space={train.lr: {choice: [0.001, 0.002]}}"
     sets = ["search.seeds=1", "model.attention.layers=[0]", space, "compare=train.lr"]
     result = subprocess.run([str(BIN / "study"), "run", str(SMOKE), *SMALL,
@@ -690,7 +695,7 @@ def test_a_second_driver_on_the_same_study_is_refused_while_the_first_runs(tmp_p
     log = tmp_path / "first.log"
     with log.open("w") as out:
         first = subprocess.Popen([str(BIN / "study"), *args], stdout=out, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                 env=driver_env())
     try:
         lock = tmp_path / "smoke" / ".lock"
         deadline = time.monotonic() + 120
