@@ -345,7 +345,8 @@ def descendants(pid: int) -> list[int]:
 
 def interrupt(args: list[str], log: Path, moment, how: int = signal.SIGKILL) -> int:
     """Run ``study`` with ``args`` until ``moment()`` holds, then send ``how`` to the driver (with
-    SIGKILL, also to everything it started, as a machine that died would); returns its exit status."""
+    SIGKILL, also to everything it started, as a machine that died would); returns its exit
+    status. Any other signal than SIGKILL must leave nothing the driver started running."""
     with log.open("w") as out:
         driver = subprocess.Popen([str(BIN / "study"), *args], stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True, env=driver_env())
@@ -356,7 +357,15 @@ def interrupt(args: list[str], log: Path, moment, how: int = signal.SIGKILL) -> 
             time.sleep(0.1)
         started = descendants(driver.pid)
         driver.send_signal(how)
-        return driver.wait(timeout=120)
+        status = driver.wait(timeout=120)
+        if how != signal.SIGKILL:
+            for _ in range(100):
+                left = [pid for pid in started if running(pid)]
+                if not left:
+                    break
+                time.sleep(0.2)
+            assert not left, [Path(f"/proc/{pid}/cmdline").read_text() for pid in left if running(pid)]
+        return status
     finally:
         for pid in [*started, *descendants(driver.pid)]:  # by process id and by its group
             with contextlib.suppress(ProcessLookupError):
@@ -366,9 +375,17 @@ def interrupt(args: list[str], log: Path, moment, how: int = signal.SIGKILL) -> 
         driver.wait()
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_resume_is_exact_from_any_moment(tmp_path):
     """One study interrupted four times (kill -9 before any trial finished, Ctrl-C of the resumed
-    run mid-tuning, kill -9 as the confirmation is announced and again mid-confirmation), each
+    run mid-tuning, kill -9 as the confirmation is announced, SIGTERM mid-confirmation), each
     time at a moment the result files show, then resumed to the end: every planned network once.
     Two CPUs per trial: one trial at a time, so each moment falls between two trials' ends."""
     space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"
@@ -400,8 +417,13 @@ def test_resume_is_exact_from_any_moment(tmp_path):
     interrupt([*args, "--resume"], tmp_path / "3.log",
               lambda: "confirmation:" in (tmp_path / "3.log").read_text())
     assert len(staged()) == 4 and staged('"confirm"') == set()
-    # 4. Killed mid-confirmation: one level confirmed, the other training.
-    interrupt([*args, "--resume"], tmp_path / "4.log", lambda: len(staged('"confirm"')) == 1)
+    # 4. Terminated mid-confirmation (SIGTERM, as `kill` sends it): one level confirmed, the other
+    # training; a line with the way on, not Ray's crash report.
+    status = interrupt([*args, "--resume"], tmp_path / "4.log", lambda: len(staged('"confirm"')) == 1,
+                       signal.SIGTERM)
+    fourth = (tmp_path / "4.log").read_text()
+    assert status == 143 and "terminated (SIGTERM)" in fourth and "with --resume" in fourth, fourth[-3000:]
+    assert "SIGTERM received" not in fourth
     assert len(staged()) == 5
     assert study(*args).returncode == 2  # a folder with results is never overwritten
     resumed = study(*args, "--resume")

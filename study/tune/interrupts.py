@@ -5,7 +5,10 @@ checkpoint. But it installs its handler as each run starts and leaves it in plac
 over, so a Ctrl-C between two runs (a look, or the next round while it starts) only set the flag of
 a run already done: Tune said "Stop signal received" and the next round trained to its end.
 Within ``Interrupts``, a Ctrl-C between runs is held and ends the study before the next run starts;
-one that comes as a run starts, before Tune catches it, ends the study as well.
+one that comes as a run starts, before Tune catches it, ends the study as well. So does SIGUSR1,
+Tune's own stop signal, which Tune too leaves set to a run already done. SIGTERM, how ``kill``,
+``timeout`` and Slurm's ``scancel`` stop a program, ends the driver at once with one line that
+says how to go on, where Ray's handler printed a crash report.
 
 Example:
     >>> with Interrupts() as interrupts:
@@ -15,40 +18,67 @@ Example:
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+import ray
+
 T = TypeVar("T")
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the signals that stop a study between its writes
 
 
 class Interrupted(Exception):
-    """A stage cut short (Ctrl-C): the study ends there, with no look at a round cut short, no
+    """A stage cut short (Ctrl-C, SIGTERM): the study ends there, with no look at a round cut short, no
     later stage or round, and no level of a fixed design told a mean of part of its networks."""
 
 
 class Interrupts:
-    """Where a study's Ctrl-C goes while it runs: between Ray Tune's runs, held here (``fit``
-    then raises ``Interrupted``); during one, Tune's, and a second Ctrl-C is Python's
-    KeyboardInterrupt, as Tune's message promises ("Press CTRL+C ... to skip"). Outside the main
-    thread, where no signal handler can be set, as Tune does: nothing changes."""
+    """Where a study's Ctrl-C (or SIGUSR1) goes while it runs: between Ray Tune's runs, held here
+    (``fit`` then raises ``Interrupted``); during one, Tune's, and a second Ctrl-C is Python's
+    KeyboardInterrupt, as Tune's message promises ("Press CTRL+C ... to skip"). A SIGTERM prints
+    ``terminated`` and ends the process with status 143. Outside the main thread, where no signal
+    handler can be set, as Tune does: nothing changes. On leaving, each signal's handler is the
+    one found on entering."""
 
-    def __init__(self) -> None:
-        self.received = False
+    def __init__(self, terminated: str = "terminated") -> None:
+        self.received, self.terminated = False, terminated
         self._main = threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> Interrupts:
         if self._main:
-            self._before = signal.signal(signal.SIGINT, self._hold)
+            self._before = {signum: signal.getsignal(signum) for signum in STOPS}
+            signal.signal(signal.SIGINT, self._hold)
+            signal.signal(signal.SIGTERM, self._terminate)
+            signal.signal(signal.SIGUSR1, self._as_ctrl_c)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._main:
-            signal.signal(signal.SIGINT, self._before)
+            for signum, handler in self._before.items():
+                signal.signal(signum, handler)
 
     def _hold(self, signum: int, frame: object) -> None:
         self.received = True
+
+    @staticmethod
+    def _as_ctrl_c(signum: int, frame: object) -> None:
+        """Whatever a Ctrl-C would do now: held between runs, Tune's stop during one, and Python's
+        KeyboardInterrupt as a run starts."""
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        # Not Tune's stop, which waits on Ray's own processes: `timeout` and Slurm signal those
+        # too, and a stop waiting on a Ray already gone hangs for a minute. An end at any moment
+        # is what every result write and --resume are built for (kill -9 included).
+        print(self.terminated, file=sys.stderr, flush=True)
+        ray.shutdown()  # the processes an embedded Ray started: not left behind
+        os._exit(128 + signum)
 
     def fit(self, run: Callable[[], T]) -> T:
         """``run()`` (a Tuner's ``fit``) unless a Ctrl-C came before it; ``Interrupted`` for one
@@ -63,5 +93,6 @@ class Interrupts:
             return run()
         except KeyboardInterrupt:  # before Tune caught it, or a second one: Ray's shutdown stops the trials
             raise Interrupted from None
-        finally:
-            signal.signal(signal.SIGINT, self._hold)  # not Tune's, left behind by the run
+        finally:  # not Tune's, left behind by the run
+            signal.signal(signal.SIGINT, self._hold)
+            signal.signal(signal.SIGUSR1, self._as_ctrl_c)

@@ -88,7 +88,8 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
         controller.addFilter(failures)
     try:
         # A Ctrl-C from here on ends the study between its writes (Ray's start is before any)
-        with Interrupts() as interrupts:
+        with Interrupts(f"terminated (SIGTERM): the networks that finished are kept in {study_dir}; "
+                        "the same command with --resume continues the study") as interrupts:
             if address:  # a cluster's nodes are known only now: nothing is written yet
                 check_resources(study, *largest_node(), where=f"the largest node of the cluster at {address}")
                 check_results_folder(study_dir)

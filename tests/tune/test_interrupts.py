@@ -1,5 +1,7 @@
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 from ray.tune.tune import _setup_signal_catching
@@ -54,3 +56,31 @@ def test_a_ctrl_c_during_a_run_is_ray_tunes_and_a_second_one_skips_its_last_chec
         with pytest.raises(Interrupted):
             interrupts.fit(fit)
         assert not interrupts.received  # the first was Tune's to end its run with
+
+
+def test_sigusr1_is_a_ctrl_c_and_every_handler_is_given_back():
+    """SIGUSR1, Tune's stop signal, which Tune leaves set to a run already done: between runs it
+    is held as a Ctrl-C is. On leaving, SIGINT, SIGTERM and SIGUSR1 have the handlers they had."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    with Interrupts() as interrupts:
+        first = Run()
+        interrupts.fit(first.fit)
+        os.kill(os.getpid(), signal.SIGUSR1)  # during a look
+        assert interrupts.received and not first.interrupted.is_set()
+        with pytest.raises(Interrupted):
+            interrupts.fit(Run().fit)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_sigterm_ends_the_driver_at_once_with_the_way_on():
+    """SIGTERM (`kill`, `timeout`, Slurm's scancel) during a run: the given line, exit status 143,
+    at once rather than after Tune's stop, which would wait on Ray's processes the same signal
+    ended."""
+    code = ("import os, signal, time\n"
+            "from study.tune.interrupts import Interrupts\n"
+            "with Interrupts('terminated: resume it') as interrupts:\n"
+            "    interrupts.fit(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30)))\n"
+            "print('went on')\n")
+    ended = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25)
+    assert ended.returncode == 143 and ended.stderr.strip() == "terminated: resume it", ended
+    assert "went on" not in ended.stdout
