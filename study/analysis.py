@@ -139,6 +139,10 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
 def _read(study_dir: Path, by: str | None, split: str | None) -> tuple[Study, str, results.Results]:
     """The study, the factor compared and the result files, each mistake in them one message."""
     if not (study_dir / "trials.parquet").exists():
+        if (study_dir / "study.yaml").exists():  # a study run started: none of its networks finished
+            raise UserError(f"{study_dir}: no network has finished yet (no trials.parquet beside its "
+                            "study.yaml); let the run go on, or continue an interrupted one with "
+                            "the command that started it and --resume")
         raise UserError(f"{study_dir}: no trials.parquet; is this a study's results directory?")
     study = loading.load(study_dir / "study.yaml")
     factor = by or study.compare_key()

@@ -40,6 +40,11 @@ def test_existing_results_are_never_overwritten(tmp_path):
 def test_analyze_needs_a_results_directory(tmp_path):
     result = runner.invoke(app, ["analyze", str(tmp_path)])
     assert result.exit_code == 2 and "no trials.parquet" in result.output
+    # A study stopped before any network finished: its study.yaml, nothing else, and nothing written.
+    (tmp_path / "study.yaml").write_text(SMOKE.read_text())
+    result = runner.invoke(app, ["analyze", str(tmp_path)])
+    assert result.exit_code == 2 and "no network has finished yet" in result.output, result.output
+    assert "--resume" in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
 
 
 @pytest.mark.slow
