@@ -60,7 +60,7 @@ def planned_networks(study: Study, trials: pd.DataFrame) -> int:
     if study.design() is None:
         return study.n_networks()
     looks, levels = study.looks(study.compared_stage()), study.space[study.compare_key()].levels()
-    decided = decisions(study, trials)
+    decided = decisions(study, trials) if len(trials) else {}  # nothing trained: nothing decided
     # A settled level ends at its look; an undecided one goes on to the next (a "continue" is
     # never the last look's), and one not looked at yet has its first round to come.
     ends = [looks[0] if level not in decided

@@ -354,6 +354,7 @@ def test_a_sequential_design_reports_where_each_level_stopped_against_the_refere
     trials = pd.read_parquet(tmp_path / "trials.parquet")
     assert decisions.planned_networks(study, trials) == 16  # what the run trains: nothing is missing
     assert decisions.planned_networks(study, trials[trials["seed"] < 4]) == 16  # round 3 is still to come
+    assert decisions.planned_networks(study, pd.DataFrame()) == 6  # none yet: each level's first round
     # The repeated interval is wider than the plain Welch interval of the same networks.
     ours = rows.loc["[0]"]
     welch = stats.ttest_ind(*(trials.loc[(trials[LAYERS] == level) & (trials["seed"] < 4), "test_loss"]

@@ -428,6 +428,8 @@ def test_resume_is_exact_from_any_moment(tmp_path):
     assert study(*args).returncode == 2  # a folder with results is never overwritten
     resumed = study(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # The tuning stage's 4 networks and one level's 2 confirmation networks, of the 8 planned.
+    assert f"resuming {study_dir}: 6 of 8 networks finished before and kept" in resumed.stdout
 
     trials = pd.read_parquet(study_dir / "trials.parquet")
     tuned, confirmed = trials[trials["stage"] == "tune"], trials[trials["stage"] == "confirm"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, ResourceChangingScheduler
@@ -33,7 +34,7 @@ from study import results
 from study.arms import best_configurations
 from study.config import Study
 from study.data import build
-from study.decisions import decisions
+from study.decisions import decisions, planned_networks
 from study.errors import UserError
 from study.preflight import check_resources
 from study.schedule import start_share, threads
@@ -93,19 +94,22 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
             if address:  # a cluster's nodes are known only now: nothing is written yet
                 check_resources(study, *largest_node(), where=f"the largest node of the cluster at {address}")
                 check_results_folder(study_dir)
+            networks = results.finished(study_dir)  # a resumed study's that finished; a new one's none
             if resume:
                 gone = results.discard_unfinished(study_dir)
                 told, failed = settle_interrupted(study, study_dir)
-                print(f"resuming {study_dir}: {counted(len(gone), 'unfinished trial')} discarded; of the "
-                      f"Optuna trials left running, {told} told the value their finished rows hold, "
-                      f"{failed} marked failed",
+                kept = f"{len(networks)} of {planned_networks(study, networks)} networks"
+                print(f"resuming {study_dir}: {kept} finished before and kept (an estimate printed above "
+                      "is the whole study's; the progress line counts what is left); "
+                      f"{counted(len(gone), 'unfinished trial')} discarded; of the Optuna trials left "
+                      f"running, {told} told the value their finished rows hold, {failed} marked failed",
                       flush=True)
             results.write_study(study_dir, study)
             data = build(study.data)  # warm the cache once, before trials race to generate it
             print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
                   f"({'cached' if data.cached else 'generated'} in {data.seconds:.1f} s)\n"
                   f"source: {data.source}", flush=True)
-            _stages(study, study_dir, verbose, reallocate, interrupts)
+            _stages(study, study_dir, networks, verbose, reallocate, interrupts)
     except Interrupted:
         pass  # the CLI counts the networks that finished and says how to resume
     finally:
@@ -129,12 +133,11 @@ class Stages:
     interrupts: Interrupts
 
 
-def _stages(study: Study, study_dir: Path, verbose: bool, reallocate: bool | None,
-            interrupts: Interrupts) -> None:
+def _stages(study: Study, study_dir: Path, networks: pd.DataFrame, verbose: bool,
+            reallocate: bool | None, interrupts: Interrupts) -> None:
     """The tuning stage and, where the study selects, the confirmation stage; of an interrupted
-    study, the trials it lacks."""
+    study (``networks``: the rows of those that finished), the trials it lacks."""
     search = study.search
-    networks = results.finished(study_dir)
     finished = networks.drop_duplicates("trial_id")  # a row per configuration
     configurations_tuned = [{k: row[k] for k in study.space}
                             for _, row in finished[finished["stage"] == "tune"].iterrows()]
