@@ -28,12 +28,12 @@ from typing import TypeVar
 import ray
 
 T = TypeVar("T")
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the signals that stop a study between its writes
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the signals that stop a study
 
 
 class Interrupted(Exception):
-    """A stage cut short (Ctrl-C, SIGTERM): the study ends there, with no look at a round cut short, no
-    later stage or round, and no level of a fixed design told a mean of part of its networks."""
+    """A stage cut short (Ctrl-C, SIGUSR1): the study ends there, with no look at a round cut short,
+    no later stage or round, and no level of a fixed design told a mean of part of its networks."""
 
 
 class Interrupts:
@@ -77,8 +77,10 @@ class Interrupts:
         # too, and a stop waiting on a Ray already gone hangs for a minute. An end at any moment
         # is what every result write and --resume are built for (kill -9 included).
         print(self.terminated, file=sys.stderr, flush=True)
-        ray.shutdown()  # the processes an embedded Ray started: not left behind
-        os._exit(128 + signum)
+        try:
+            ray.shutdown()  # the processes an embedded Ray started: not left behind
+        finally:
+            os._exit(128 + signum)
 
     def fit(self, run: Callable[[], T]) -> T:
         """``run()`` (a Tuner's ``fit``) unless a Ctrl-C came before it; ``Interrupted`` for one
