@@ -82,11 +82,15 @@ class Interrupts:
         finally:
             os._exit(128 + signum)
 
+    def check(self) -> None:
+        """``Interrupted`` where a Ctrl-C has been held: before a stage or round is announced."""
+        if self.received:
+            raise Interrupted
+
     def fit(self, run: Callable[[], T]) -> T:
         """``run()`` (a Tuner's ``fit``) unless a Ctrl-C came before it; ``Interrupted`` for one
         that came before or as it started."""
-        if self.received:
-            raise Interrupted
+        self.check()
         if not self._main:
             return run()
         # Tune keeps this as the handler to restore once it has caught a first Ctrl-C.

@@ -190,6 +190,7 @@ def _stages(study: Study, study_dir: Path, networks: pd.DataFrame, verbose: bool
     finished = results.finished(study_dir)  # with the tuning stage's trials
     if study.confirms():
         tuned = finished[finished["stage"] == "tune"]
+        interrupts.check()
         print("confirmation: each level's selected configuration retrained on fresh seeds", flush=True)
         _rounds(stages, "confirm", best_configurations(study, tuned, study.compare_key()), finished)
     else:
@@ -225,6 +226,7 @@ def _rounds(stages: Stages, stage: str, configurations: dict[Any, dict[str, Any]
             lacking.setdefault(tuple(s for s in seeds if s not in have), []).append(level)
         for needed, levels in lacking.items():
             if needed:
+                stages.interrupts.check()  # a Ctrl-C during the look: no round announced that never trains
                 groups = study.seed_groups(list(needed), len(levels), stages.slots, stages.gpu)
                 print(f"round {look}: {', '.join(map(str, levels))} on seeds {needed[0]}..{needed[-1]}"
                       + (f", each level in {len(groups)} trials" if len(groups) > 1 else ""), flush=True)
