@@ -263,8 +263,34 @@ def plan_(space: Space, sets: Sets = None, results: ResultsDir = Path("results")
         except UserError as err:
             raise UserError(f"study run would refuse this study: {err}") from None
         _print_plan(study, compile_here=True, cpus=cpus)
+        held = _held(study, space, results / study.name)
+        if held:
+            typer.echo(held)
     except UserError as err:
         _fail(err)
+
+
+def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:
+    """What ``study_dir`` already holds, as ``study run`` would find it: another study, or this
+    one's networks so far (read as they are: planning writes nothing)."""
+    import pandas as pd
+
+    from study.decisions import planned_networks
+
+    if not (study_dir / "study.yaml").exists():
+        return None
+    try:
+        _same_study(study, space, study_dir)
+    except UserError as err:
+        return f"note: {err}, or give study run --name NEW_NAME for a folder of its own"
+    trials = study_dir / "trials.parquet"
+    rows = pd.read_parquet(trials) if trials.exists() else pd.DataFrame()
+    planned = planned_networks(study, rows)
+    if len(rows) >= planned:
+        return f"note: {study_dir} holds all {planned} networks of this study: study analyze {study_dir}"
+    return (f"note: {study_dir} holds {len(rows)} of the {planned} networks of this study (the estimate "
+            "above is the whole study's); study run with the same file and --set values and --resume "
+            "trains the rest")
 
 
 @app.command()

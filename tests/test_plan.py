@@ -128,6 +128,39 @@ def test_the_plan_shows_the_threads_a_stages_trials_start_on(monkeypatch, reallo
     assert lines[-2].startswith(estimated)
 
 
+def test_the_plan_says_what_the_study_folder_already_holds_and_writes_nothing(monkeypatch, tmp_path):
+    """Where the study's folder exists, as ``study run`` would find it: this study's networks so
+    far (of those it plans), all of them, or another study."""
+    import pandas as pd
+
+    monkeypatch.setattr(plan, "architectures", timed_as(1.0))
+    sets = ["data.n_images=300", "train.epochs=2"]
+
+    def last_line() -> str:
+        result = runner.invoke(app, ["plan", str(SMOKE), *(a for s in sets for a in ("--set", s)),
+                                     "--results", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        return result.output.splitlines()[-1]
+
+    assert last_line().startswith("use of the ")  # no folder: nothing more to say
+    folder = tmp_path / "smoke"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(loading.dump(loading.load(SMOKE, sets)))
+    assert last_line() == (f"note: {folder} holds 0 of the 6 networks of this study (the estimate above is "
+                           "the whole study's); study run with the same file and --set values and "
+                           "--resume trains the rest")
+    rows = pd.DataFrame({"trial_id": "a", "stage": "tune", "seed": [0, 1, 2], "status": "COMPLETED"})
+    rows.to_parquet(folder / "trials.parquet")
+    assert f"{folder} holds 3 of the 6 networks" in last_line()
+    pd.concat([rows, rows.assign(trial_id="b")]).to_parquet(folder / "trials.parquet")
+    assert last_line() == f"note: {folder} holds all 6 networks of this study: study analyze {folder}"
+    (folder / "study.yaml").write_text(loading.dump(loading.load(SMOKE, ["train.epochs=3"])))
+    assert last_line() == (f"note: {folder / 'study.yaml'} differs from {SMOKE} as given (in data, train); "
+                           "resume with the same file and --set values, or give study run --name "
+                           "NEW_NAME for a folder of its own")
+    assert sorted(p.name for p in folder.iterdir()) == ["study.yaml", "trials.parquet"]
+
+
 @pytest.mark.parametrize("layers", ["[]", "[0]"])
 def test_the_activations_counted_without_storage_are_those_a_real_step_saves(layers):
     """``footprint`` counts on fake tensors at one and two images; a real forward of three seeds
