@@ -145,13 +145,10 @@ def _run(study: config.Study, study_dir: Path, address: str | None, verbose: boo
 
 def _outcome(study: config.Study, study_dir: Path) -> None:
     """What the run leaves: the next command, or how to resume, and the networks that failed."""
-    import pandas as pd
-
     from study.decisions import planned_networks
     from study.results import failures, status_counts
 
-    trials = study_dir / "trials.parquet"  # as the run left it: each finished trial's rows written
-    expected = planned_networks(study, pd.read_parquet(trials) if trials.exists() else pd.DataFrame())
+    expected = planned_networks(study, _written(study_dir))  # as the run left them
     counts = status_counts(study_dir)
     completed = counts.get("COMPLETED", 0) + counts.get("STOPPED", 0)
     failed = counts.get("ERROR", 0)
@@ -166,6 +163,14 @@ def _outcome(study: config.Study, study_dir: Path) -> None:
         for line in failures(study_dir):
             typer.echo(f"  {line}", err=True)
         raise typer.Exit(1)
+
+
+def _written(study_dir: Path) -> pd.DataFrame:
+    """The network rows ``trials.parquet`` holds (each finished trial's), none where it is absent."""
+    import pandas as pd
+
+    trials = study_dir / "trials.parquet"
+    return pd.read_parquet(trials) if trials.exists() else pd.DataFrame()
 
 
 def _resume_command() -> str:
@@ -273,8 +278,6 @@ def plan_(space: Space, sets: Sets = None, results: ResultsDir = Path("results")
 def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:
     """What ``study_dir`` already holds, as ``study run`` would find it: another study, or this
     one's networks so far (read as they are: planning writes nothing)."""
-    import pandas as pd
-
     from study.decisions import planned_networks
 
     if not (study_dir / "study.yaml").exists():
@@ -283,8 +286,7 @@ def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:
         _same_study(study, space, study_dir)
     except UserError as err:
         return f"note: {err}, or give study run --name NEW_NAME for a folder of its own"
-    trials = study_dir / "trials.parquet"
-    rows = pd.read_parquet(trials) if trials.exists() else pd.DataFrame()
+    rows = _written(study_dir)
     planned = planned_networks(study, rows)
     if len(rows) >= planned:
         return f"note: {study_dir} holds all {planned} networks of this study: study analyze {study_dir}"
