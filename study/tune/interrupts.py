@@ -28,7 +28,6 @@ from typing import TypeVar
 import ray
 
 T = TypeVar("T")
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the signals that stop a study
 
 
 class Interrupted(Exception):
@@ -50,16 +49,22 @@ class Interrupts:
 
     def __enter__(self) -> Interrupts:
         if self._main:
-            self._before = {signum: signal.getsignal(signum) for signum in STOPS}
-            signal.signal(signal.SIGINT, self._hold)
-            signal.signal(signal.SIGTERM, self._terminate)
-            signal.signal(signal.SIGUSR1, self._as_ctrl_c)
+            self._before = {signum: signal.getsignal(signum) for signum in self._handlers()}
+            self._install()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._main:
             for signum, handler in self._before.items():
                 signal.signal(signum, handler)
+
+    def _handlers(self) -> dict[int, Callable[[int, object], None]]:
+        """This study's handler of each signal that stops it, outside Tune's runs."""
+        return {signal.SIGINT: self._hold, signal.SIGTERM: self._terminate, signal.SIGUSR1: self._as_ctrl_c}
+
+    def _install(self) -> None:
+        for signum, handler in self._handlers().items():
+            signal.signal(signum, handler)
 
     def _hold(self, signum: int, frame: object) -> None:
         self.received = True
@@ -100,5 +105,4 @@ class Interrupts:
         except KeyboardInterrupt:  # before Tune caught it, or a second one: Ray's shutdown stops the trials
             raise Interrupted from None
         finally:  # not Tune's, left behind by the run
-            signal.signal(signal.SIGINT, self._hold)
-            signal.signal(signal.SIGUSR1, self._as_ctrl_c)
+            self._install()
