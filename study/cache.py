@@ -9,9 +9,30 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+from study.errors import UserError
 
 
 def cache_dir() -> Path:
     """``$STUDY_CACHE``, else ``~/.cache/study``: removing it costs only the time to rebuild."""
     return Path(os.environ.get("STUDY_CACHE") or Path.home() / ".cache" / "study")
+
+
+def check_writable() -> Path:
+    """The cache folder, created where missing and written to once: one that cannot be (a
+    read-only home directory on a cluster, a ``STUDY_CACHE`` naming a file or a full disk) is a
+    ``UserError`` before anything runs, not a traceback once the dataset is saved after the
+    study's folder was made."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as err:
+        named = f"STUDY_CACHE={folder}" if os.environ.get("STUDY_CACHE") else f"{folder} (the default cache)"
+        raise UserError(f"{named}: cannot write there ({err.strerror or err}); set STUDY_CACHE to a "
+                        "folder you can write. It holds the generated datasets and AttConv's CPU kernel, "
+                        "rebuilt wherever they are missing") from None
+    return folder

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from study import config, loading, resolution
+from study import cache, config, loading, resolution
 from study.errors import UserError
 from study.words import configuration, counted
 
@@ -41,9 +41,12 @@ def _fail(err: UserError) -> None:
 
 def _load(space: Path, sets: list[str] | None, download: bool,
           verbatim: dict[str, tuple[str, str | None]] | None = None) -> config.Study:
-    """The study, with MNIST fetched first when asked and its source digits checked."""
+    """The study, with MNIST fetched first when asked, its source digits checked and the cache
+    it builds datasets and AttConv's kernel in writable."""
     study = loading.load(space, sets or [], verbatim)
     from study.data import source
+
+    cache.check_writable()
 
     if download and study.data.source == "mnist":
         source.download_mnist(study.data.root)
@@ -299,7 +302,7 @@ def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:
 def models(space: Space, sets: Sets = None) -> None:
     """Every model the space can produce: widths, parameters, forward FLOPs, baseline matches."""
     try:
-        study = loading.load(space, sets or [])
+        study = _load(space, sets, download=False)
         typer.echo(_shown(_models(study, space)))
     except UserError as err:
         _fail(err)

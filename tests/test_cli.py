@@ -97,6 +97,22 @@ def test_results_naming_a_file_is_a_message_before_anything_runs(tmp_path, comma
     assert (tmp_path / "results").read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("command", [["run"], ["plan"], ["trial"], ["models"], ["data", "preview"]])
+def test_a_cache_that_cannot_be_written_is_one_message_before_anything_is_written(tmp_path, monkeypatch,
+                                                                                    command):
+    """STUDY_CACHE naming a path under a file (as a read-only home would fail): every command
+    that builds datasets or AttConv's kernel says so first, and writes nothing."""
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("STUDY_CACHE", str(tmp_path / "file" / "cache"))
+    written = {"run": "--results", "plan": "--results", "trial": "--results", "data": "--out"}
+    where = [written[command[0]], str(tmp_path / "out")] if command[0] in written else []
+    result = runner.invoke(app, [*command, str(SMOKE), *where])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.startswith(f"error: STUDY_CACHE={tmp_path / 'file' / 'cache'}: cannot write "
+                                    "there (Not a directory); set STUDY_CACHE to a folder you can write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 @pytest.mark.slow
 def test_preview_draws_every_data_setting_of_the_space(tmp_path):
     result = runner.invoke(app, ["data", "preview", str(ROOT / "searchspaces" / "calibration.yaml"),
