@@ -1,14 +1,16 @@
 """The nodes of a Ray cluster as a study sees them: where a trial ran, and whether every node
-sees the results folder.
+sees the results folder and can write its cache.
 
 Since Ray 2.7 a trial writes its files where it runs, so a results folder that is not on a file
-system every node shares loses them. ``check_results_folder`` proves it before any trial starts:
-the driver writes a token into the folder and a task on every alive node reads it back.
+system every node shares loses them; and each node builds its datasets and AttConv's kernel in a
+cache of its own (``$STUDY_CACHE``, where ``study.cache`` says). ``check_nodes`` proves both
+before any trial starts: the driver writes a token into the folder, and a task on every alive
+node reads it back and writes once in that node's cache.
 
 Example (in a Ray driver)::
 
-    check_results_folder(Path("/shared/results/thesis"))  # a UserError names a node that cannot see it
-    node_address()                                         # "10.0.0.7": where this process runs
+    check_nodes(Path("/shared/results/thesis"))  # a UserError names each node that cannot
+    node_address()                               # "10.0.0.7": where this process runs
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from study import cache
 from study.errors import UserError
 
 PROBE_TIMEOUT_S = 120  # a node that has not answered by then is named as not answering
@@ -30,31 +33,46 @@ def node_address() -> str:
 
 
 @ray.remote(num_cpus=0)
-def _read(path: str) -> str | None:
+def _probe(path: str) -> tuple[str | None, str | None]:
+    """What this node reads at ``path`` (None where nothing), and why it cannot write its cache
+    (None where it can)."""
     try:
-        return Path(path).read_text()
+        read = Path(path).read_text()
     except OSError:
-        return None
+        read = None
+    try:
+        cache.check_writable()
+    except UserError as err:
+        return read, str(err)
+    return read, None
 
 
-def check_results_folder(study_dir: Path) -> None:
-    """Every alive node reads back a token the driver wrote into ``study_dir``; a node that reads
-    something else, or nothing, is one ``UserError`` naming it, the folder and the fix."""
+def check_nodes(study_dir: Path) -> None:
+    """Every alive node reads back a token the driver wrote into ``study_dir`` and writes once in
+    its own cache; each node that reads something else, or nothing, or cannot write its cache, is
+    named in one ``UserError`` with the folder and the fix."""
     token = secrets.token_hex(16)
     probe = study_dir / f".node-probe-{token[:8]}"
     probe.write_text(token)
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
-        reads = [_read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                 .remote(str(probe)) for node in nodes]
-        ready, _ = ray.wait(reads, num_returns=len(reads), timeout=PROBE_TIMEOUT_S)
-        blind = [node["NodeManagerAddress"] for node, read in zip(nodes, reads, strict=True)
-                 if read not in ready or ray.get(read) != token]
+        on = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=False) for node in nodes]
+        probes = [_probe.options(scheduling_strategy=node).remote(str(probe)) for node in on]
+        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)
+        answers = {node["NodeManagerAddress"]: ray.get(p) if p in ready else (None, None)
+                   for node, p in zip(nodes, probes, strict=True)}
     finally:
         probe.unlink(missing_ok=True)
+    blind = [address for address, (read, _) in answers.items() if read != token]
+    unwritable = {address: why for address, (_, why) in answers.items() if why}
+    problems = []
     if blind:
-        raise UserError(f"--results {study_dir.parent}: Ray node(s) {', '.join(blind)} do not see this "
+        problems.append(f"--results {study_dir.parent}: Ray node(s) {', '.join(blind)} do not see this "
                         f"folder (a file written to {study_dir} is not there, or they did not answer "
                         f"within {PROBE_TIMEOUT_S} s). Trials write their files "
                         "on the node they run on: put the folder on a file system every node mounts "
                         "(NFS, say), and pass it with --results")
+    problems += [f"Ray node {address} (as its `ray start` set the environment): {why}"
+                 for address, why in unwritable.items()]
+    if problems:
+        raise UserError("\n".join(problems))

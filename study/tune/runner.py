@@ -40,7 +40,7 @@ from study.preflight import check_resources
 from study.schedule import start_share, threads
 from study.sequential import seeds_in_words
 from study.tune.interrupts import Interrupted, Interrupts
-from study.tune.nodes import check_results_folder
+from study.tune.nodes import check_nodes
 from study.tune.progress import Progress
 from study.tune.recorder import Recorder, TrialFailures
 from study.tune.schedulers import FreedCPUs, PerLevelASHA, gpu_share, largest_node, reallocates
@@ -93,7 +93,7 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
                         "the same command with --resume continues the study") as interrupts:
             if address:  # a cluster's nodes are known only now: nothing is written yet
                 check_resources(study, *largest_node(), where=f"the largest node of the cluster at {address}")
-                check_results_folder(study_dir)
+                check_nodes(study_dir)
             networks = results.finished(study_dir)  # a resumed study's that finished; a new one's none
             if resume:
                 gone = results.discard_unfinished(study_dir)

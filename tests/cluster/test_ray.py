@@ -1,5 +1,5 @@
 """A study across two hosts through Ray: trials on both, the result contract, `ray job submit`,
-a results folder one node cannot see, and the loss of a node mid-trial."""
+a results folder one node cannot see or a cache it cannot write, and the loss of a node mid-trial."""
 
 import datetime
 import ipaddress
@@ -54,28 +54,34 @@ def test_a_study_runs_on_both_hosts_and_records_where_each_network_trained(tmp_p
     assert set(submitted["node"]) == {head.address, worker.address}
 
 
-def test_a_results_folder_one_node_cannot_see_is_one_message_and_nothing_is_written(tmp_path, hosts):
+def test_a_node_that_cannot_see_the_results_or_write_its_cache_is_one_message_and_nothing_is_written(
+        tmp_path, hosts):
     """Host 2's Ray runs in a mount namespace of its own, where the results folder is an empty
-    file system of its own, not the driver's: as on a cluster whose nodes do not share it."""
+    file system of its own, not the driver's, as on a cluster whose nodes do not share it; and its
+    STUDY_CACHE names a path under a file, as a read-only home would fail: both named at once."""
     head, worker = hosts
     env = ray_env("a" * 64)
     shared = tmp_path / "results"
     shared.mkdir()
+    (tmp_path / "file").write_text("not a folder")
+    unwritable = tmp_path / "file" / "cache"
     start_ray(head, tmp_path / "ray-head.log", env, "--head", f"--port={RAY_PORT}",
               "--include-dashboard=false")
     masked = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
               f'mount -t tmpfs none "{shared}" && exec "$0" "$@"']
     with tempfile.TemporaryDirectory(prefix="ray-") as temp:  # short: it holds sockets
-        start_ray(worker, tmp_path / "ray-worker.log", env, f"--address={head.address}:{RAY_PORT}",
-                  f"--temp-dir={temp}", prefix=masked)
+        start_ray(worker, tmp_path / "ray-worker.log", {**env, "STUDY_CACHE": str(unwritable)},
+                  f"--address={head.address}:{RAY_PORT}", f"--temp-dir={temp}", prefix=masked)
         start = time.monotonic()
         out = study_on(head, env, "run", str(SMOKE), *SMALL, "--results", str(shared), "--address",
                        f"{head.address}:{RAY_PORT}", timeout=300)
         worker.stop()
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
-    (line,) = out.stderr.strip().splitlines()
-    assert line.startswith(f"error: --results {shared}: Ray node(s) {worker.address} do not see this folder")
-    assert "file system every node mounts" in line and time.monotonic() - start < 120
+    blind, cache = out.stderr.strip().splitlines()
+    assert blind.startswith(f"error: --results {shared}: Ray node(s) {worker.address} do not see this folder")
+    assert "file system every node mounts" in blind and time.monotonic() - start < 120
+    assert cache.startswith(f"Ray node {worker.address} (as its `ray start` set the environment): "
+                            f"STUDY_CACHE={unwritable}: cannot write there (Not a directory)")
     assert list(shared.iterdir()) == []  # nothing written, not even the study's folder
 
 
