@@ -124,7 +124,7 @@ def run(
 def _run(study: config.Study, study_dir: Path, address: str | None, verbose: bool, resume: bool,
          reallocate: bool | None) -> None:
     """``tune.run``; a write that failed for want of space is a message with the way on."""
-    from study import preflight, tune
+    from study import preflight, results, tune
 
     try:
         tune.run(study, study_dir, address=address, verbose=verbose, resume=resume, reallocate=reallocate)
@@ -135,7 +135,7 @@ def _run(study: config.Study, study_dir: Path, address: str | None, verbose: boo
         if full is None:
             raise
         try:  # Optuna's trials left RUNNING are settled here if the storage can still write
-            tune.settle_interrupted(study, study_dir)
+            tune.settle_interrupted(study, study_dir, results.finished(study_dir))
             settled = "no Optuna trial is left running"
         except Exception:
             settled = "--resume settles the Optuna trials left running"

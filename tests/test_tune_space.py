@@ -91,7 +91,7 @@ def test_a_resumed_study_settles_the_optuna_trials_a_killed_driver_left_running(
     results.write_trial(tmp_path, "done", "tune", suggested["done"], result)
     results.write_failed(tmp_path, "lost", "tune", [0, 1], suggested["lost"], "the worker failed")
     # The grid's fourth point was queued (WAITING) and never started: it is settled too.
-    assert settle_interrupted(study, tmp_path) == (1, 3)
+    assert settle_interrupted(study, tmp_path, results.finished(tmp_path)) == (1, 3)
     stored = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert {t.state.name for t in stored} == {"COMPLETE", "FAIL"}
     trials = {t.user_attrs["ray_trial_id"]: t for t in stored if "ray_trial_id" in t.user_attrs}

@@ -97,7 +97,7 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
             networks = results.finished(study_dir)  # a resumed study's that finished; a new one's none
             if resume:
                 gone = results.discard_unfinished(study_dir)
-                told, failed = settle_interrupted(study, study_dir)
+                told, failed = settle_interrupted(study, study_dir, networks)
                 kept = f"{len(networks)} of {planned_networks(study, networks)} networks"
                 print(f"resuming {study_dir}: {kept} finished before and kept (an estimate printed above "
                       "is the whole study's; the progress line counts what is left); "

@@ -21,7 +21,7 @@ import math
 import pickle
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from ray.tune.search import Searcher
@@ -31,6 +31,9 @@ from study import results
 from study.config import Study
 from study.resolution import combinations
 from study.storage import optuna_storage, study_name, study_names
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRIC, MODE = "best_val_loss", "min"  # a configuration's mean over seeds of their best val loss
 RAY_TRIAL = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
@@ -187,13 +190,13 @@ def _stored_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
         return 0
 
 
-def settle_interrupted(study: Study, study_dir: Path) -> tuple[int, int]:
-    """Settle the Optuna trials an interrupted run left RUNNING or WAITING. One whose Ray trial
-    wrote its rows before the driver died (which then had no time to tell Optuna) gets the value
-    those rows hold, the mean over seeds of each seed's best validation loss, as the driver would
-    have told it; the others (a grid's points queued but never started among them) died with the
-    run, are planned again from the finished rows, and are marked FAIL. Returns how many of each."""
-    networks = results.finished(study_dir)
+def settle_interrupted(study: Study, study_dir: Path, networks: pd.DataFrame) -> tuple[int, int]:
+    """Settle the Optuna trials an interrupted run left RUNNING or WAITING, given the ``networks``
+    that finished (``results.finished``). One whose Ray trial wrote its rows before the driver
+    died (which then had no time to tell Optuna) gets the value those rows hold, the mean over
+    seeds of each seed's best validation loss, as the driver would have told it; the others (a
+    grid's points queued but never started among them) died with the run, are planned again from
+    the finished rows, and are marked FAIL. Returns how many of each."""
     stored, told, failed = optuna_storage(study, study_dir), 0, 0
     for frozen in stored.get_all_studies():
         if frozen.study_name not in study_names(study):
