@@ -44,9 +44,8 @@ def _load(space: Path, sets: list[str] | None, download: bool,
     """The study, with MNIST fetched first when asked, its source digits checked and the cache
     it builds datasets and AttConv's kernel in writable."""
     study = loading.load(space, sets or [], verbatim)
-    from study.data import source
-
     cache.check_writable()
+    from study.data import source
 
     if download and study.data.source == "mnist":
         source.download_mnist(study.data.root)

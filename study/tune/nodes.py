@@ -56,8 +56,8 @@ def check_nodes(study_dir: Path) -> None:
     probe.write_text(token)
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
-        on = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=False) for node in nodes]
-        probes = [_probe.options(scheduling_strategy=node).remote(str(probe)) for node in on]
+        pinned = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=False) for node in nodes]
+        probes = [_probe.options(scheduling_strategy=each).remote(str(probe)) for each in pinned]
         ready, _ = ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)
         answers = {node["NodeManagerAddress"]: ray.get(p) if p in ready else (None, None)
                    for node, p in zip(nodes, probes, strict=True)}
