@@ -48,7 +48,7 @@ import pandas as pd
 
 from study import arms, loading, results
 from study.config import Study
-from study.decisions import decisions, seed_values
+from study.decisions import decisions, planned_networks, seed_values
 from study.errors import UserError
 from study.sequential import Decision, decide, design_power
 from study.stats import ALPHA, IMAGE_KEYS, holm, image_level, power, seed_level, verdict
@@ -113,8 +113,13 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     trained = r.trials[r.trials["status"].isin(results.TRAINED)]
     selected = arms.select_arms(study, r.trials, factor)
     if len(selected) < 2:
-        raise UserError(f"{study_dir}: {factor} has completed trials at {len(selected)} level(s); "
-                        "a comparison needs two")
+        planned = planned_networks(study, r.trials)
+        why = (f"the study has {len(r.trials)} of its {planned} networks: let the run go on, or continue "
+               "an interrupted one with the command that started it and --resume" if len(r.trials) < planned
+               else "no network of the other levels completed (the status and reason columns of "
+               "trials.parquet say why)")
+        raise UserError(f"{study_dir}: {factor} has completed trials at {len(selected)} level(s), and a "
+                        f"comparison needs two; {why}")
     fingerprints = {arm.level: arms.fingerprint(trained, arm, study_dir) for arm in selected}
     notes = arms.notes(study, r.trials, selected, factor, fingerprints)
     networks = pd.concat([arms.per_network(r.samples, arm.networks).assign(level=arm.level)

@@ -220,9 +220,19 @@ def test_arms_on_different_data_are_compared_by_seed_only(tmp_path):
 
 
 def test_needs_two_levels_and_a_choice_factor(tmp_path):
+    """One level with networks: a study still running (or interrupted) is told the way on; a
+    finished one whose other level failed is told where the reasons are."""
     fake_study(tmp_path, [("[]", 0.0, 0)])
-    with pytest.raises(UserError, match="a comparison needs two"):
+    with pytest.raises(UserError, match="a comparison needs two; the study has 1 of its 6 networks: "
+                                        "let the run go on, or continue .* and --resume"):
         analysis.analyze(tmp_path)
+    (tmp_path / "failed").mkdir()
+    fake_study(tmp_path / "failed", [("[]", 0.0, s) for s in range(3)] + [("[0]", 0.0, s) for s in range(3)])
+    trials = pd.read_parquet(tmp_path / "failed" / "trials.parquet")
+    trials.loc[trials[LAYERS] == "[0]", "status"] = "ERROR"
+    trials.to_parquet(tmp_path / "failed" / "trials.parquet")
+    with pytest.raises(UserError, match="a comparison needs two; no network of the other levels completed"):
+        analysis.analyze(tmp_path / "failed")
     with pytest.raises(UserError, match="compare by a 'choice' key"):
         analysis.analyze(tmp_path, by="train.lr")
 
