@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from study.data.compose import Composites, compose
 from study.files import atomic_write
 from study.sections import DataConfig
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 # Bump when the generator's output for a given config changes: old caches stop matching.
 GENERATOR_VERSION = 2
@@ -133,7 +135,11 @@ def build(config: DataConfig, use_cache: bool = True) -> Dataset:
         return Dataset(splits, key, time.perf_counter() - start, True, source_in_words(config, digits))
     splits = generate(config, digits)
     if use_cache:
-        _save(path, splits)
+        try:
+            _save(path, splits)
+        except OSError as err:  # the cache only saves time: a disk or quota filled since the start costs that
+            log.warning("the dataset could not be cached in %s (%s); each process that needs it generates "
+                        "it again", path.parent, err.strerror or err)
     return Dataset(splits, key, time.perf_counter() - start, False, source_in_words(config, digits))
 
 

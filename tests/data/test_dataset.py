@@ -35,6 +35,20 @@ def test_build_is_deterministic_and_cached_under_a_fingerprint():
         assert (again[name].targets == fresh[name].targets).all()
 
 
+def test_a_dataset_that_cannot_be_cached_is_built_all_the_same_and_said(tmp_path, monkeypatch, caplog):
+    """A cache filled (or made unwritable) after the run's start check: the dataset is generated,
+    the same bytes as a cached one, and a warning says it was not kept."""
+    config = DataConfig(n_images=300, seed=5)
+    cached = build(config)
+    monkeypatch.setenv("STUDY_CACHE", str(tmp_path))
+    (tmp_path / "data").write_text("not a folder")
+    built = build(config)
+    assert not built.cached and built.fingerprint == cached.fingerprint
+    assert all(np.array_equal(built.splits[s].images, cached.splits[s].images) for s in built.splits)
+    assert "the dataset could not be cached in" in caplog.text and "generates it again" in caplog.text
+    assert (tmp_path / "data").read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("config", [
     DataConfig(n_images=86_000),
     DataConfig(split=(0.1, 0.45, 0.45), canvas=64, digits=2, train={"colour": True}),
