@@ -331,7 +331,7 @@ def lines(p: Plan) -> list[str]:
     cpus = p.slots * study.resources.cpu
     cpus_in_words = counted(cpus, "CPU")
     at_once = f"{cpus_in_words} shared out among the trials" if p.reallocates else \
-        f"{counted(threads(study.resources.cpu), 'thread')} per trial, up to {p.slots} at once"
+        f"{counted(threads(study.resources.cpu), 'thread')} per trial, up to {p.at_once()} at once"
     out.append(f"estimated time on {p.device} ({at_once}): {' + '.join(shown)} = {duration(total)}")
     walls = sum(wall for wall, _ in schedules.values())
     use = sum(wall * share for wall, share in schedules.values()) / walls if walls else 1.0

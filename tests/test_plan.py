@@ -80,8 +80,9 @@ def test_plan_prints_networks_steps_memory_and_time():
     assert lines[-1].startswith("use of the 2 CPUs: ") and "the next reusing its worker" in lines[-1]
     node = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=2",
                                "--set", "train.compile=false", "--cpus", "64"])
-    assert node.exit_code == 0 and "1 thread per trial, up to 64 at once" in node.output
-    assert "use of the 64 CPUs: " in node.output
+    # Each level's three seeds in one-seed trials: six at once, and the 64 CPUs' use says the rest.
+    assert node.exit_code == 0 and "tune: 6 trials × 1 seed = 6 networks" in node.output
+    assert "1 thread per trial, up to 6 at once" in node.output and "use of the 64 CPUs: " in node.output
 
 
 def timed_as(step_ms: float):
@@ -115,7 +116,7 @@ def test_auto_reallocates_where_that_saves_more_than_reusing_the_workers(monkeyp
     ("true", "2 trials × 3 seeds = 6 networks, each starting on 4 threads; 16 training steps",
      "estimated time on cpu (8 CPUs shared out among the trials): "),
     ("false", "2 trials × 3 seeds = 6 networks; 16 training steps",  # one CPU each to the end
-     "estimated time on cpu (1 thread per trial, up to 8 at once): "),
+     "estimated time on cpu (1 thread per trial, up to 2 at once): "),  # its two trials, not 8
 ])
 def test_the_plan_shows_the_threads_a_stages_trials_start_on(monkeypatch, reallocate, shown, estimated):
     """Two trials (each arm's seeds stacked) on eight CPUs start on four threads each where the
