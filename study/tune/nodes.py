@@ -59,12 +59,12 @@ def check_nodes(study_dir: Path) -> None:
         pinned = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=False) for node in nodes]
         probes = [_probe.options(scheduling_strategy=each).remote(str(probe)) for each in pinned]
         ready, _ = ray.wait(probes, num_returns=len(probes), timeout=PROBE_TIMEOUT_S)
-        answers = {node["NodeManagerAddress"]: ray.get(p) if p in ready else (None, None)
-                   for node, p in zip(nodes, probes, strict=True)}
+        # A list, not a dict by address: two Ray nodes may share a machine and its address.
+        answers = [(node["NodeManagerAddress"], *(ray.get(p) if p in ready else (None, None)))
+                   for node, p in zip(nodes, probes, strict=True)]
     finally:
         probe.unlink(missing_ok=True)
-    blind = [address for address, (read, _) in answers.items() if read != token]
-    unwritable = {address: why for address, (_, why) in answers.items() if why}
+    blind = [address for address, read, _ in answers if read != token]
     problems = []
     if blind:
         problems.append(f"--results {study_dir.parent}: Ray node(s) {', '.join(blind)} do not see this "
@@ -73,6 +73,6 @@ def check_nodes(study_dir: Path) -> None:
                         "on the node they run on: put the folder on a file system every node mounts "
                         "(NFS, say), and pass it with --results")
     problems += [f"Ray node {address} (as its `ray start` set the environment): {why}"
-                 for address, why in unwritable.items()]
+                 for address, _, why in answers if why]
     if problems:
         raise UserError("\n".join(problems))
