@@ -24,7 +24,12 @@ def check_writable() -> Path:
     """The cache folder, created where missing and written to once: one that cannot be (a
     read-only home directory on a cluster, a ``STUDY_CACHE`` naming a file or a full disk) is a
     ``UserError`` before anything runs, not a traceback once the dataset is saved after the
-    study's folder was made."""
+    study's folder was made. A relative ``STUDY_CACHE`` is made absolute in this process's
+    environment: Ray Tune runs each trial in a folder of its own, where the Ray workers this
+    process starts would each read it as another cache, generating the dataset and building the
+    kernel again."""
+    if os.environ.get("STUDY_CACHE"):
+        os.environ["STUDY_CACHE"] = str(Path(os.environ["STUDY_CACHE"]).expanduser().absolute())
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ Example (in a Ray driver)::
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -34,17 +35,27 @@ def node_address() -> str:
 
 @ray.remote(num_cpus=0)
 def _probe(path: str) -> tuple[str | None, str | None]:
-    """What this node reads at ``path`` (None where nothing), and why it cannot write its cache
-    (None where it can)."""
+    """What this node reads at ``path`` (None where nothing), and ``cache_problem()`` there."""
     try:
         read = Path(path).read_text()
     except OSError:
         read = None
+    return read, cache_problem()
+
+
+def cache_problem() -> str | None:
+    """Why the trials of this process's node could not share one cache, or None: a
+    ``STUDY_CACHE`` that is relative (each trial runs in a folder of its own, as Ray Tune runs
+    them, so each would read it as another folder) or one that cannot be written."""
+    given = os.environ.get("STUDY_CACHE", "")
+    if given and not Path(given).expanduser().is_absolute():
+        return (f"STUDY_CACHE={given} is a relative path: Ray Tune runs each trial in a folder of its "
+                "own, so each would build a cache of its own there; give an absolute path")
     try:
         cache.check_writable()
     except UserError as err:
-        return read, str(err)
-    return read, None
+        return str(err)
+    return None
 
 
 def check_nodes(study_dir: Path) -> None:
