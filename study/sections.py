@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -78,6 +79,15 @@ class DataConfig(Section):
     withheld_colours: list[tuple[int, str]] = Field(
         default_factory=list, description="(digit, colour) pairs never in training or validation")
     seed: int = Field(0, ge=0)
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, root: str | None) -> str | None:
+        # Ray Tune runs each trial in a folder of its own, where a relative root names another
+        # folder: it is made absolute where the study is loaded. "~" stays, for each machine's own.
+        if root and not root.startswith("~") and not Path(root).is_absolute():
+            return str(Path(root).absolute())
+        return root
 
     @field_validator("split")
     @classmethod

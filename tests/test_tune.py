@@ -21,10 +21,13 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
+from study import loading
 from study.cli import app
+from study.data import source
 from study.figures import FIGURES
 
 from .conftest import SMOKE, readme_python
+from .data.test_variants import write_idx
 
 pytestmark = pytest.mark.slow  # every test here runs studies through Ray
 BIN = Path(sys.executable).parent
@@ -632,6 +635,30 @@ def test_a_node_without_a_compiler_is_named_once_and_its_attconv_runs_as_tensor_
     notes = [line for line in result.stdout.splitlines() if line.startswith("note: node ")]
     assert len(notes) == 1 and "no C compiler that builds AttConv's CPU kernel" in notes[0], result.stdout
     assert not list((tmp_path / "cache" / "kernels").glob("*.so"))
+
+
+def test_relative_paths_name_the_drivers_folders_in_every_trial(tmp_path):
+    """Ray Tune runs each trial in a folder of its own: a relative data.root and STUDY_CACHE, as
+    typed in the folder the study is run from, must still name that folder's MNIST and cache
+    there (a relative root failed every trial; a relative cache was one per trial)."""
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    digits = source.embedded()  # all 5,000, in torchvision's layout
+    for part, rows in (("train", slice(0, 4000)), ("t10k", slice(4000, None))):
+        write_idx(raw / f"{part}-images-idx3-ubyte", digits.images[rows].reshape(-1, 28, 28))
+        write_idx(raw / f"{part}-labels-idx1-ubyte", digits.labels[rows])
+    args = [*SMALL, "--set", "search.seeds=1", "--set", "data.source=mnist", "--set", "data.root=mnist"]
+    with tempfile.TemporaryDirectory(prefix="ray-") as temp:  # Ray's session, and the trials' folders
+        env = driver_env(STUDY_CACHE="cache", RAY_TMPDIR=temp)
+        result = subprocess.run([str(BIN / "study"), "run", str(SMOKE), *args, "--results", "results"],
+                                capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        trial_folders = list(Path(temp).glob("**/working_dirs/*"))
+        assert len(trial_folders) == 2 and not [f for f in trial_folders if (f / "cache").exists()]
+    check_contract(tmp_path / "results" / "smoke", n_trials=2)
+    written = loading.load(tmp_path / "results" / "smoke" / "study.yaml")
+    assert written.data.root == str(tmp_path / "mnist")
+    assert len(list((tmp_path / "cache" / "data").glob("*.npz"))) == 1  # the driver's, which each trial read
 
 
 def test_a_sequential_design_trains_in_rounds_through_ray_and_resumes_mid_round(tmp_path):
