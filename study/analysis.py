@@ -54,6 +54,8 @@ from study.sequential import Decision, decide, design_power
 from study.stats import ALPHA, IMAGE_KEYS, holm, image_level, power, seed_level, verdict
 
 IMAGE_LEVEL = "image level, conditional on these trained networks"
+# The way on for a study whose networks are still to come, where analysing it is premature.
+GO_ON = "let the run go on, or continue an interrupted one with the command that started it and --resume"
 MEASURES = {  # per network: (column prefix, the margin's key in analysis, lower is better)
     "test_loss": ("", "margin", True),
     "test_exact_acc": ("acc_", "accuracy_margin", False),
@@ -114,8 +116,7 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     selected = arms.select_arms(study, r.trials, factor)
     if len(selected) < 2:
         planned = planned_networks(study, r.trials)
-        why = (f"the study has {len(r.trials)} of its {planned} networks: let the run go on, or continue "
-               "an interrupted one with the command that started it and --resume" if len(r.trials) < planned
+        why = (f"the study has {len(r.trials)} of its {planned} networks: {GO_ON}" if len(r.trials) < planned
                else "no network of the other levels completed (the status and reason columns of "
                "trials.parquet say why)")
         raise UserError(f"{study_dir}: {factor} has completed trials at {len(selected)} level(s), and a "
@@ -146,8 +147,7 @@ def _read(study_dir: Path, by: str | None, split: str | None) -> tuple[Study, st
     if not (study_dir / "trials.parquet").exists():
         if (study_dir / "study.yaml").exists():  # a study run started: none of its networks finished
             raise UserError(f"{study_dir}: no network has finished yet (no trials.parquet beside its "
-                            "study.yaml); let the run go on, or continue an interrupted one with "
-                            "the command that started it and --resume")
+                            f"study.yaml); {GO_ON}")
         raise UserError(f"{study_dir}: no trials.parquet; is this a study's results directory?")
     study = loading.load(study_dir / "study.yaml")
     factor = by or study.compare_key()
