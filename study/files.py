@@ -1,4 +1,5 @@
-"""Files and folders that appear whole or not at all: made under a temporary name, then renamed.
+"""Files and folders that appear whole or not at all: made under a temporary name, then renamed;
+folders a failed step made go again.
 
 Example:
     >>> import tempfile
@@ -10,9 +11,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -37,6 +39,33 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         _remove(tmp)
         _remove(old)
+
+
+@contextlib.contextmanager
+def no_empty_folders_on_failure(path: Path) -> Iterator[None]:
+    """If the ``with`` block fails (an exception, Ctrl-C included), ``path`` and the folders above
+    it that did not exist when it began go again, innermost first, as long as they are empty: a
+    refused or failed step leaves no empty folders behind, and never removes anything it found.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     with contextlib.suppress(OSError), no_empty_folders_on_failure(Path(folder) / "a" / "b"):
+        ...         (Path(folder) / "a" / "b").mkdir(parents=True)
+        ...         raise OSError("the step failed")
+        ...     list(Path(folder).iterdir())
+        []
+    """
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]  # innermost first
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
+        raise
 
 
 def _remove(path: Path) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from study.errors import UserError
+from study.files import no_empty_folders_on_failure
 
 LOCK = ".lock"
 
@@ -46,38 +47,31 @@ def held(study_dir: Path, fresh: bool, elsewhere: str = "pass --name NEW_NAME, o
     If the block fails, the lock goes again where this call made it, and so do the folders it
     made (the study's, those above it) while they are empty: a refused run leaves nothing behind."""
     study_dir = Path(study_dir)
-    made = [p for p in (study_dir, *study_dir.parents) if not p.exists()]  # innermost first
     lock_made = not (study_dir / LOCK).exists()
-    try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        fd = _lock(study_dir / LOCK)
-    except NotADirectoryError:
-        blocking = next(p for p in (study_dir, *study_dir.parents) if p.exists() and not p.is_dir())
-        raise UserError(f"{blocking} is a file, but results go into the folder {study_dir}; "
-                        "pass --results naming a folder") from None
-    except PermissionError as err:
-        raise UserError(f"{study_dir}: cannot write there ({err.strerror}); pass --results naming a "
-                        "folder you can write") from None
-    except OSError as err:
-        raise UserError(f"{study_dir}: cannot write there ({err.strerror or err}); pass --results "
-                        "naming a folder you can write") from None
-    try:
-        others = sorted(p.name for p in study_dir.iterdir() if p.name != LOCK)
-        if fresh and others:
-            raise UserError(f"{study_dir} already holds results; remove it, or {elsewhere}")
-        if not fresh and "study.yaml" not in others:
-            raise UserError(f"{study_dir}: nothing to resume (no study.yaml); run without --resume")
-        yield study_dir
-    except BaseException:
-        if lock_made:
-            (study_dir / LOCK).unlink(missing_ok=True)
-        for folder in made:
-            if any(folder.iterdir()):
-                break
-            folder.rmdir()
-        raise
-    finally:
-        os.close(fd)  # releases the lock
+    with no_empty_folders_on_failure(study_dir):
+        try:
+            study_dir.mkdir(parents=True, exist_ok=True)
+            fd = _lock(study_dir / LOCK)
+        except NotADirectoryError:
+            blocking = next(p for p in (study_dir, *study_dir.parents) if p.exists() and not p.is_dir())
+            raise UserError(f"{blocking} is a file, but results go into the folder {study_dir}; "
+                            "pass --results naming a folder") from None
+        except OSError as err:
+            raise UserError(f"{study_dir}: cannot write there ({err.strerror or err}); pass --results "
+                            "naming a folder you can write") from None
+        try:
+            others = sorted(p.name for p in study_dir.iterdir() if p.name != LOCK)
+            if fresh and others:
+                raise UserError(f"{study_dir} already holds results; remove it, or {elsewhere}")
+            if not fresh and "study.yaml" not in others:
+                raise UserError(f"{study_dir}: nothing to resume (no study.yaml); run without --resume")
+            yield study_dir
+        except BaseException:
+            if lock_made:
+                (study_dir / LOCK).unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def _lock(path: Path) -> int:

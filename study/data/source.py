@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from study.errors import UserError
+from study.files import no_empty_folders_on_failure
 from study.sections import DIGIT_SIDE, DataConfig
 
 SIDE = DIGIT_SIDE
@@ -94,16 +95,22 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def download_mnist(root: str | Path) -> None:
-    """Fetch MNIST into ``root`` with torchvision (needs network access and torchvision)."""
+    """Fetch MNIST into ``root`` with torchvision (needs network access and torchvision); where
+    that fails, the folders it made go again."""
     try:
         from torchvision.datasets import MNIST
     except ImportError:
-        raise UserError("--download uses torchvision: pip install torchvision") from None
-    for train in (True, False):
-        try:
-            MNIST(str(Path(root).expanduser()), train=train, download=True)
-        except (OSError, RuntimeError) as err:
-            raise UserError(f"--download: could not fetch MNIST into {root}: {err}") from None
+        raise UserError("--download fetches MNIST with torchvision: pip install torchvision") from None
+    raw = Path(root).expanduser() / "MNIST" / "raw"
+    try:
+        with no_empty_folders_on_failure(raw):
+            for train in (True, False):
+                MNIST(str(Path(root).expanduser()), train=train, download=True)
+    except (OSError, RuntimeError) as err:
+        why = " ".join(str(err).split())  # torchvision's message names each mirror on a line of its own
+        raise UserError(f"--download: could not fetch MNIST into {root} ({why}); check this machine's "
+                        f"network, or copy MNIST's four files ({', '.join(MNIST_FILES)}, each may be "
+                        f"gzipped) into {raw} and run without --download") from None
 
 
 def load(config: DataConfig) -> Digits:

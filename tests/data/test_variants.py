@@ -1,6 +1,7 @@
 """Dataset variants: withheld combinations and colours, scale, rotation, colour, full MNIST."""
 
 import gzip
+import socket
 
 import numpy as np
 import pytest
@@ -107,6 +108,26 @@ def test_a_missing_mnist_folder_stops_the_cli_with_exit_2(tmp_path):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--download" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_download_that_fails_is_one_message_and_leaves_no_folder(tmp_path, monkeypatch):
+    """torchvision's own download, from a mirror on this machine that refuses the connection:
+    one line with the way on, exit 2, and none of the folders it made for the files left."""
+    datasets = pytest.importorskip("torchvision.datasets")  # the test extra installs it
+    with socket.socket() as closed:  # a port nothing listens on once the socket is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setattr(datasets.MNIST, "mirrors", [f"http://127.0.0.1:{port}/"])
+    root = tmp_path / "mnist"
+    result = CliRunner().invoke(app, ["data", "preview", str(ROOT / "searchspaces" / "smoke.yaml"),
+                                      "--set", "data.source=mnist", "--set", f"data.root={root}",
+                                      "--out", str(tmp_path / "out"), "--download"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --download: could not fetch MNIST into ") and \
+        result.output.count("\n") == 1, result.output
+    assert "Connection refused" in result.output and f"into {root / 'MNIST' / 'raw'} and run " \
+        "without --download" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
