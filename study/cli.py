@@ -95,29 +95,57 @@ def run(
 ) -> None:
     """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
     from study import lock
+    from study.tune.interrupts import Stopped, before_ray
 
+    study_dir = None
     try:
-        study = _load(space, sets, download, verbatim={"name": ("--name", name),
-                                                             "search.storage": ("--storage", storage)})
-        _shared(results)
-        # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
-        models = _models(study, space)
-        study_dir = results / study.name
-        resume = resume or (resume_or_start and (study_dir / "study.yaml").exists())
-        from study import preflight
+        with before_ray():  # the runner's own handlers take over while Ray Tune runs
+            study = _load(space, sets, download, verbatim={"name": ("--name", name),
+                                                                 "search.storage": ("--storage", storage)})
+            _shared(results)
+            # Building every model first makes a baseline that cannot be matched fail here, not in a trial.
+            models = _models(study, space)
+            study_dir = results / study.name
+            resume = resume or (resume_or_start and (study_dir / "study.yaml").exists())
+            from study import preflight
 
-        preflight.check_run(study, study_dir, address, n_params=int(models["n_params"].max()))
-        with lock.held(study_dir, fresh=not resume):
-            if resume:
-                _same_study(study, space, study_dir)
-            typer.echo(_shown(models))
-            reallocate = None  # on a cluster, as the study says: its nodes are not this machine
-            if not address:  # compiling here would wait: projected
-                reallocate = _print_plan(study, compile_here=False).reallocates
-            _run(study, study_dir, address, verbose, resume, reallocate)
-            _outcome(study, study_dir)
+            preflight.check_run(study, study_dir, address, n_params=int(models["n_params"].max()))
+            with lock.held(study_dir, fresh=not resume):
+                if resume:
+                    _same_study(study, space, study_dir)
+                    if _nothing_left(study, study_dir):
+                        _outcome(study, study_dir)
+                        return
+                typer.echo(_shown(models))
+                reallocate = None  # on a cluster, as the study says: its nodes are not this machine
+                if not address:  # compiling here would wait: projected
+                    reallocate = _print_plan(study, compile_here=False).reallocates
+                _run(study, study_dir, address, verbose, resume, reallocate)
+                _outcome(study, study_dir)
     except UserError as err:
         _fail(err)
+    except Stopped as stop:  # a new study's folder has gone again (lock.held)
+        if study_dir is None or not (study_dir / "study.yaml").exists():
+            typer.echo(f"{stop} before the study started: the same command runs it again", err=True)
+        else:
+            typer.echo(f"{stop}: the networks that finished are kept in {study_dir}; continue with: "
+                       f"{_resume_command()}", err=True)
+        raise typer.Exit(128 + stop.signum) from None
+
+
+def _nothing_left(study: config.Study, study_dir: Path) -> bool:
+    """Whether a study to resume already holds all its networks. Then no step is timed, no Ray
+    starts and nothing trains: what its run left unsettled is settled, as a resume would."""
+    from study import results, tune
+    from study.decisions import planned_networks
+
+    networks = results.finished(study_dir)
+    planned = planned_networks(study, networks)
+    if len(networks) < planned:
+        return False
+    typer.echo(f"{study_dir} holds all {planned} networks of this study, nothing left to train; "
+               f"{tune.settle_resumed(study, study_dir, networks)}")
+    return True
 
 
 def _run(study: config.Study, study_dir: Path, address: str | None, verbose: bool, resume: bool,

@@ -386,6 +386,22 @@ def running(pid: int) -> bool:
         return False
 
 
+def test_a_signal_before_ray_starts_is_one_line_and_leaves_nothing(tmp_path):
+    """Ctrl-C or SIGTERM while a study prepares (here, as its plan times the steps; its folder and
+    lock are made by then): one line with the way on, the signal's exit status, nothing left and
+    nothing it started running. SIGTERM used to end it without a word, its lock file left."""
+    results = tmp_path / "results"
+    args = ["run", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=1",
+            "--results", str(results)]
+    for how, status, said in ((signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                              (signal.SIGINT, 130, "interrupted (Ctrl-C)")):
+        log = tmp_path / f"{how.name}.log"
+        ended = interrupt(args, log, lambda log=log: "n_params" in log.read_text(), how)
+        assert ended == status and log.read_text().splitlines()[-1] == \
+            f"{said} before the study started: the same command runs it again", log.read_text()
+        assert not results.exists()
+
+
 def test_resume_is_exact_from_any_moment(tmp_path):
     """One study interrupted four times (kill -9 before any trial finished, Ctrl-C of the resumed
     run mid-tuning, kill -9 as the confirmation is announced, SIGTERM mid-confirmation), each
@@ -455,6 +471,19 @@ def test_resume_is_exact_from_any_moment(tmp_path):
     assert {t.state.name for t in ot.trials} <= {"COMPLETE", "FAIL"}  # none RUNNING or WAITING
     assert sorted(t.params["train.lr"] for t in ot.trials if t.state.name == "COMPLETE") == \
         [0.001, 0.001, 0.003, 0.003]  # the confirmation is no search
+    # 5. The driver killed after the last trial wrote its rows, before it told Optuna: resuming the
+    # finished study settles that, and times no step, starts no Ray and trains nothing.
+    with contextlib.closing(sqlite3.connect(study_dir / "optuna.db")) as db, db:
+        last = db.execute("select max(trial_id) from trials where state = 'COMPLETE'").fetchone()
+        db.execute("update trials set state = 'RUNNING', datetime_complete = null where trial_id = ?", last)
+        db.execute("delete from trial_values where trial_id = ?", last)
+    again = study(*args, "--resume")
+    assert again.returncode == 0 and again.stdout.splitlines() == [
+        f"{study_dir} holds all 8 networks of this study, nothing left to train; 0 unfinished trials "
+        "discarded; of the Optuna trials left running, 1 told the value their finished rows hold, 0 marked "
+        f"failed", f"results in {study_dir}; next: study analyze {study_dir}"], again.stdout + again.stderr
+    settled = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke").trials
+    assert [(t.state, t.value) for t in settled] == [(t.state, t.value) for t in ot.trials]
     shown = json.loads(analyze(str(study_dir), "--json").stdout)
     assert [(a["stage"], a["seeds"]) for a in shown["arms"]] == [("confirm", 2), ("confirm", 2)]
     assert shown["notes"] == []

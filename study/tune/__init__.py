@@ -14,7 +14,8 @@ them, where a study splits fixed configurations' seeds over trials so that no CP
 - ``recorder``: the driver's callback (the lines a person reads, the result tables kept current)
   and Ray's failure reports as one line;
 - ``interrupts``: where Ctrl-C goes between Ray Tune's runs and as one starts, so none is lost;
-- ``runner``: ``run``, the stages and a sequential design's rounds, and resume.
+- ``runner``: ``run``, the stages and a sequential design's rounds, and resume
+  (``settle_resumed``: what an interrupted run left unsettled).
 
 Every epoch's report carries the trial so far as a Ray checkpoint (``study.checkpoints``): a
 trial whose worker died is restarted ``resources.retries`` times by Ray from its last epoch, and
@@ -31,12 +32,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from study.tune.runner import run
+    from study.tune.runner import run, settle_resumed
     from study.tune.search import optuna_space, sampler, searcher, settle_interrupted
 
-__all__ = ["optuna_space", "run", "sampler", "searcher", "settle_interrupted"]
-_HOME = {"run": "runner", "optuna_space": "search", "sampler": "search", "searcher": "search",
-         "settle_interrupted": "search"}
+__all__ = ["optuna_space", "run", "sampler", "searcher", "settle_interrupted", "settle_resumed"]
+_HOME = {"run": "runner", "settle_resumed": "runner", "optuna_space": "search", "sampler": "search",
+         "searcher": "search", "settle_interrupted": "search"}
 
 
 def __getattr__(name: str) -> object:

@@ -8,7 +8,10 @@ Within ``Interrupts``, a Ctrl-C between runs is held and ends the study before t
 one that comes as a run starts, before Tune catches it, ends the study as well. So does SIGUSR1,
 Tune's own stop signal, which Tune too leaves set to a run already done. SIGTERM, how ``kill``,
 ``timeout`` and Slurm's ``scancel`` stop a program, ends the driver at once with one line that
-says how to go on, where Ray's handler printed a crash report.
+says how to go on, where Ray's handler printed a crash report. Outside ``Interrupts`` (``before_ray``:
+while a study prepares, Ray starts or stops, and the run's outcome is counted), Ctrl-C and SIGTERM
+raise ``Stopped``, so that a new study's folder goes again on the way out and the caller says so
+in one line; SIGTERM used to end the driver there without a word, its lock file left.
 
 Example:
     >>> with Interrupts() as interrupts:
@@ -18,16 +21,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-import ray
-
 T = TypeVar("T")
+
+# The stop signal ``before_ray`` raised, kept: Python ignores an exception raised in some
+# callbacks (one run at a fork, as Ray's start forks its processes, or in a finaliser), and
+# ``Interrupts`` raises it again as Ray Tune's run starts.
+_raised: int | None = None
 
 
 class Interrupted(Exception):
@@ -48,6 +55,8 @@ class Interrupts:
         self._main = threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> Interrupts:
+        if _raised is not None:  # a stop ``before_ray`` raised where Python ignored it
+            raise Stopped(_raised)
         if self._main:
             self._before = {signum: signal.getsignal(signum) for signum in self._handlers()}
             self._install()
@@ -81,6 +90,8 @@ class Interrupts:
         # Not Tune's stop, which waits on Ray's own processes: `timeout` and Slurm signal those
         # too, and a stop waiting on a Ray already gone hangs for a minute. An end at any moment
         # is what every result write and --resume are built for (kill -9 included).
+        import ray  # here: ``before_ray`` is in place before a study has imported Ray
+
         print(self.terminated, file=sys.stderr, flush=True)
         try:
             ray.shutdown()  # the processes an embedded Ray started: not left behind
@@ -106,3 +117,46 @@ class Interrupts:
             raise Interrupted from None
         finally:  # not Tune's, left behind by the run
             self._install()
+
+
+class Stopped(BaseException):
+    """A Ctrl-C or SIGTERM before a study's Ray started (``before_ray``); ``signum`` says which.
+    Not an ``Exception``, so that no ``except Exception`` on the way takes it for an error."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return "interrupted (Ctrl-C)" if self.signum == signal.SIGINT else "terminated (SIGTERM)"
+
+
+@contextlib.contextmanager
+def before_ray() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM raise ``Stopped`` where the main thread stands,
+    except while a Ray Tune run's ``Interrupts`` hold them; on leaving, each signal's handler is
+    the one found on entering.
+
+    Example:
+        >>> with contextlib.suppress(Stopped), before_ray():
+        ...     os.kill(os.getpid(), signal.SIGTERM)
+        ...     print("never printed: the signal raised Stopped")
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # no handler can be set outside the main thread
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        global _raised
+        _raised = signum
+        raise Stopped(signum)
+
+    before = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        global _raised
+        _raised = None
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from study.errors import UserError
 from study.preflight import check_resources
 from study.schedule import start_share, threads
 from study.sequential import seeds_in_words
-from study.tune.interrupts import Interrupted, Interrupts
+from study.tune.interrupts import Interrupted, Interrupts, Stopped
 from study.tune.nodes import check_nodes
 from study.tune.progress import Progress
 from study.tune.recorder import Recorder, TrialFailures
@@ -72,22 +73,12 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
     controller = logging.getLogger("ray.tune.execution.tune_controller")
     controller.addFilter(lambda record: "_reuse_actors" not in record.getMessage())
     started_here = not ray.is_initialized()
-    if started_here:
-        # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
-        # left on this machine, running or stale. Its token auth stays on.
-        try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
-                     logging_level="info" if verbose else "warning")
-        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as err:
-            if address is None:
-                raise
-            raise UserError(f"--address {address}: cannot join that Ray cluster: {err}. Is "
-                            "`ray start --head` running there, and is its auth token here "
-                            "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
     failures = TrialFailures(study_dir / "ray" / "errors.log")  # this run's, removed at its end
     if not verbose:
         controller.addFilter(failures)
     try:
+        if started_here:
+            _start_ray(address, verbose)
         # A Ctrl-C from here on ends the study between its writes (Ray's start is before any)
         with Interrupts(f"terminated (SIGTERM): the networks that finished are kept in {study_dir}; "
                         "the same command with --resume continues the study") as interrupts:
@@ -96,14 +87,10 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
                 check_nodes(study_dir)
             networks = results.finished(study_dir)  # a resumed study's that finished; a new one's none
             if resume:
-                gone = results.discard_unfinished(study_dir)
-                told, failed = settle_interrupted(study, study_dir, networks)
                 kept = f"{len(networks)} of {planned_networks(study, networks)} networks"
                 print(f"resuming {study_dir}: {kept} finished before and kept (an estimate printed above "
                       "is the whole study's; the progress line counts what is left); "
-                      f"{counted(len(gone), 'unfinished trial')} discarded; of the Optuna trials left "
-                      f"running, {told} told the value their finished rows hold, {failed} marked failed",
-                      flush=True)
+                      f"{settle_resumed(study, study_dir, networks)}", flush=True)
             results.write_study(study_dir, study)
             data = build(study.data)  # warm the cache once, before trials race to generate it
             print(f"dataset {data.fingerprint}: {study.data.n_images:,} images "
@@ -116,6 +103,29 @@ def run(study: Study, study_dir: Path, address: str | None = None, verbose: bool
         controller.removeFilter(failures)
         if started_here:
             ray.shutdown()
+
+
+def _start_ray(address: str | None, verbose: bool) -> None:
+    """Start Ray here, or join the cluster at ``address``; the caller shuts it down, a start cut
+    short included."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
+        # left on this machine, running or stale. Its token auth stays on.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+                 logging_level="info" if verbose else "warning")
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as err:
+        if address is None:
+            raise
+        raise UserError(f"--address {address}: cannot join that Ray cluster: {err}. Is "
+                        "`ray start --head` running there, and is its auth token here "
+                        "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
+    except SystemExit as exit_:  # how Ray's own handler ends a driver SIGTERM finds in ray.init
+        if exit_.code != signal.SIGTERM:
+            raise
+        raise Stopped(signal.SIGTERM) from None
+    finally:  # Ray's handler stays set and ends the driver without a word; the caller's stands
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,19 @@ class Stages:
     progress: Progress
     verbose: bool
     interrupts: Interrupts
+
+
+def settle_resumed(study: Study, study_dir: Path, networks: pd.DataFrame) -> str:
+    """Settle what an interrupted run left in ``study_dir``, given the networks that finished
+    (``results.finished``): the unfinished trials' files go, and the Optuna trials left running
+    are told the value their rows hold or marked failed (``settle_interrupted``). Returns what
+    was done, in words."""
+    gone = results.discard_unfinished(study_dir)
+    told, failed = settle_interrupted(study, study_dir, networks)
+    if not (gone or told or failed):
+        return "no trial was left unfinished"
+    return (f"{counted(len(gone), 'unfinished trial')} discarded; of the Optuna trials left running, "
+            f"{told} told the value their finished rows hold, {failed} marked failed")
 
 
 def _stages(study: Study, study_dir: Path, networks: pd.DataFrame, verbose: bool,

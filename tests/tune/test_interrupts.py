@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import subprocess
@@ -6,7 +7,7 @@ import sys
 import pytest
 from ray.tune.tune import _setup_signal_catching
 
-from study.tune.interrupts import Interrupted, Interrupts
+from study.tune.interrupts import Interrupted, Interrupts, Stopped, before_ray
 
 
 class Run:
@@ -84,3 +85,24 @@ def test_sigterm_ends_the_driver_at_once_with_the_way_on():
     ended = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25)
     assert ended.returncode == 143 and ended.stderr.strip() == "terminated: resume it", ended
     assert "went on" not in ended.stdout
+
+
+def test_a_stop_before_ray_that_python_ignored_ends_the_study_as_ray_tunes_run_starts():
+    """Before Ray: Ctrl-C and SIGTERM raise ``Stopped``, and one that Python ignored (raised in a
+    callback at a fork, as Ray's start forks its processes) is raised again as Tune's run starts,
+    not lost. On leaving, SIGINT and SIGTERM have the handlers they had."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with before_ray():
+        with pytest.raises(Stopped) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert stop.value.signum == signal.SIGINT and str(stop.value) == "interrupted (Ctrl-C)"
+    assert {s: signal.getsignal(s) for s in before} == before
+    with before_ray():
+        with contextlib.suppress(Stopped):  # as Python ignores it in a callback
+            os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(Stopped) as stop, Interrupts():
+            pytest.fail("no run starts")
+        assert stop.value.signum == signal.SIGTERM
+    assert {s: signal.getsignal(s) for s in before} == before
+    with Interrupts():  # a study after it starts as ever
+        pass
