@@ -27,9 +27,11 @@ def check_writable() -> Path:
     study's folder was made. A relative ``STUDY_CACHE`` is made absolute in this process's
     environment: Ray Tune runs each trial in a folder of its own, where the Ray workers this
     process starts would each read it as another cache, generating the dataset and building the
-    kernel again."""
-    if os.environ.get("STUDY_CACHE"):
-        os.environ["STUDY_CACHE"] = str(Path(os.environ["STUDY_CACHE"]).expanduser().absolute())
+    kernel again; so is a relative ``TORCHINDUCTOR_CACHE_DIR``, where compiled trials would each
+    compile cold."""
+    for name in ("STUDY_CACHE", "TORCHINDUCTOR_CACHE_DIR"):
+        if os.environ.get(name):
+            os.environ[name] = str(Path(os.environ[name]).expanduser().absolute())
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)

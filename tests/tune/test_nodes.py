@@ -11,8 +11,10 @@ def test_a_relative_cache_is_made_absolute_for_the_workers_this_driver_starts(tm
     workers inherit it, must already name the driver's folder, or each trial builds its own."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STUDY_CACHE", "relative/cache")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "relative/inductor")  # a user's, for compiled trials
     assert cache.check_writable() == tmp_path / "relative" / "cache"
     assert os.environ["STUDY_CACHE"] == str(tmp_path / "relative" / "cache")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "relative" / "inductor")
     assert (tmp_path / "relative" / "cache").is_dir()
 
 
