@@ -90,7 +90,7 @@ class Interrupts:
         # Not Tune's stop, which waits on Ray's own processes: `timeout` and Slurm signal those
         # too, and a stop waiting on a Ray already gone hangs for a minute. An end at any moment
         # is what every result write and --resume are built for (kill -9 included).
-        import ray  # here: ``before_ray`` is in place before a study has imported Ray
+        import ray  # here, not with the module: `study run` sets ``before_ray`` before its checks
 
         print(self.terminated, file=sys.stderr, flush=True)
         try:
@@ -120,8 +120,8 @@ class Interrupts:
 
 
 class Stopped(BaseException):
-    """A Ctrl-C or SIGTERM before a study's Ray started (``before_ray``); ``signum`` says which.
-    Not an ``Exception``, so that no ``except Exception`` on the way takes it for an error."""
+    """A Ctrl-C or SIGTERM outside a study's Ray Tune runs (``before_ray``); ``signum`` says
+    which. Not an ``Exception``, so that no ``except Exception`` on the way takes it for an error."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
