@@ -95,11 +95,11 @@ def run(
 ) -> None:
     """Run a study: Ray Tune schedules the trials, Optuna chooses them."""
     from study import lock
-    from study.tune.interrupts import Stopped, before_ray
+    from study.tune.interrupts import Stopped, stoppable
 
     study_dir = None
     try:
-        with before_ray():  # the runner's own handlers take over while Ray Tune runs
+        with stoppable():  # the runner's own handlers take over while Ray Tune runs
             study = _load(space, sets, download, verbatim={"name": ("--name", name),
                                                                  "search.storage": ("--storage", storage)})
             _shared(results)
@@ -220,14 +220,19 @@ def trial(
     """One trial in this process, without Ray, of the file's sections as they stand (after
     --set); the space is not sampled. Writes results/<name>-trial/ like a one-trial study."""
     from study import lock
+    from study.tune.interrupts import Stopped, stoppable
 
     try:
-        study = _load(space, sets, download)
-        folder = results / f"{study.name}-trial"
-        with lock.held(folder, fresh=True, elsewhere="--set name=NEW_NAME") as study_dir:
-            _one_trial(study, study_dir, seeds or study.seeds())
+        with stoppable():
+            study = _load(space, sets, download)
+            folder = results / f"{study.name}-trial"
+            with lock.held(folder, fresh=True, elsewhere="--set name=NEW_NAME") as study_dir:
+                _one_trial(study, study_dir, seeds or study.seeds())
     except UserError as err:
         _fail(err)
+    except Stopped as stop:  # its folder has gone again (lock.held): it is written once trained
+        typer.echo(f"{stop}: the trial did not finish; the same command runs it again", err=True)
+        raise typer.Exit(128 + stop.signum) from None
 
 
 def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> None:

@@ -402,6 +402,18 @@ def test_a_signal_before_ray_starts_is_one_line_and_leaves_nothing(tmp_path):
         assert not results.exists()
 
 
+def test_a_trial_stopped_mid_training_is_one_line_and_leaves_nothing(tmp_path):
+    """``study trial`` writes its folder once trained: SIGTERM mid-training is one line, status
+    143, and its folder and lock gone again (it used to end without a word, the lock left)."""
+    results, log = tmp_path / "results", tmp_path / "trial.log"
+    args = ["trial", str(SMOKE), "--set", "data.n_images=600", "--set", "train.epochs=30",
+            "--results", str(results)]
+    ended = interrupt(args, log, lambda: "epoch" in log.read_text(), signal.SIGTERM)
+    assert ended == 143 and log.read_text().splitlines()[-1] == \
+        "terminated (SIGTERM): the trial did not finish; the same command runs it again", log.read_text()
+    assert not results.exists()
+
+
 def test_resume_is_exact_from_any_moment(tmp_path):
     """One study interrupted four times (kill -9 before any trial finished, Ctrl-C of the resumed
     run mid-tuning, kill -9 as the confirmation is announced, SIGTERM mid-confirmation), each

@@ -8,7 +8,7 @@ Within ``Interrupts``, a Ctrl-C between runs is held and ends the study before t
 one that comes as a run starts, before Tune catches it, ends the study as well. So does SIGUSR1,
 Tune's own stop signal, which Tune too leaves set to a run already done. SIGTERM, how ``kill``,
 ``timeout`` and Slurm's ``scancel`` stop a program, ends the driver at once with one line that
-says how to go on, where Ray's handler printed a crash report. Outside ``Interrupts`` (``before_ray``:
+says how to go on, where Ray's handler printed a crash report. Outside ``Interrupts`` (``stoppable``:
 while a study prepares, Ray starts or stops, and the run's outcome is counted), Ctrl-C and SIGTERM
 raise ``Stopped``, so that a new study's folder goes again on the way out and the caller says so
 in one line; SIGTERM used to end the driver there without a word, its lock file left.
@@ -31,7 +31,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# The stop signal ``before_ray`` raised, kept: Python ignores an exception raised in some
+# The stop signal ``stoppable`` raised, kept: Python ignores an exception raised in some
 # callbacks (one run at a fork, as Ray's start forks its processes, or in a finaliser), and
 # ``Interrupts`` raises it again as Ray Tune's run starts.
 _raised: int | None = None
@@ -55,7 +55,7 @@ class Interrupts:
         self._main = threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> Interrupts:
-        if _raised is not None:  # a stop ``before_ray`` raised where Python ignored it
+        if _raised is not None:  # a stop ``stoppable`` raised where Python ignored it
             raise Stopped(_raised)
         if self._main:
             self._before = {signum: signal.getsignal(signum) for signum in self._handlers()}
@@ -90,7 +90,7 @@ class Interrupts:
         # Not Tune's stop, which waits on Ray's own processes: `timeout` and Slurm signal those
         # too, and a stop waiting on a Ray already gone hangs for a minute. An end at any moment
         # is what every result write and --resume are built for (kill -9 included).
-        import ray  # here, not with the module: `study run` sets ``before_ray`` before its checks
+        import ray  # here, not with the module: `study run` sets ``stoppable`` before its checks
 
         print(self.terminated, file=sys.stderr, flush=True)
         try:
@@ -120,7 +120,7 @@ class Interrupts:
 
 
 class Stopped(BaseException):
-    """A Ctrl-C or SIGTERM outside a study's Ray Tune runs (``before_ray``); ``signum`` says
+    """A Ctrl-C or SIGTERM outside a study's Ray Tune runs (``stoppable``); ``signum`` says
     which. Not an ``Exception``, so that no ``except Exception`` on the way takes it for an error."""
 
     def __init__(self, signum: int) -> None:
@@ -132,13 +132,13 @@ class Stopped(BaseException):
 
 
 @contextlib.contextmanager
-def before_ray() -> Iterator[None]:
+def stoppable() -> Iterator[None]:
     """Within the block, Ctrl-C and SIGTERM raise ``Stopped`` where the main thread stands,
     except while a Ray Tune run's ``Interrupts`` hold them; on leaving, each signal's handler is
-    the one found on entering.
+    the one found on entering. ``study run`` and ``study trial`` hold it from their start.
 
     Example:
-        >>> with contextlib.suppress(Stopped), before_ray():
+        >>> with contextlib.suppress(Stopped), stoppable():
         ...     os.kill(os.getpid(), signal.SIGTERM)
         ...     print("never printed: the signal raised Stopped")
     """

@@ -7,7 +7,7 @@ import sys
 import pytest
 from ray.tune.tune import _setup_signal_catching
 
-from study.tune.interrupts import Interrupted, Interrupts, Stopped, before_ray
+from study.tune.interrupts import Interrupted, Interrupts, Stopped, stoppable
 
 
 class Run:
@@ -92,12 +92,12 @@ def test_a_stop_before_ray_that_python_ignored_ends_the_study_as_ray_tunes_run_s
     callback at a fork, as Ray's start forks its processes) is raised again as Tune's run starts,
     not lost. On leaving, SIGINT and SIGTERM have the handlers they had."""
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    with before_ray():
+    with stoppable():
         with pytest.raises(Stopped) as stop:
             os.kill(os.getpid(), signal.SIGINT)
         assert stop.value.signum == signal.SIGINT and str(stop.value) == "interrupted (Ctrl-C)"
     assert {s: signal.getsignal(s) for s in before} == before
-    with before_ray():
+    with stoppable():
         with contextlib.suppress(Stopped):  # as Python ignores it in a callback
             os.kill(os.getpid(), signal.SIGTERM)
         with pytest.raises(Stopped) as stop, Interrupts():
