@@ -380,15 +380,17 @@ def analyze(
     split: Annotated[str | None, typer.Option(
         help="per-sample column to split the tables by, e.g. withheld or digits")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the tables as one JSON object")] = False,
+    out: Annotated[Path | None, typer.Option(
+        help="where the report goes (default: RESULTS_DIR/report), for results one cannot write")] = None,
 ) -> None:
     """Compare each level with the reference, retrained networks as the unit; write report/."""
     from study import analysis, report
 
     try:
         result = analysis.analyze(results_dir, by, split)
+        where = report.write(result, results_dir, out)
     except UserError as err:
         _fail(err)
-    where = report.write(result, results_dir)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

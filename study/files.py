@@ -68,6 +68,21 @@ def no_empty_folders_on_failure(path: Path) -> Iterator[None]:
         raise
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that stands where ``folder`` or a folder above it should be, if one does.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     (Path(root) / "notes").write_text("a file")
+        ...     file_in_the_way(Path(root) / "notes" / "report") == Path(root) / "notes"
+        6
+        True
+    """
+    folder = Path(folder)
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)

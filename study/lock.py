@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from study.errors import UserError
-from study.files import no_empty_folders_on_failure
+from study.files import file_in_the_way, no_empty_folders_on_failure
 
 LOCK = ".lock"
 
@@ -52,11 +52,11 @@ def held(study_dir: Path, fresh: bool, elsewhere: str = "pass --name NEW_NAME, o
         try:
             study_dir.mkdir(parents=True, exist_ok=True)
             fd = _lock(study_dir / LOCK)
-        except NotADirectoryError:
-            blocking = next(p for p in (study_dir, *study_dir.parents) if p.exists() and not p.is_dir())
-            raise UserError(f"{blocking} is a file, but results go into the folder {study_dir}; "
-                            "pass --results naming a folder") from None
         except OSError as err:
+            blocking = file_in_the_way(study_dir)
+            if blocking:
+                raise UserError(f"{blocking} is a file, but results go into the folder {study_dir}; "
+                                "pass --results naming a folder") from None
             raise UserError(f"{study_dir}: cannot write there ({err.strerror or err}); pass --results "
                             "naming a folder you can write") from None
         try:

@@ -9,6 +9,7 @@ directory is built under a temporary name and swapped in whole. Used on a finish
 
 from __future__ import annotations
 
+import errno
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,22 @@ import torch
 
 from study import __version__
 from study.analysis import IMAGE_LEVEL, Analysis
+from study.errors import UserError
 from study.figures import FIGURES
-from study.files import atomic_write
+from study.files import atomic_write, file_in_the_way
 from study.results import TRAINED
 from study.sequential import DESIGN_POWER_KEYS, seeds_in_words
 from study.stats import ALPHA, IMAGE_KEYS, POWER_KEYS, SEARCH_LIMIT
 from study.words import counted, duration
 
 
-def write(analysis: Analysis, study_dir: str | Path) -> Path:
-    """Write the report of ``analysis`` into ``study_dir/report`` and return that directory."""
+def write(analysis: Analysis, study_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of ``analysis`` of the study in ``study_dir`` into ``out`` (default
+    ``study_dir/report``) and return that directory. A folder that cannot be written (a full
+    disk, shipped results on a read-only mount) is a ``UserError``, with nothing of the report
+    left there."""
     study_dir = Path(study_dir)
+    out = Path(out) if out else study_dir / "report"
 
     def fill(folder: Path) -> None:
         folder.mkdir()
@@ -45,8 +51,15 @@ def write(analysis: Analysis, study_dir: str | Path) -> Path:
             analysis.subgroups.to_csv(folder / "subgroups.csv", index=False)
         (folder / "report.md").write_text(markdown(analysis, notes, run_record(analysis, study_dir)))
 
-    atomic_write(study_dir / "report", fill)
-    return study_dir / "report"
+    try:
+        atomic_write(out, fill)
+    except OSError as err:
+        blocking = file_in_the_way(out)
+        why = f"{blocking} is a file" if blocking else err.strerror or err
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT) and not blocking
+        raise UserError(f"{out}: cannot write the report there ({why}); {'free space there, or ' * full}"
+                        "give --out naming a folder you can write") from None
+    return out
 
 
 def _table(frame: pd.DataFrame) -> str:

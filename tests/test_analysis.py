@@ -285,6 +285,26 @@ def test_report_json_and_csv_carry_the_same_numbers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".report")) == []
 
 
+def test_the_report_goes_where_out_says_and_a_folder_it_cannot_write_is_a_message(tmp_path):
+    """Results one cannot write (shipped on a read-only mount, a full disk): ``--out`` puts the
+    report elsewhere; a report folder that cannot be written is one line, exit 2, nothing left.
+    (Checked by hand: a read-only mount and a full tmpfs each give that line with their reason.)"""
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    fake_study(study_dir, THREE_SEEDS)
+    before = sorted(p.name for p in study_dir.iterdir())
+    result = CliRunner().invoke(app, ["analyze", str(study_dir), "--out", str(tmp_path / "elsewhere")])
+    assert result.exit_code == 0 and f"report: {tmp_path / 'elsewhere' / 'report.md'}" in result.output
+    assert "Seed level (primary)" in (tmp_path / "elsewhere" / "report.md").read_text()
+    assert sorted(p.name for p in study_dir.iterdir()) == before  # nothing written in the study
+    (tmp_path / "file").write_text("not a folder")
+    result = CliRunner().invoke(app, ["analyze", str(study_dir), "--out", str(tmp_path / "file" / "report")])
+    assert result.exit_code == 2 and result.output == (
+        f"error: {tmp_path / 'file' / 'report'}: cannot write the report there ({tmp_path / 'file'} is a "
+        "file); give --out naming a folder you can write\n"), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "file", "study"]
+
+
 def test_failed_networks_are_left_out_and_named(tmp_path):
     fake_study(tmp_path, THREE_SEEDS + [("[0]", -0.01, 3)])
     trials = pd.read_parquet(tmp_path / "trials.parquet")
