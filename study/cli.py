@@ -367,7 +367,10 @@ def preview(
                        f"frequency (flagged above {data_preview.IMBALANCE:.0%} and beyond chance)")
 
     out = out or Path("results") / f"{study.name}-data"
-    table = data_preview.write(study, out, built)
+    try:
+        table = data_preview.write(study, out, built)
+    except UserError as err:
+        _fail(err)
     index = ["setting", "split"] if "setting" in table else ["split"]
     typer.echo(table.set_index(index).astype(object).T.to_string())  # counts stay integers
     typer.echo(f"grids and statistics.csv in {out}")

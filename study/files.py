@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -81,6 +82,20 @@ def file_in_the_way(folder: Path) -> Path | None:
     """
     folder = Path(folder)
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
+def cannot_write(folder: Path, err: OSError, option: str) -> str:
+    """Why ``folder`` could not be written (``err``), and the fix: ``option`` names another.
+
+    Example:
+        >>> print(cannot_write(Path("/results"), OSError(errno.ENOSPC, "No space left on device"), "--out"))
+        cannot write there (No space left on device); free space there, or give --out naming a folder ...
+    """
+    blocking = file_in_the_way(folder)
+    why = f"{blocking} is a file" if blocking else err.strerror or err
+    full = not blocking and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (f"cannot write there ({why}); {'free space there, or ' * full}give {option} naming a folder "
+            "you can write")
 
 
 def _remove(path: Path) -> None:

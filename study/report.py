@@ -9,7 +9,6 @@ directory is built under a temporary name and swapped in whole. Used on a finish
 
 from __future__ import annotations
 
-import errno
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from study import __version__
 from study.analysis import IMAGE_LEVEL, Analysis
 from study.errors import UserError
 from study.figures import FIGURES
-from study.files import atomic_write, file_in_the_way
+from study.files import atomic_write, cannot_write
 from study.results import TRAINED
 from study.sequential import DESIGN_POWER_KEYS, seeds_in_words
 from study.stats import ALPHA, IMAGE_KEYS, POWER_KEYS, SEARCH_LIMIT
@@ -54,11 +53,7 @@ def write(analysis: Analysis, study_dir: str | Path, out: str | Path | None = No
     try:
         atomic_write(out, fill)
     except OSError as err:
-        blocking = file_in_the_way(out)
-        why = f"{blocking} is a file" if blocking else err.strerror or err
-        full = err.errno in (errno.ENOSPC, errno.EDQUOT) and not blocking
-        raise UserError(f"{out}: cannot write the report there ({why}); {'free space there, or ' * full}"
-                        "give --out naming a folder you can write") from None
+        raise UserError(f"{out}: {cannot_write(out, err, '--out')}") from None
     return out
 
 

@@ -300,8 +300,8 @@ def test_the_report_goes_where_out_says_and_a_folder_it_cannot_write_is_a_messag
     (tmp_path / "file").write_text("not a folder")
     result = CliRunner().invoke(app, ["analyze", str(study_dir), "--out", str(tmp_path / "file" / "report")])
     assert result.exit_code == 2 and result.output == (
-        f"error: {tmp_path / 'file' / 'report'}: cannot write the report there ({tmp_path / 'file'} is a "
-        "file); give --out naming a folder you can write\n"), result.output
+        f"error: {tmp_path / 'file' / 'report'}: cannot write there ({tmp_path / 'file'} is a file); "
+        "give --out naming a folder you can write\n"), result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "file", "study"]
 
 

@@ -10,7 +10,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +25,8 @@ import pandas as pd
 from study.config import Study
 from study.data.compose import N_CLASSES, Composites
 from study.data.dataset import SPLITS, Dataset, build
+from study.errors import UserError
+from study.files import atomic_write, cannot_write
 from study.resolution import combinations, resolve, section_keys
 from study.sections import DataConfig
 
@@ -105,15 +109,29 @@ def write(study: Study, out: str | Path, report: Callable[[str, Dataset], None])
     space has several) and one ``statistics.csv`` with a row per setting and split; calls
     ``report(label, dataset)`` as each is built and returns the statistics."""
     out = Path(out)
+    with _writing(out):  # before any dataset is built
+        out.mkdir(parents=True, exist_ok=True)
     tables = []
     for label, data in settings(study).items():
         dataset = build(data)
         report(label, dataset)
         folder = out / label if label else out
-        folder.mkdir(parents=True, exist_ok=True)
         for split in SPLITS:
-            grid(dataset[split], f"{study.name} {label}: {split}".replace(" :", ":"), folder / f"{split}.png")
+            title = f"{study.name} {label}: {split}".replace(" :", ":")
+            with _writing(out):
+                atomic_write(folder / f"{split}.png", functools.partial(grid, dataset[split], title))
         tables.append(statistics(dataset).assign(setting=label) if label else statistics(dataset))
     table = pd.concat(tables, ignore_index=True)
-    table.to_csv(out / "statistics.csv", index=False)
+    with _writing(out):
+        atomic_write(out / "statistics.csv", functools.partial(table.to_csv, index=False))
     return table
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """Writes in ``out``, each file whole or absent (``atomic_write``): a folder they cannot be
+    made in (a file in its way, a read-only or full disk) is a ``UserError`` naming ``--out``."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"--out {out}: {cannot_write(out, err, '--out')}") from None

@@ -110,6 +110,16 @@ def test_a_missing_mnist_folder_stops_the_cli_with_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_preview_folder_that_cannot_be_written_is_one_message_before_any_dataset_is_built(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "preview"
+    result = CliRunner().invoke(app, ["data", "preview", str(ROOT / "searchspaces" / "smoke.yaml"),
+                                      "--out", str(out)])
+    assert result.exit_code == 2 and result.output == (
+        f"error: --out {out}: cannot write there ({tmp_path / 'file'} is a file); give --out naming a "
+        "folder you can write\n"), result.output
+
+
 def test_a_download_that_fails_is_one_message_and_leaves_no_folder(tmp_path, monkeypatch):
     """torchvision's own download, from a mirror on this machine that refuses the connection:
     one line with the way on, exit 2, and none of the folders it made for the files left."""
