@@ -29,7 +29,9 @@ significant far more often than α).
 **Subgroups** (``split``): descriptive seed-level differences within each subgroup, and for every
 subgroup against the first one an arm × subgroup interaction at the seed level (per network: its
 loss in the subgroup minus its loss in the first, compared between arms with Welch's t-test),
-unadjusted and outside Holm's family.
+unadjusted and outside Holm's family. A subgroup is a set of test images: the split must be a
+property of the image (``digits``, ``withheld``, ``colours``; ``occlusion``, continuous, in
+quartiles over the images), never what a network made of it (``correct``).
 
 Used on a finished study (``study analyze`` does this, then writes the report)::
 
@@ -39,6 +41,7 @@ Used on a finished study (``study analyze`` does this, then writes the report)::
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,8 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     first), optionally within the values of the per-sample column ``split``."""
     study_dir = Path(study_dir)
     study, factor, r = _read(study_dir, by, split)
+    if split is not None and pd.api.types.is_float_dtype(r.samples[split]):
+        r.samples[split] = _quartiles(r.samples, split)
     trained = r.trials[r.trials["status"].isin(results.TRAINED)]
     selected = arms.select_arms(study, r.trials, factor)
     if len(selected) < 2:
@@ -162,11 +167,40 @@ def _read(study_dir: Path, by: str | None, split: str | None) -> tuple[Study, st
                         "a study run wrote, with the study.yaml it wrote")
     if "reason" not in r.trials:  # results written before failures had reasons
         r.trials["reason"] = None
-    if split is not None and split not in r.samples:
-        per_sample = [c for c in r.samples if c not in ("trial_id", "seed", "sample_idx", "loss")
-                      and not c.startswith("logit_")]
-        raise UserError(f"--split {split}: not a per-sample column; choose one of {per_sample}")
+    if split is not None and not _of_the_image(r.samples, split):
+        per_image = [c for c in r.samples if _of_the_image(r.samples, c)]
+        why = ("not a property of the test image but of each network (what it made of the image, as "
+               "correct, or its setting), so its subgroups would hold different images in each arm"
+               if split in r.samples else "not a per-sample column")
+        raise UserError(f"--split {split}: {why}; choose one of {per_image}")
     return study, factor, r
+
+
+def _quartiles(samples: pd.DataFrame, column: str) -> pd.Series:
+    """A continuous property of the test images (``occlusion``: the share of the image's digit
+    pixels hidden) as its quartiles over the images, labelled by their ranges and in order: a
+    subgroup per distinct value would be one per image."""
+    image = [c for c in ("data_fingerprint", "sample_idx") if c in samples]
+    values = samples.drop_duplicates(image)[column]
+    edges = np.unique(np.quantile(values, [0, 0.25, 0.5, 0.75, 1]))
+    if len(edges) < 2:  # one value for every image: one subgroup
+        return pd.Series(pd.Categorical([f"{edges[0]:.3g}"] * len(samples)), index=samples.index)
+    labels = [f"{low:.3g} to {high:.3g}" for low, high in itertools.pairwise(edges)]
+    return pd.cut(samples[column], edges, labels=labels, include_lowest=True)
+
+
+# Per-sample columns of each network's own (with ``logit_*``), whatever values they happen to hold.
+_OF_THE_NETWORK = ("trial_id", "seed", "sample_idx", "loss", "correct")
+
+
+def _of_the_image(samples: pd.DataFrame, column: str) -> bool:
+    """Whether ``column`` of the per-sample rows is a property of the test image (each image's
+    value the same for every network that saw it), as a subgroup must be; conditioning on what a
+    network made of the image (``correct``) would select each arm's images by its outcome."""
+    if column not in samples or column in _OF_THE_NETWORK or column.startswith("logit_"):
+        return False
+    image = [c for c in ("data_fingerprint", "sample_idx") if c in samples]
+    return bool((samples.groupby(image, observed=True)[column].nunique(dropna=False) <= 1).all())
 
 
 def _arm_row(arm: arms.Arm, mine: pd.DataFrame, factor: str) -> dict[str, Any]:
@@ -307,7 +341,7 @@ def _source(study: Study, trained: pd.DataFrame) -> str:
 def _subgroups(samples: pd.DataFrame, selected: list[arms.Arm], split: str, margin: float) -> pd.DataFrame:
     """Seed-level differences within each value of ``split`` and the arm × subgroup interaction
     of every value against the first (see the module docstring)."""
-    means = samples.groupby(["trial_id", "seed", split])["loss"].mean().unstack(split)
+    means = samples.groupby(["trial_id", "seed", split], observed=True)["loss"].mean().unstack(split)
     values = list(means.columns)
     reference, *others = selected
     rows = []

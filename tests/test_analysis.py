@@ -190,6 +190,32 @@ def test_subgroups_are_an_interaction_at_the_seed_level(tmp_path):
     assert pd.isna(table.loc[0, "interaction_p"])  # the first subgroup is the contrast's baseline
     with pytest.raises(UserError, match="--split colour: not a per-sample column"):
         analysis.analyze(tmp_path, split="colour")
+    # Each network's own outcome on an image is no subgroup of images: it would select them by it.
+    with pytest.raises(UserError, match=r"--split correct: not a property of the test image but of each "
+                                        r"network .*; choose one of \['withheld'\]$"):
+        analysis.analyze(tmp_path, split="correct")
+
+
+def test_a_continuous_split_is_its_quartiles_over_the_test_images(tmp_path):
+    """``--split occlusion`` (a share per image): four subgroups of a quarter of the images each,
+    in order, not one per distinct value; the interaction recomputed with scipy."""
+    fake_study(tmp_path, THREE_SEEDS)
+    for part in (tmp_path / "samples").glob("*/*.parquet"):
+        table = pd.read_parquet(part)
+        table["occlusion"] = (table["sample_idx"] / N).astype(np.float32)  # image i hides i/N
+        table.to_parquet(part)
+    subgroups = analysis.analyze(tmp_path, split="occlusion").subgroups
+    labels = list(subgroups["occlusion"])
+    lows = [float(label.split(" to ")[0]) for label in labels]
+    assert len(labels) == 4 and lows == sorted(lows) and lows[0] == 0, labels
+    samples = pd.read_parquet(tmp_path / "samples", partitioning=None)
+    samples["trial_id"] = samples["trial_id"].astype(str)
+    quarters = samples.assign(q=samples["sample_idx"] // (N // 4)).groupby(["trial_id", "q"])["loss"]
+    quarter = quarters.mean().unstack()
+    reference, attconv = quarter.loc[["t0", "t1", "t2"]], quarter.loc[["t3", "t4", "t5"]]
+    assert subgroups["mean_loss_reference"].tolist() == pytest.approx(reference.mean().tolist(), rel=1e-6)
+    expected = stats.ttest_ind(attconv[3] - attconv[0], reference[3] - reference[0], equal_var=False)
+    assert subgroups.loc[3, "interaction_p"] == pytest.approx(expected.pvalue, rel=1e-4)
 
 
 def test_one_network_per_arm_gives_no_verdict(tmp_path):

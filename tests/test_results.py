@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from study import loading, results
+from study.cli import app
 from study.errors import UserError
 from study.train import fit
 
@@ -156,3 +158,25 @@ def test_the_readmes_calibration_figures_are_the_shipped_calibration_results():
         losses = networks.sort_values("seed")["test_loss"]
         stated = f"{losses.mean():.3f} ({' and '.join(f'{x:.3f}' for x in losses)})"
         assert stated in said, (setting, stated)
+
+
+def test_the_readmes_occlusion_figures_are_study_analyze_split_occlusion_on_the_thesis_results(tmp_path):
+    """The Findings' look by occlusion quarter, as `study analyze --split occlusion` gives it on the
+    shipped results (its report written elsewhere: the shipped one stays the study's own)."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = readme[readme.index("**Where more is hidden**"):readme.index("**What it cost**")]
+    result = CliRunner().invoke(app, ["analyze", str(ROOT / "results" / "thesis"), "--split", "occlusion",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "subgroups.csv")
+    assert len(rows) == 4
+    first, last = rows.iloc[0], rows.iloc[-1]
+    assert f"{first['mean_loss']:.3f}" == f"{first['mean_loss_reference']:.3f}"  # "for both"
+    assert f"from {first['mean_loss']:.3f} for both in the least occluded quarter " \
+        f"({first['occlusion']})" in said
+    assert f"to {last['mean_loss_reference']:.3f} for LeNet-5 and {last['mean_loss']:.3f} for AttConv " \
+        f"in the most occluded ({last['occlusion']})" in said
+    low, high = rows["diff"].min(), rows["diff"].max()
+    assert f"between {low:+.4f} and {high:+.4f}".replace("-", "−") in said
+    interaction = rows["interaction_p"].dropna()
+    assert f"p = {interaction.min():.2f} to {interaction.max():.2f}" in said
