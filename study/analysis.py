@@ -180,8 +180,7 @@ def _quartiles(samples: pd.DataFrame, column: str) -> pd.Series:
     """A continuous property of the test images (``occlusion``: the share of the image's digit
     pixels hidden) as its quartiles over the images, labelled by their ranges and in order: a
     subgroup per distinct value would be one per image."""
-    image = [c for c in ("data_fingerprint", "sample_idx") if c in samples]
-    values = samples.drop_duplicates(image)[column]
+    values = samples.drop_duplicates(_image(samples))[column]
     edges = np.unique(np.quantile(values, [0, 0.25, 0.5, 0.75, 1]))
     if len(edges) < 2:  # one value for every image: one subgroup
         return pd.Series(pd.Categorical([f"{edges[0]:.3g}"] * len(samples)), index=samples.index)
@@ -199,8 +198,12 @@ def _of_the_image(samples: pd.DataFrame, column: str) -> bool:
     network made of the image (``correct``) would select each arm's images by its outcome."""
     if column not in samples or column in _OF_THE_NETWORK or column.startswith("logit_"):
         return False
-    image = [c for c in ("data_fingerprint", "sample_idx") if c in samples]
-    return bool((samples.groupby(image, observed=True)[column].nunique(dropna=False) <= 1).all())
+    return bool((samples.groupby(_image(samples), observed=True)[column].nunique(dropna=False) <= 1).all())
+
+
+def _image(samples: pd.DataFrame) -> list[str]:
+    """The per-sample columns that name a test image: its index within its dataset."""
+    return [c for c in ("data_fingerprint", "sample_idx") if c in samples]
 
 
 def _arm_row(arm: arms.Arm, mine: pd.DataFrame, factor: str) -> dict[str, Any]:
