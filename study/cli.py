@@ -381,7 +381,8 @@ def analyze(
     results_dir: Annotated[Path, typer.Argument(help="a study's results, e.g. results/smoke")],
     by: Annotated[str | None, typer.Option(help="space key to compare by")] = None,
     split: Annotated[str | None, typer.Option(
-        help="per-sample column to split the tables by, e.g. withheld or digits")] = None,
+        help="a property of the test image to split the tables by: withheld, digits, colours, or "
+             "occlusion (in quartiles)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the tables as one JSON object")] = False,
     out: Annotated[Path | None, typer.Option(
         help="where the report goes (default: RESULTS_DIR/report), for results one cannot write")] = None,
