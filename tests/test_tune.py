@@ -418,7 +418,8 @@ def test_resume_is_exact_from_any_moment(tmp_path):
     """One study interrupted four times (kill -9 before any trial finished, Ctrl-C of the resumed
     run mid-tuning, kill -9 as the confirmation is announced, SIGTERM mid-confirmation), each
     time at a moment the result files show, then resumed to the end: every planned network once.
-    Two CPUs per trial: one trial at a time, so each moment falls between two trials' ends."""
+    Two CPUs per trial: one trial at a time, so each moment falls between two trials' ends. Then
+    the finished study resumed once more trains nothing."""
     space = "space={model.attention.layers: {choice: [[], [0]]}, train.lr: {choice: [0.001, 0.003]}}"
     args = ["run", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=3", "--set", space,
             "--set", "search.seeds=1", "--set", "search.confirm_seeds=2", "--set", "resources.cpu=2",
@@ -493,7 +494,7 @@ def test_resume_is_exact_from_any_moment(tmp_path):
     assert again.returncode == 0 and again.stdout.splitlines() == [
         f"{study_dir} holds all 8 networks of this study, nothing left to train; 0 unfinished trials "
         "discarded; of the Optuna trials left running, 1 told the value their finished rows hold, 0 marked "
-        f"failed", f"results in {study_dir}; next: study analyze {study_dir}"], again.stdout + again.stderr
+        "failed", f"results in {study_dir}; next: study analyze {study_dir}"], again.stdout + again.stderr
     settled = optuna.load_study(storage=f"sqlite:///{study_dir / 'optuna.db'}", study_name="smoke").trials
     assert [(t.state, t.value) for t in settled] == [(t.state, t.value) for t in ot.trials]
     shown = json.loads(analyze(str(study_dir), "--json").stdout)
