@@ -135,12 +135,12 @@ def run(
 
 def _nothing_left(study: config.Study, study_dir: Path) -> bool:
     """Whether a study to resume already holds all its networks. Then no step is timed, no Ray
-    starts and nothing trains: what its run left unsettled is settled, as a resume would."""
-    from study import results, tune
-    from study.decisions import planned_networks
+    starts and nothing trains: what its run left unsettled is settled, as a resume would. Read
+    from ``trials.parquet`` as it is: rows a killed driver staged but did not add there are the
+    runner's to take in (``results.finished``), by the resume that follows."""
+    from study import tune
 
-    networks = results.finished(study_dir)
-    planned = planned_networks(study, networks)
+    networks, planned = _so_far(study, study_dir)
     if len(networks) < planned:
         return False
     typer.echo(f"{study_dir} holds all {planned} networks of this study, nothing left to train; "
@@ -175,10 +175,9 @@ def _run(study: config.Study, study_dir: Path, address: str | None, verbose: boo
 
 def _outcome(study: config.Study, study_dir: Path) -> None:
     """What the run leaves: the next command, or how to resume, and the networks that failed."""
-    from study.decisions import planned_networks
     from study.results import failures, status_counts
 
-    expected = planned_networks(study, _written(study_dir))  # as the run left them
+    _, expected = _so_far(study, study_dir)  # as the run left them
     counts = status_counts(study_dir)
     completed = counts.get("COMPLETED", 0) + counts.get("STOPPED", 0)
     failed = counts.get("ERROR", 0)
@@ -195,12 +194,16 @@ def _outcome(study: config.Study, study_dir: Path) -> None:
         raise typer.Exit(1)
 
 
-def _written(study_dir: Path) -> pd.DataFrame:
-    """The network rows ``trials.parquet`` holds (each finished trial's), none where it is absent."""
+def _so_far(study: config.Study, study_dir: Path) -> tuple[pd.DataFrame, int]:
+    """The network rows ``trials.parquet`` holds (each finished trial's; none where it is absent),
+    and how many networks the study plans given them."""
     import pandas as pd
 
+    from study.decisions import planned_networks
+
     trials = study_dir / "trials.parquet"
-    return pd.read_parquet(trials) if trials.exists() else pd.DataFrame()
+    rows = pd.read_parquet(trials) if trials.exists() else pd.DataFrame()
+    return rows, planned_networks(study, rows)
 
 
 def _resume_command() -> str:
@@ -313,7 +316,6 @@ def plan_(space: Space, sets: Sets = None, results: ResultsDir = Path("results")
 def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:
     """What ``study_dir`` already holds, as ``study run`` would find it: another study, or this
     one's networks so far (read as they are: planning writes nothing)."""
-    from study.decisions import planned_networks
 
     if not (study_dir / "study.yaml").exists():
         return None
@@ -321,8 +323,7 @@ def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:
         _same_study(study, space, study_dir)
     except UserError as err:
         return f"note: {err}, or give study run --name NEW_NAME for a folder of its own"
-    rows = _written(study_dir)
-    planned = planned_networks(study, rows)
+    rows, planned = _so_far(study, study_dir)
     if len(rows) >= planned:
         return f"note: {study_dir} holds all {planned} networks of this study: study analyze {study_dir}"
     return (f"note: {study_dir} holds {len(rows)} of the {planned} networks of this study (the estimate "

@@ -101,11 +101,12 @@ def download_mnist(root: str | Path) -> None:
         from torchvision.datasets import MNIST
     except ImportError:
         raise UserError("--download fetches MNIST with torchvision: pip install torchvision") from None
-    raw = Path(root).expanduser() / "MNIST" / "raw"
+    folder = Path(root).expanduser()
+    raw = folder / "MNIST" / "raw"
     try:
         with no_empty_folders_on_failure(raw):
             for train in (True, False):
-                MNIST(str(Path(root).expanduser()), train=train, download=True)
+                MNIST(str(folder), train=train, download=True)
     except (OSError, RuntimeError) as err:
         why = " ".join(str(err).split())  # torchvision's message names each mirror on a line of its own
         raise UserError(f"--download: could not fetch MNIST into {root} ({why}); check this machine's "
