@@ -30,6 +30,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from study.config import Study
 from study.models import AttConv, Stacked, build_network, n_params
 from study.resolution import combinations, resolve, section_keys
+from study.signals import held
 from study.train import EVAL_BATCH, pick_device
 from study.words import configuration
 
@@ -83,7 +84,7 @@ def activations(study: Study) -> Activations:
         net = Stacked([build_network(study.model, canvas, channels)])
     sizes, kept = [], []  # per batch: the tensors saved for the backward; what the kernel keeps
     layers = [m for m in net.template.modules() if isinstance(m, AttConv)]
-    with FakeTensorMode():
+    with held(), FakeTensorMode():  # a Ctrl-C raised in the mode's callbacks could abort the process
         net.params = {name: torch.empty(value.shape, device=device, requires_grad=value.requires_grad)
                       for name, value in net.params.items()}
         net.buffers = {name: torch.empty(value.shape, dtype=value.dtype, device=device)

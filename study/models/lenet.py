@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from study.models.attconv import AttConv
 from study.sections import ModelConfig, feature_side
+from study.signals import held
 
 N_CLASSES = 10
 
@@ -67,7 +68,8 @@ def forward_flops(model: nn.Module, canvas: int, in_channels: int = 1) -> int:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # held: a Ctrl-C raised in the counter's callbacks could be lost, or abort the process
+    with held(), torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, in_channels, canvas, canvas, device=device))
     model.train(was_training)
     return counter.get_total_flops()

@@ -11,7 +11,9 @@ Tune's own stop signal, which Tune too leaves set to a run already done. SIGTERM
 says how to go on, where Ray's handler printed a crash report. Outside ``Interrupts`` (``stoppable``:
 while a study prepares, Ray starts or stops, and the run's outcome is counted), Ctrl-C and SIGTERM
 raise ``Stopped``, so that a new study's folder goes again on the way out and the caller says so
-in one line; SIGTERM used to end the driver there without a word, its lock file left.
+in one line; SIGTERM used to end the driver there without a word, its lock file left. (Where torch
+calls Python back from its C++, ``study.signals.held`` makes them wait: raised there, they could
+abort the process.)
 
 Example:
     >>> with Interrupts() as interrupts:
