@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 
     from study.plan import Plan
 
+def main() -> None:
+    """The ``study`` command (its console script, and ``python -m study``)."""
+    from study.startup import freeze_imports
+
+    freeze_imports()  # before the commands' imports: torch, Ray Tune, pandas
+    app(prog_name="study")
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter studies of top-down attention in LeNet-style networks.")
 

@@ -113,7 +113,8 @@ def _start_ray(address: str | None, verbose: bool) -> None:
         # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
         # left on this machine, running or stale. Its token auth stays on.
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
-                 logging_level="info" if verbose else "warning")
+                 logging_level="info" if verbose else "warning",
+                 runtime_env={"worker_process_setup_hook": "study.startup.freeze_imports"})
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as err:
         if address is None:
             raise
