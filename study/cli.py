@@ -21,14 +21,6 @@ if TYPE_CHECKING:
 
     from study.plan import Plan
 
-def main() -> None:
-    """The ``study`` command (its console script, and ``python -m study``)."""
-    from study.startup import freeze_imports
-
-    freeze_imports()  # before the commands' imports: torch, Ray Tune, pandas
-    app(prog_name="study")
-
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter studies of top-down attention in LeNet-style networks.")
 
@@ -40,6 +32,14 @@ Download = Annotated[bool, typer.Option(
     "--download", help="fetch MNIST into data.root first (data.source: mnist; needs network)")]
 data_app = typer.Typer(no_args_is_help=True, help="Look at a study's dataset.")
 app.add_typer(data_app, name="data")
+
+
+def main() -> None:
+    """The ``study`` command (its console script, and ``python -m study``)."""
+    from study.startup import freeze_imports
+
+    freeze_imports()  # before the commands' imports: torch, Ray Tune, pandas
+    app(prog_name="study")
 
 
 def _fail(err: UserError) -> None:

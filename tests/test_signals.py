@@ -51,6 +51,7 @@ from study import footprint, loading
 from study.models import build_network
 from study.models.lenet import forward_flops
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a process pytest-xdist starts ignores it
 study = loading.load(sys.argv[1])
 works = {"torch/_subclasses/fake_tensor.py": lambda: footprint.activations(study),
          "torch/utils/flop_counter.py": lambda: forward_flops(build_network(study.model, 48, 1), 48)}
