@@ -183,12 +183,13 @@ def _run(study: config.Study, study_dir: Path, address: str | None, verbose: boo
 
 def _outcome(study: config.Study, study_dir: Path) -> None:
     """What the run leaves: the next command, or how to resume, and the networks that failed."""
-    from study.results import failures, status_counts
+    import pandas as pd
 
-    _, expected = _so_far(study, study_dir)  # as the run left them
-    counts = status_counts(study_dir)
-    completed = counts.get("COMPLETED", 0) + counts.get("STOPPED", 0)
-    failed = counts.get("ERROR", 0)
+    from study.results import failures
+
+    rows, expected = _so_far(study, study_dir)  # as the run left them
+    status = rows["status"] if len(rows) else pd.Series([], dtype=object)
+    completed, failed = int(status.isin(["COMPLETED", "STOPPED"]).sum()), int((status == "ERROR").sum())
     if completed + failed < expected:  # Ray Tune returns early when interrupted (Ctrl-C)
         typer.echo(f"interrupted: {completed + failed} of {expected} networks finished; their results "
                    f"are in {study_dir}. Continue with: {_resume_command()}", err=True)

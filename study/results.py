@@ -245,14 +245,6 @@ def consolidate(study_dir: Path) -> int:
     return len(staged)
 
 
-def status_counts(study_dir: Path) -> dict[str, int]:
-    """How many networks (trial × seed) ended in each status (COMPLETED, STOPPED, ERROR) so far."""
-    path = Path(study_dir) / "trials.parquet"
-    if not path.exists():
-        return {}
-    return pd.read_parquet(path, columns=["status"])["status"].value_counts().to_dict()
-
-
 def failures(study_dir: Path) -> list[str]:
     """One line per trial that lost networks: which, how many, and why."""
     trials = pd.read_parquet(Path(study_dir) / "trials.parquet")

@@ -59,7 +59,7 @@ def test_a_row_per_network_for_completed_and_failed_trials(tmp_path):
         np.testing.assert_array_equal(mine["loss"], network.test_loss)
     # The trial's parameters are joined to its samples, so arms group directly.
     assert r.params == ["model.attention.layers"] and set(r.samples["model.attention.layers"]) == {"[]"}
-    assert results.status_counts(tmp_path) == {"COMPLETED": 2, "ERROR": 2}
+    assert r.trials["status"].value_counts().to_dict() == {"COMPLETED": 2, "ERROR": 2}
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ for mode, work in works.items():
             tb = stop.__traceback__
             while tb.tb_next:
                 tb = tb.tb_next
-            where = os.path.relpath(tb.tb_frame.f_code.co_filename)
+            where = tb.tb_frame.f_code.co_filename
         sys.setprofile(None)
         surfaced.setdefault(mode, []).append(where)
 print(json.dumps(surfaced))
@@ -88,7 +88,7 @@ print(json.dumps(surfaced))
 
 def test_a_ctrl_c_as_torch_calls_python_back_is_raised_once_the_footprint_and_flop_count_are_done():
     """Raised where the mode's callbacks run, a Ctrl-C sometimes aborted the process from torch's
-    C++ (status -6: a `study run` signalled as its plan timed the steps) or was lost. At every
+    C++ (status -6: a `study run` signalled as its plan began) or was lost. At every
     sampled moment it now surfaces from ``held``, after the fake forward or the count."""
     done = subprocess.run([sys.executable, "-c", MOMENTS, str(SMOKE)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -96,4 +96,5 @@ def test_a_ctrl_c_as_torch_calls_python_back_is_raised_once_the_footprint_and_fl
     surfaced = json.loads(done.stdout)
     assert len(surfaced) == 2
     for mode, places in surfaced.items():
-        assert len(places) >= 12 and set(places) == {os.path.join("study", "signals.py")}, (mode, places)
+        held_here = [bool(place) and place.endswith(os.path.join("study", "signals.py")) for place in places]
+        assert len(places) >= 12 and all(held_here), (mode, places)
