@@ -183,13 +183,13 @@ def _run(study: config.Study, study_dir: Path, address: str | None, verbose: boo
 
 def _outcome(study: config.Study, study_dir: Path) -> None:
     """What the run leaves: the next command, or how to resume, and the networks that failed."""
-    import pandas as pd
+    from collections import Counter
 
     from study.results import failures
 
     rows, expected = _so_far(study, study_dir)  # as the run left them
-    status = rows["status"] if len(rows) else pd.Series([], dtype=object)
-    completed, failed = int(status.isin(["COMPLETED", "STOPPED"]).sum()), int((status == "ERROR").sum())
+    counts = Counter(rows.get("status", []))
+    completed, failed = counts["COMPLETED"] + counts["STOPPED"], counts["ERROR"]
     if completed + failed < expected:  # Ray Tune returns early when interrupted (Ctrl-C)
         typer.echo(f"interrupted: {completed + failed} of {expected} networks finished; their results "
                    f"are in {study_dir}. Continue with: {_resume_command()}", err=True)
@@ -198,7 +198,7 @@ def _outcome(study: config.Study, study_dir: Path) -> None:
     if failed:
         typer.echo(f"{failed} of {expected} networks failed (status ERROR, reason in trials.parquet); "
                    "the study went on without them:", err=True)
-        for line in failures(study_dir):
+        for line in failures(rows):
             typer.echo(f"  {line}", err=True)
         raise typer.Exit(1)
 
@@ -325,7 +325,6 @@ def plan_(space: Space, sets: Sets = None, results: ResultsDir = Path("results")
 def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:
     """What ``study_dir`` already holds, as ``study run`` would find it: another study, or this
     one's networks so far (read as they are: planning writes nothing)."""
-
     if not (study_dir / "study.yaml").exists():
         return None
     try:

@@ -245,9 +245,9 @@ def consolidate(study_dir: Path) -> int:
     return len(staged)
 
 
-def failures(study_dir: Path) -> list[str]:
-    """One line per trial that lost networks: which, how many, and why."""
-    trials = pd.read_parquet(Path(study_dir) / "trials.parquet")
+def failures(trials: pd.DataFrame) -> list[str]:
+    """One line per trial of ``trials`` (``trials.parquet``'s rows) that lost networks: which, how
+    many, and why."""
     params = param_columns(trials)
     lines = []
     for trial_id, rows in trials.groupby("trial_id", sort=False):

@@ -74,7 +74,7 @@ def test_a_network_that_failed_is_an_error_row_with_its_reason_and_leaves_no_sam
     assert r.trials["reason"].iloc[1] == "diverged at epoch 0: ..." and pd.isna(r.trials["test_loss"].iloc[1])
     assert set(r.samples["seed"]) == {0}
     assert [p.name for p in (tmp_path / "weights" / "half").iterdir()] == ["seed-0.pt"]
-    assert results.failures(tmp_path) == [
+    assert results.failures(r.trials) == [
         "tune trial half layers=[]: 1 of 2 networks failed: diverged at epoch 0: ..."]
 
 
