@@ -250,12 +250,14 @@ def trial(
 def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> None:
     from study import results as result_files
     from study.train import fit
+    from study.tune.interrupts import raise_if_dropped
 
     params = {key: resolution.current(study, key) for key in study.space}
     trial_id = f"trial-{uuid.uuid4().hex[:8]}"
     typer.echo(f"trial {trial_id}: {configuration(params, short=False)}, seeds {seeds}")
 
     def progress(row: dict, _snapshot: object) -> None:
+        raise_if_dropped()  # a stop Python ignored ends the trial here, not after its last epoch
         typer.echo(f"  epoch {row['epoch']:3d}  train {row['train_loss']:.4f}  "
                    f"val {row['val_loss']:.4f}  (mean of {len(seeds)} seeds; {row['seconds']:.1f} s)")
 
@@ -305,21 +307,27 @@ def plan_(space: Space, sets: Sets = None, results: ResultsDir = Path("results")
     """Before anything trains: stages, trials, networks, steps, memory and the time on this machine,
     from a few real timed steps of every distinct architecture. First the checks ``study run``
     makes before it starts: a study it would refuse is that message, and no plan."""
-    try:
-        study = _load(space, sets, download=False)
-        models = _models(study, space)
-        from study import preflight
+    from study.tune.interrupts import Stopped, stoppable
 
-        try:
-            preflight.check_run(study, results / study.name, None, int(models["n_params"].max()), cpus)
-        except UserError as err:
-            raise UserError(f"study run would refuse this study: {err}") from None
-        _print_plan(study, compile_here=True, cpus=cpus)
-        held = _held(study, space, results / study.name)
-        if held:
-            typer.echo(held)
+    try:
+        with stoppable():
+            study = _load(space, sets, download=False)
+            models = _models(study, space)
+            from study import preflight
+
+            try:
+                preflight.check_run(study, results / study.name, None, int(models["n_params"].max()), cpus)
+            except UserError as err:
+                raise UserError(f"study run would refuse this study: {err}") from None
+            _print_plan(study, compile_here=True, cpus=cpus)
+            held = _held(study, space, results / study.name)
+            if held:
+                typer.echo(held)
     except UserError as err:
         _fail(err)
+    except Stopped as stop:  # planning writes nothing a later plan or run would find half-done
+        typer.echo(f"{stop}: no plan; the same command plans it again", err=True)
+        raise typer.Exit(128 + stop.signum) from None
 
 
 def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:

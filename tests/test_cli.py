@@ -1,5 +1,8 @@
 """Mistakes a user can make: one message naming file and key, exit status 2, nothing written."""
 
+import os
+import signal
+
 import pytest
 from typer.testing import CliRunner
 
@@ -60,6 +63,56 @@ def test_trial_runs_in_process_and_writes_the_contract(tmp_path):
     assert trials["model.attention.layers"].tolist() == ["[]", "[]"] and trials["seed"].tolist() == [3, 5]
     assert len(pd.read_parquet(out / "samples", partitioning=None)) == 60
     assert "epoch   0" in result.output and "seed 5: best epoch 0" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the stop Python ignores
+def test_a_stop_python_dropped_ends_a_trial_after_that_epoch(tmp_path, monkeypatch):
+    """A SIGTERM whose ``Stopped`` Python ignored (raised in a finaliser) ends ``study trial`` at
+    its next epoch's end, with its line, status 143 and its folder gone; it used to train on to the
+    last epoch and write its results as if no stop had come."""
+    import study.train
+
+    fit = study.train.fit
+
+    class StoppedInAFinaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            # The handler raised as os.kill returned, in __del__: Python prints and ignores it.
+
+    def fit_with_a_dropped_stop(study_, seeds, report):
+        def reported(row, snapshot):
+            if row["epoch"] == 0:
+                StoppedInAFinaliser()
+            report(row, snapshot)
+
+        return fit(study_, seeds, report=reported)
+
+    monkeypatch.setattr(study.train, "fit", fit_with_a_dropped_stop)
+    sets = ["data.n_images=300", "train.epochs=4", "train.compile=false"]
+    result = runner.invoke(app, ["trial", str(SMOKE), "--results", str(tmp_path),
+                                 *(arg for key in sets for arg in ("--set", key))])
+    assert result.exit_code == 143, result.output
+    assert result.output.splitlines()[-1] == \
+        "terminated (SIGTERM): the trial did not finish; the same command runs it again"
+    assert "epoch   1" not in result.output and not any(tmp_path.iterdir())
+
+
+def test_a_ctrl_c_as_the_plan_times_its_steps_is_one_line(monkeypatch):
+    """Ctrl-C while ``study plan`` times the steps: one line and status 130, as ``run`` and
+    ``trial`` give (it was click's "Aborted!", status 1)."""
+    import study.plan
+
+    timed_ms = study.plan.timed_ms
+
+    def ctrl_c_first(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return timed_ms(*args, **kwargs)
+
+    monkeypatch.setattr(study.plan, "timed_ms", ctrl_c_first)
+    result = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300"])
+    assert result.exit_code == 130, result.output
+    assert result.output.splitlines()[-1] == "interrupted (Ctrl-C): no plan; the same command plans it again"
 
 
 def test_models_lists_every_model_with_baselines_matched():

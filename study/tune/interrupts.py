@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 # The stop signal ``stoppable`` raised, kept: Python ignores an exception raised in some
 # callbacks (one run at a fork, as Ray's start forks its processes, or in a finaliser), and
-# ``Interrupts`` raises it again as Ray Tune's run starts.
+# ``raise_if_dropped`` raises it again: as Ray Tune's run starts, after each of ``study trial``'s epochs.
 _raised: int | None = None
 
 
@@ -57,8 +57,7 @@ class Interrupts:
         self._main = threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> Interrupts:
-        if _raised is not None:  # a stop ``stoppable`` raised where Python ignored it
-            raise Stopped(_raised)
+        raise_if_dropped()
         if self._main:
             self._before = {signum: signal.getsignal(signum) for signum in self._handlers()}
             self._install()
@@ -133,11 +132,24 @@ class Stopped(BaseException):
         return "interrupted (Ctrl-C)" if self.signum == signal.SIGINT else "terminated (SIGTERM)"
 
 
+def raise_if_dropped() -> None:
+    """``Stopped`` again for a stop that ``stoppable`` raised where Python ignored it (in a
+    finaliser, a weakref callback, a callback at a fork): called where long work can end, so that
+    it ends there rather than running on as if no stop had come.
+
+    Example:
+        >>> raise_if_dropped()  # no stop came: nothing happens
+    """
+    if _raised is not None:
+        raise Stopped(_raised)
+
+
 @contextlib.contextmanager
 def stoppable() -> Iterator[None]:
     """Within the block, Ctrl-C and SIGTERM raise ``Stopped`` where the main thread stands,
     except while a Ray Tune run's ``Interrupts`` hold them; on leaving, each signal's handler is
-    the one found on entering. ``study run`` and ``study trial`` hold it from their start.
+    the one found on entering. ``study run``, ``study trial`` and ``study plan`` hold it from
+    their start.
 
     Example:
         >>> with contextlib.suppress(Stopped), stoppable():
