@@ -290,12 +290,17 @@ def _shown(table: pd.DataFrame) -> str:
 
 
 def _print_plan(study: config.Study, compile_here: bool, cpus: int | None = None) -> Plan:
-    """Prints the plan, and returns it."""
-    from study import plan, preflight
+    """Prints the plan, and returns it; for this machine (no ``cpus``), with a note where other
+    processes kept its CPUs busy as the steps were timed."""
+    from study import busy, plan, preflight
 
+    others = busy.Others()
     planned = plan.plan(study, cpus or preflight.local_cpus(), compile_here)
     for line in plan.lines(planned):
         typer.echo(line)
+    note = None if cpus else others.note()
+    if note:
+        typer.echo(note)
     return planned
 
 

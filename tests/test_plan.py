@@ -20,6 +20,11 @@ BIN = Path(sys.executable).parent
 runner = CliRunner()
 
 
+def shown(output: str) -> list[str]:
+    """The plan's lines, without the note a busy machine adds (other tests running beside)."""
+    return [line for line in output.splitlines() if not line.startswith("note: other processes kept ")]
+
+
 def test_stages_count_the_trials_networks_and_steps_fit_runs():
     study = loading.load(ROOT / "searchspaces" / "position.yaml",
                         ["data.n_images=1010", "train.epochs=3", "train.batch_size=16", "search.trials=2",
@@ -68,7 +73,7 @@ def test_plan_prints_networks_steps_memory_and_time():
     result = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=2",
                                  "--set", "train.compile=false"])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = shown(result.output)
     assert lines[0] == "tune: 2 trials × 3 seeds = 6 networks; 16 training steps per trial (2 epochs)"
     assert lines[1] == "AttConv on the CPU: its C kernel"  # the space has AttConv; this machine has cc
     assert lines[2].startswith("memory: ") and "GiB for the 2 trials at once" in lines[2]
@@ -129,6 +134,29 @@ def test_the_plan_shows_the_threads_a_stages_trials_start_on(monkeypatch, reallo
     assert lines[-2].startswith(estimated)
 
 
+def test_the_plan_notes_other_processes_that_keep_this_machines_cpus_busy(monkeypatch):
+    """A process spinning beside the plan as it times the steps: a note that the trials will share
+    the CPUs; planning for another node (--cpus) says nothing of this machine's load."""
+    import time
+
+    def timed_slowly(study, seeds, compile_here):  # as long as a real plan's timing takes
+        time.sleep(1.5)
+        return timed_as(1.0)(study, seeds, compile_here)
+
+    monkeypatch.setattr(plan, "architectures", timed_slowly)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        here = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300"])
+        node = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--cpus", "64"])
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert here.exit_code == 0 and node.exit_code == 0, here.output + node.output
+    assert here.output.splitlines()[-1].startswith("note: other processes kept "), here.output
+    assert "the trials will share the CPUs with them" in here.output
+    assert "note: other processes" not in node.output
+
+
 def test_the_plan_says_what_the_study_folder_already_holds_and_writes_nothing(monkeypatch, tmp_path):
     """Where the study's folder exists, as ``study run`` would find it: this study's networks so
     far (of those it plans), all of them, or another study."""
@@ -141,7 +169,7 @@ def test_the_plan_says_what_the_study_folder_already_holds_and_writes_nothing(mo
         result = runner.invoke(app, ["plan", str(SMOKE), *(a for s in sets for a in ("--set", s)),
                                      "--results", str(tmp_path)])
         assert result.exit_code == 0, result.output
-        return result.output.splitlines()[-1]
+        return shown(result.output)[-1]
 
     assert last_line().startswith("use of the ")  # no folder: nothing more to say
     folder = tmp_path / "smoke"
