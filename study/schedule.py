@@ -43,6 +43,38 @@ def speed(k: int) -> float:
     return 1 + SCALING * (min(k, MAX_SHARE) - 1)
 
 
+def hand_out(work: Sequence[float], held: Sequence[int], free: int) -> list[int]:
+    """The slots each running trial holds once ``free`` more are handed out: a slot at a time to the
+    trial with the longest time left (``work``: its seconds left on one slot, over ``speed`` of the
+    slots it holds), among those that one more slot speeds up (``MAX_SHARE``), and for a trial not
+    given one yet, by more than its restart costs (``TRIAL_START_S``); the rest stay free. The
+    plan's schedule and the run's ``FreedCPUs`` both hand slots out so.
+
+    Example:
+        >>> hand_out([100.0, 10.0], held=[1, 1], free=2)  # the long one first, whose time then falls
+        [3, 1]
+        >>> hand_out([100.0], held=[3], free=4)  # past four slots a trial is no faster
+        [4]
+        >>> hand_out([6.0], held=[1], free=1)  # 2.7 s saved, 5 s to restart
+        [1]
+    """
+    before, held = list(held), list(held)
+
+    def pays(k: int) -> bool:
+        if held[k] >= MAX_SHARE:
+            return False
+        saved = work[k] / speed(held[k]) - work[k] / speed(held[k] + 1)
+        return held[k] > before[k] or saved > TRIAL_START_S
+
+    for _ in range(free):
+        paying = [k for k in range(len(held)) if pays(k)]
+        if not paying:
+            break
+        longest = max(paying, key=lambda k: work[k] / speed(held[k]))
+        held[longest] += 1
+    return held
+
+
 def schedule(trials: list[float], slots: int, reallocate: bool,
              running: Sequence[tuple[float, int]] = ()) -> tuple[float, float]:
     """Wall time of trials that take ``trials`` seconds each on their own CPUs, ``slots`` at a
@@ -50,8 +82,8 @@ def schedule(trials: list[float], slots: int, reallocate: bool,
     the slots each holds), and the use of the slots: the trials' own seconds over the slots' wall
     time (a slot given to a trial that gains less than a slot's worth counts short). With
     ``reallocate``, trials that all fit at once start with an even share of the slots, and once no
-    trial waits, the slots no trial holds (those of each trial that ends) are shared out among the
-    running ones (the longest first), each given more restarting from its checkpoint
+    trial waits, the slots no trial holds (those of each trial that ends) are handed out among the
+    running ones (``hand_out``: the longest first), each given more restarting from its checkpoint
     (``TRIAL_START_S``) and running ``speed(k)`` times as fast with k slots. The plan and the
     run's progress line both lay trials out with it.
 
@@ -77,14 +109,12 @@ def schedule(trials: list[float], slots: int, reallocate: bool,
             active.append([waiting.pop(0), 1])
             free -= 1
         if reallocate and not waiting and free and active:
-            given = set()
-            for _ in range(free):  # a slot at a time to the running trial with the longest time left
-                trial = max(active, key=lambda r: r[0] / speed(r[1]))
-                trial[1] += 1
-                given.add(id(trial))
-            for trial in active:  # each restarts once, at its new speed
-                trial[0] += TRIAL_START_S * speed(trial[1]) if id(trial) in given else 0.0
-            free = 0
+            for trial, more in zip(active, hand_out([w for w, _ in active], [k for _, k in active], free),
+                                   strict=True):
+                if more > trial[1]:  # each given more restarts once, at its new speed
+                    trial[0] += TRIAL_START_S * speed(more)
+                    free -= more - trial[1]
+                    trial[1] = more
         step = min(left / speed(k) for left, k in active)
         now += step
         for trial in active:

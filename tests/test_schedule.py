@@ -19,6 +19,9 @@ from study.schedule import schedule
     ([100.0, 300.0], 4, True, 100.0 / 1.8 + (200.0 + 5 * 3.4) / 3.4,
      400 / (4 * (100.0 / 1.8 + (200.0 + 5 * 3.4) / 3.4))),
     ([300.0], 2, False, 300.0, 0.5),  # without reallocation, a trial keeps its one CPU
+    # Two on four CPUs each: the long one is at its four when the short one ends, and more would
+    # not speed it up: no restart, four CPUs idle.
+    ([100.0, 300.0], 8, True, 300.0 / 3.4, 400 / (8 * 300.0 / 3.4)),
 ])
 def test_the_schedule_lays_trials_over_the_cpus_and_hands_freed_ones_on(trials, slots, reallocate, wall, use):
     got_wall, got_use = schedule(trials, slots, reallocate)

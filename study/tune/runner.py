@@ -313,7 +313,8 @@ def _trials(stages: Stages, stage: str, search_alg: Searcher, trials: int, param
             # a BasicVariantGenerator, have no such limit, and Tune warns when given one.)
             max_concurrent_trials=max(1, min(trials, stages.slots))
             if isinstance(search_alg, Searcher) else None,
-            scheduler=ResourceChangingScheduler(scheduler or FIFOScheduler(), FreedCPUs(trials))
+            scheduler=ResourceChangingScheduler(scheduler or FIFOScheduler(), FreedCPUs(
+                trials, study.train.epochs, study.resources.cpu, stages.slots))
             if reallocate else scheduler,
             # Reused actors spare each trial a new worker process (importing torch: seconds);
             # a trial given more CPUs needs a new one.

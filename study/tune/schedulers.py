@@ -9,11 +9,12 @@ Example:
 from __future__ import annotations
 
 import ray
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.schedulers.resource_changing_scheduler import DistributeResources
 
 from study.config import Study
+from study.schedule import hand_out, speed
 from study.words import counted
 
 TRIALS_PER_GPU = 4  # LeNet-sized trials leave a GPU idle: up to four share one by default
@@ -65,20 +66,39 @@ class PerLevelASHA(FIFOScheduler):
                 "validation loss trailed its level's other trials at that point")
 
 
-class FreedCPUs(DistributeResources):
-    """Ray Tune's even split of the free CPUs (and GPUs) among the running trials, once every
-    trial of the stage has been created: until then a CPU that a finished trial frees belongs to
-    the next trial, which would otherwise wait for it. A trial's threads are its CPUs, so a trial
-    given two trains with two threads from its next epoch on."""
+class FreedCPUs:
+    """Ray Tune's ``ResourceChangingScheduler`` handing the CPUs no trial holds (those of each
+    trial that ends) to the running ones as the plan lays them out (``study.schedule.hand_out``): a
+    slot of ``resources.cpu`` at a time to the trial with the longest time left, its epochs left
+    times its last epoch's seconds, while one more slot still speeds it up. It waits for every
+    trial of the stage to have started and reported an epoch: until then a CPU that a finished
+    trial frees belongs to the next trial, and the times left are not known. A trial's threads are
+    its CPUs, so a trial given two trains with two threads from its next epoch on. (Ray's own
+    ``DistributeResources`` splits them evenly, each trial taking its share as it reports: the
+    plan's schedule and the run differed.) ``slots``: the trials the node's CPUs hold at once,
+    ``slot_cpus`` each."""
 
-    def __init__(self, trials: int) -> None:
-        super().__init__()
-        self.trials = trials
+    def __init__(self, trials: int, epochs: int, slot_cpus: float, slots: int) -> None:
+        self.trials, self.epochs, self.slot, self.slots = trials, epochs, slot_cpus, slots
 
-    def __call__(self, tune_controller, trial: Trial, result: dict, scheduler):
-        if len(tune_controller.get_trials()) < self.trials:
+    def __call__(self, tune_controller, trial: Trial, result: dict,
+                 scheduler) -> PlacementGroupFactory | None:
+        live = list(tune_controller.get_live_trials())  # a set
+        if len(tune_controller.get_trials()) < self.trials or trial not in live:
             return None
-        return super().__call__(tune_controller, trial, result, scheduler)
+        last = [result if t is trial else t.last_result for t in live]
+        if not all("seconds" in r for r in last):  # a trial that has not reported an epoch yet
+            return None
+        held = [round(t.placement_group_factory.required_resources.get("CPU", 0) / self.slot) for t in live]
+        free = self.slots - sum(held)
+        work = [(self.epochs - r["epoch"] - 1) * r["seconds"] * speed(k)  # seconds left on one slot
+                for r, k in zip(last, held, strict=True)]
+        mine = live.index(trial)
+        more = hand_out(work, held, free)[mine]
+        if more <= held[mine]:
+            return None
+        base = scheduler.base_trial_resources
+        return PlacementGroupFactory([{**base.bundles[0], "CPU": more * self.slot}], strategy=base.strategy)
 
 
 def gpu_share(trials: int) -> float:
