@@ -112,8 +112,8 @@ def reallocates(study: Study, gpu: float, planned: bool | None = None) -> bool:
     """Whether the CPUs are shared out among the running trials (a stage's trials starting on even
     shares, a finished trial's going to those still running): as ``planned`` (``study.plan``)
     or else the study says, and only where all CPUs are on one node, since a trial's CPUs must all
-    be on its node (Ray Tune's even split counts the whole cluster's, and a trial given more than
-    a node has never starts)."""
+    be on its node (``FreedCPUs`` counts the slots of all of them, and a trial given more than a
+    node has never starts)."""
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     return (study.reallocates(gpu) if planned is None else planned) and len(nodes) == 1
 
