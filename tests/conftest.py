@@ -17,6 +17,12 @@ def readme_python(containing: str) -> str:
     return block
 
 
+def unloaded(output: str) -> list[str]:
+    """``output``'s lines without the plan's note of other processes keeping the CPUs busy, which
+    the tests running beside (two pytest workers) can set off."""
+    return [line for line in output.splitlines() if not line.startswith("note: other processes kept ")]
+
+
 def pytest_configure(config):
     """Under `pytest -n N` each worker's torch gets its share of the cores: torch's default, a
     thread per core in every worker, oversubscribes them, and OpenMP's threads spin waiting for

@@ -89,7 +89,7 @@ def test_a_stop_python_dropped_ends_a_trial_after_that_epoch(tmp_path, monkeypat
         return fit(study_, seeds, report=reported)
 
     monkeypatch.setattr(study.train, "fit", fit_with_a_dropped_stop)
-    sets = ["data.n_images=300", "train.epochs=4", "train.compile=false"]
+    sets = ["data.n_images=300", "train.epochs=2", "train.compile=false"]
     result = runner.invoke(app, ["trial", str(SMOKE), "--results", str(tmp_path),
                                  *(arg for key in sets for arg in ("--set", key))])
     assert result.exit_code == 143, result.output

@@ -13,16 +13,11 @@ from study.cli import app
 from study.models import Stacked, attconv_cpu, build_network
 from study.plan import Architecture, stages
 
-from .conftest import ROOT, SMOKE
+from .conftest import ROOT, SMOKE, unloaded
 
 BIN = Path(sys.executable).parent
 
 runner = CliRunner()
-
-
-def shown(output: str) -> list[str]:
-    """The plan's lines, without the note a busy machine adds (other tests running beside)."""
-    return [line for line in output.splitlines() if not line.startswith("note: other processes kept ")]
 
 
 def test_stages_count_the_trials_networks_and_steps_fit_runs():
@@ -73,7 +68,7 @@ def test_plan_prints_networks_steps_memory_and_time():
     result = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=2",
                                  "--set", "train.compile=false"])
     assert result.exit_code == 0, result.output
-    lines = shown(result.output)
+    lines = unloaded(result.output)
     assert lines[0] == "tune: 2 trials × 3 seeds = 6 networks; 16 training steps per trial (2 epochs)"
     assert lines[1] == "AttConv on the CPU: its C kernel"  # the space has AttConv; this machine has cc
     assert lines[2].startswith("memory: ") and "GiB for the 2 trials at once" in lines[2]
@@ -85,9 +80,11 @@ def test_plan_prints_networks_steps_memory_and_time():
     assert lines[-1].startswith("use of the 2 CPUs: ") and "the next reusing its worker" in lines[-1]
     node = runner.invoke(app, ["plan", str(SMOKE), "--set", "data.n_images=300", "--set", "train.epochs=2",
                                "--set", "train.compile=false", "--cpus", "64"])
-    # Each level's three seeds in one-seed trials: six at once, and the 64 CPUs' use says the rest.
-    assert node.exit_code == 0 and "tune: 6 trials × 1 seed = 6 networks" in node.output
-    assert "1 thread per trial, up to 6 at once" in node.output and "use of the 64 CPUs: " in node.output
+    # Each level's three seeds in one-seed trials, six at once, each starting on ten of the 64 CPUs:
+    # all start together, so no worker would be reused.
+    assert node.exit_code == 0 and "tune: 6 trials × 1 seed = 6 networks, each starting on 10 threads" \
+        in node.output
+    assert "(64 CPUs shared out among the trials)" in node.output and "use of the 64 CPUs: " in node.output
 
 
 def timed_as(step_ms: float):
@@ -169,7 +166,7 @@ def test_the_plan_says_what_the_study_folder_already_holds_and_writes_nothing(mo
         result = runner.invoke(app, ["plan", str(SMOKE), *(a for s in sets for a in ("--set", s)),
                                      "--results", str(tmp_path)])
         assert result.exit_code == 0, result.output
-        return shown(result.output)[-1]
+        return unloaded(result.output)[-1]
 
     assert last_line().startswith("use of the ")  # no folder: nothing more to say
     folder = tmp_path / "smoke"
