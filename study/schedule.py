@@ -29,13 +29,14 @@ def threads(cpus: float) -> int:
 
 def start_share(slots: int, trials: int) -> int:
     """The slots each trial of a stage of ``trials`` starts on where the CPUs are shared out: an
-    even share where fewer trials than ``slots``, else one.
+    even share where fewer trials than ``slots``, else one, and no more than ``MAX_SHARE``, past
+    which a trial's threads are not known to speed it up.
 
     Example:
-        >>> start_share(64, 20), start_share(2, 6)
-        (3, 1)
+        >>> start_share(64, 20), start_share(2, 6), start_share(64, 2)
+        (3, 1, 4)
     """
-    return max(1, slots // trials)
+    return max(1, min(MAX_SHARE, slots // trials))
 
 
 def speed(k: int) -> float:
