@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, SMOKE
-from .test_tune import BIN, SMALL, check_contract, free_port
+from .test_tune import BIN, check_contract, free_port
 
 pytestmark = pytest.mark.slow  # a real Slurm and Ray
 SCRIPT = ROOT / "deploy" / "slurm" / "study.sbatch"
@@ -118,7 +118,11 @@ def job_processes(job: str) -> list[str]:
 
 def test_a_study_runs_through_sbatch_a_cancelled_job_leaves_nothing_and_the_same_submission_resumes_it(
         slurm, tmp_path):
-    args = [*SMALL, "--set", "search.seeds=2", "--results", str(tmp_path)]
+    # AttConv at 16 iterations for 16 epochs: its trial has seconds left when LeNet-5's is done and
+    # the job is cancelled. At two epochs both could end before the cancel came (a restart on
+    # LeNet-5's freed CPU, no longer made for so little, had delayed the second).
+    sets = ["data.n_images=300", "train.epochs=16", "model.attention.iterations=16", "search.seeds=2"]
+    args = [*(a for key in sets for a in ("--set", key)), "--results", str(tmp_path)]
     out = tmp_path / "first.out"
     number = submit(slurm, out, *args, wait=False).stdout.split()[-1]
     deadline = time.monotonic() + 600
@@ -143,5 +147,5 @@ def test_a_study_runs_through_sbatch_a_cancelled_job_leaves_nothing_and_the_same
     log = (tmp_path / "second.out").read_text()
     assert again.returncode == 0, again.stderr + log[-3000:]
     assert f"resuming {tmp_path / 'smoke'}" in log
-    check_contract(tmp_path / "smoke", n_trials=2, seeds=2)  # exactly the planned networks
+    check_contract(tmp_path / "smoke", n_trials=2, seeds=2, epochs=16)  # exactly the planned networks
     assert job_processes(again.stdout.split()[-1]) == []
