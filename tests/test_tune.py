@@ -622,7 +622,7 @@ def test_the_cpu_a_finished_trial_frees_goes_to_the_trial_still_running(tmp_path
     reuse their workers instead unless the study asks for reallocation: test_plan.py.) Twelve
     iterations keep AttConv's trial well behind LeNet-5's: at four, the kernel on AVX2 made it
     nearly as fast, and it had reached its last epoch when LeNet-5's ended. Thirty epochs leave it
-    enough to do that a second thread saves more than the restart costs (5 s in the plan's model);
+    enough time that a second thread saves more than the restart costs (5 s in the plan's model);
     with less, it rightly keeps its one thread."""
     result = study("run", str(SMOKE), "--set", "data.n_images=900", "--set", "train.epochs=30",
                    "--set", "model.attention.iterations=12",
