@@ -238,16 +238,20 @@ def trial(
         with stoppable():
             study = _load(space, sets, download)
             folder = results / f"{study.name}-trial"
-            with lock.held(folder, fresh=True, elsewhere="--set name=NEW_NAME") as study_dir:
-                _one_trial(study, study_dir, seeds or study.seeds())
+            with lock.held(folder, fresh=True, elsewhere="--set name=NEW_NAME", discard=True) as study_dir:
+                failed = _one_trial(study, study_dir, seeds or study.seeds())
     except UserError as err:
         _fail(err)
-    except Stopped as stop:  # its folder has gone again (lock.held): it is written once trained
+    except Stopped as stop:  # its folder has gone again, with any result written (lock.held)
         typer.echo(f"{stop}: the trial did not finish; the same command runs it again", err=True)
         raise typer.Exit(128 + stop.signum) from None
+    if failed:
+        raise typer.Exit(1)
 
 
-def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> None:
+def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> bool:
+    """Train ``seeds`` of ``study`` as one trial, write its results to ``study_dir`` and print
+    them; whether a network failed."""
     from study import results as result_files
     from study.train import fit
     from study.tune.interrupts import raise_if_dropped
@@ -270,8 +274,7 @@ def _one_trial(study: config.Study, study_dir: Path, seeds: list[int]) -> None:
                    f"seed {network.seed}: best epoch {network.best_epoch}, val {network.best_val_loss:.4f}, "
                    f"test {network.test_loss.mean():.4f}, exact {network.test_correct.mean():.3f}")
     typer.echo(f"on {outcome.device} in {outcome.wall_s:.1f} s -> {study_dir}")
-    if any(network.failure for network in outcome.networks):
-        raise typer.Exit(1)
+    return any(network.failure for network in outcome.networks)
 
 
 def _models(study: config.Study, space: Path) -> pd.DataFrame:

@@ -31,15 +31,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     old = path.with_name(f".{path.name}.{os.getpid()}.old")
-    _remove(tmp)  # left by a killed process that had the same id
+    remove(tmp)  # left by a killed process that had the same id
     try:
         write(tmp)
         if tmp.is_dir() and path.exists():
             path.rename(old)
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
-        _remove(old)
+        remove(tmp)
+        remove(old)
 
 
 @contextlib.contextmanager
@@ -98,7 +98,8 @@ def cannot_write(folder: Path, err: OSError, option: str) -> str:
             "you can write")
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Remove the file or folder ``path``, if it is there."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -33,19 +33,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from study.errors import UserError
-from study.files import file_in_the_way, no_empty_folders_on_failure
+from study.files import file_in_the_way, no_empty_folders_on_failure, remove
 
 LOCK = ".lock"
 
 
 @contextlib.contextmanager
 def held(study_dir: Path, fresh: bool, elsewhere: str = "pass --name NEW_NAME, or continue it with "
-         "--resume") -> Iterator[Path]:
+         "--resume", discard: bool = False) -> Iterator[Path]:
     """Hold ``study_dir``'s lock for the ``with`` block. ``fresh``: the folder must hold nothing
     yet (a new study: results are never overwritten; ``elsewhere`` says how to choose another);
     else it must hold a ``study.yaml`` (resume).
     If the block fails, the lock goes again where this call made it, and so do the folders it
-    made (the study's, those above it) while they are empty: a refused run leaves nothing behind."""
+    made (the study's, those above it) while they are empty: a refused run leaves nothing behind.
+    With ``discard`` (and ``fresh``), so does everything the failed block wrote in the folder:
+    for ``study trial``, whose results are written once trained, a stop among the writes leaves
+    none of them, and the same command runs it again."""
     study_dir = Path(study_dir)
     lock_made = not (study_dir / LOCK).exists()
     with no_empty_folders_on_failure(study_dir):
@@ -65,7 +68,14 @@ def held(study_dir: Path, fresh: bool, elsewhere: str = "pass --name NEW_NAME, o
                 raise UserError(f"{study_dir} already holds results; remove it, or {elsewhere}")
             if not fresh and "study.yaml" not in others:
                 raise UserError(f"{study_dir}: nothing to resume (no study.yaml); run without --resume")
-            yield study_dir
+            try:
+                yield study_dir
+            except BaseException:
+                if discard and fresh:  # the folder held nothing else when the block began
+                    for path in study_dir.iterdir():
+                        if path.name != LOCK:
+                            remove(path)
+                raise
         except BaseException:
             if lock_made:
                 (study_dir / LOCK).unlink(missing_ok=True)

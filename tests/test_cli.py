@@ -98,6 +98,36 @@ def test_a_stop_python_dropped_ends_a_trial_after_that_epoch(tmp_path, monkeypat
     assert "epoch   1" not in result.output and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
+def test_a_trial_stopped_between_its_result_writes_leaves_none_and_runs_again(tmp_path, monkeypatch):
+    """SIGTERM once ``study trial`` has written its trial's files but not yet ``trials.parquet``:
+    status 143, its line, and nothing left, so that the same command runs it again as the line
+    says. It used to leave ``study.yaml`` and the trial's files, and the same command then refused
+    the folder as one that holds results."""
+    import pandas as pd
+
+    import study.results
+
+    write_trial = study.results.write_trial
+
+    def terminated_once_written(*args, **kwargs):
+        write_trial(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    args = ["trial", str(SMOKE), "--results", str(tmp_path), "--set", "data.n_images=300",
+            "--set", "train.epochs=1", "--set", "train.compile=false"]
+    monkeypatch.setattr(study.results, "write_trial", terminated_once_written)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 143, result.output
+    assert result.output.splitlines()[-1] == \
+        "terminated (SIGTERM): the trial did not finish; the same command runs it again"
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setattr(study.results, "write_trial", write_trial)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert len(pd.read_parquet(tmp_path / "smoke-trial" / "trials.parquet")) == 3  # search.seeds
+
+
 def test_a_ctrl_c_as_the_plan_times_its_steps_is_one_line(monkeypatch):
     """Ctrl-C while ``study plan`` times the steps: one line and status 130, as ``run`` and
     ``trial`` give (it was click's "Aborted!", status 1)."""
