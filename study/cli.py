@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
     from study.plan import Plan
 
+# Plain help, as click wraps it: rich's markup mode keeps the docstrings' line breaks.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Hyperparameter studies of top-down attention in LeNet-style networks.")
 
 Space = Annotated[Path, typer.Argument(help="search-space YAML, e.g. searchspaces/smoke.yaml")]
@@ -30,7 +32,7 @@ Sets = Annotated[list[str] | None, typer.Option(
 ResultsDir = Annotated[Path, typer.Option("--results", help="where studies write")]
 Download = Annotated[bool, typer.Option(
     "--download", help="fetch MNIST into data.root first (data.source: mnist; needs network)")]
-data_app = typer.Typer(no_args_is_help=True, help="Look at a study's dataset.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Look at a study's dataset.")
 app.add_typer(data_app, name="data")
 
 
@@ -229,8 +231,10 @@ def trial(
         "--seed", help="training seed, repeatable (default: 0..search.seeds-1, trained together)")] = None,
     download: Download = False,
 ) -> None:
-    """One trial in this process, without Ray, of the file's sections as they stand (after
-    --set); the space is not sampled. Writes results/<name>-trial/ like a one-trial study."""
+    """One trial in this process, without Ray.
+
+    The file's sections as they stand (after --set): the space is not sampled. Writes
+    results/<name>-trial/ like a one-trial study."""
     from study import lock
     from study.tune.interrupts import Stopped, stoppable
 
@@ -312,9 +316,11 @@ def plan_(space: Space, sets: Sets = None, results: ResultsDir = Path("results")
           cpus: Annotated[int | None, typer.Option(
               "--cpus", min=1, help="plan for a node of this many CPUs (default: this machine's); the "
                                     "steps are still timed here")] = None) -> None:
-    """Before anything trains: stages, trials, networks, steps, memory and the time on this machine,
-    from a few real timed steps of every distinct architecture. First the checks ``study run``
-    makes before it starts: a study it would refuse is that message, and no plan."""
+    """What a study would train, and how long it would take here.
+
+    Stages, trials, networks, steps, memory and the time on this machine, from a few real timed
+    steps of every distinct architecture. First the checks study run makes before it starts: a
+    study it would refuse is that message, and no plan."""
     from study.tune.interrupts import Stopped, stoppable
 
     try:
@@ -357,7 +363,9 @@ def _held(study: config.Study, space: Path, study_dir: Path) -> str | None:
 
 @app.command()
 def models(space: Space, sets: Sets = None) -> None:
-    """Every model the space can produce: widths, parameters, forward FLOPs, baseline matches."""
+    """Every model the space can produce.
+
+    Its widths, parameters and forward FLOPs, and how closely each baseline matches."""
     try:
         study = _load(space, sets, download=False)
         typer.echo(_shown(_models(study, space)))
@@ -372,7 +380,9 @@ def preview(
     out: Annotated[Path | None, typer.Option(help="where to write (default: results/<name>-data)")] = None,
     download: Download = False,
 ) -> None:
-    """Sample grids (PNG) of each split with their labels, and the dataset's statistics."""
+    """Sample grids of each split, and the dataset's statistics.
+
+    A PNG per split, each image shown with its labels."""
     try:
         study = _load(space, sets, download)
     except UserError as err:
@@ -412,7 +422,9 @@ def analyze(
     out: Annotated[Path | None, typer.Option(
         help="where the report goes (default: RESULTS_DIR/report), for results one cannot write")] = None,
 ) -> None:
-    """Compare each level with the reference, retrained networks as the unit; write report/."""
+    """Compare each level with the reference; write report/.
+
+    Retrained networks are the unit; the original's per-image Wilcoxon test is reported beside."""
     from study import analysis, report
 
     try:

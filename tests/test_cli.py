@@ -145,6 +145,17 @@ def test_a_ctrl_c_as_the_plan_times_its_steps_is_one_line(monkeypatch):
     assert result.output.splitlines()[-1] == "interrupted (Ctrl-C): no plan; the same command plans it again"
 
 
+def test_help_lists_each_command_on_a_line_of_its_own_and_reads_as_prose():
+    """``study --help`` names each command with a one-line summary (it used to break them where
+    the docstring broke, or cut them off), and no help shows a docstring's markup."""
+    listed = runner.invoke(app, ["--help"]).output.split("Commands:\n")[1].splitlines()
+    assert [line.split()[0] for line in listed] == ["run", "trial", "plan", "models", "analyze", "data"]
+    assert not any(line.endswith("...") for line in listed), listed
+    for command in (["run"], ["trial"], ["plan"], ["models"], ["analyze"], ["data"], ["data", "preview"]):
+        shown = runner.invoke(app, [*command, "--help"])
+        assert shown.exit_code == 0 and "``" not in shown.output, shown.output
+
+
 def test_models_lists_every_model_with_baselines_matched():
     result = runner.invoke(app, ["models", str(ROOT / "searchspaces" / "complexity.yaml")])
     assert result.exit_code == 0, result.output
