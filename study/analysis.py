@@ -121,9 +121,14 @@ def analyze(study_dir: str | Path, by: str | None = None, split: str | None = No
     selected = arms.select_arms(study, r.trials, factor)
     if len(selected) < 2:
         planned = planned_networks(study, r.trials)
-        why = (f"the study has {len(r.trials)} of its {planned} networks: {GO_ON}" if len(r.trials) < planned
-               else "no network of the other levels completed (the status and reason columns of "
-               "trials.parquet say why)")
+        if study_dir.name == f"{study.name}-trial":  # where study trial writes its one configuration
+            why = ("this folder holds one study trial, which trains the file's sections as they stand; "
+                   "study run trains every level of its space")
+        elif len(r.trials) < planned:
+            why = f"the study has {len(r.trials)} of its {planned} networks: {GO_ON}"
+        else:
+            why = ("no network of the other levels completed (the status and reason columns of "
+                   "trials.parquet say why)")
         raise UserError(f"{study_dir}: {factor} has completed trials at {len(selected)} level(s), and a "
                         f"comparison needs two; {why}")
     fingerprints = {arm.level: arms.fingerprint(trained, arm, study_dir) for arm in selected}

@@ -128,6 +128,25 @@ def test_a_trial_stopped_between_its_result_writes_leaves_none_and_runs_again(tm
     assert len(pd.read_parquet(tmp_path / "smoke-trial" / "trials.parquet")) == 3  # search.seeds
 
 
+@pytest.mark.slow
+def test_analyzing_a_study_trials_folder_says_what_it_holds_and_writes_nothing(tmp_path):
+    """``study analyze`` on what ``study trial`` wrote (one configuration): status 2 and a message
+    that says so and names ``study run``, not the way to resume a study (it told the user to let
+    the run go on, or resume it)."""
+    sets = ["data.n_images=300", "train.epochs=1", "train.compile=false"]
+    trained = runner.invoke(app, ["trial", str(SMOKE), "--results", str(tmp_path),
+                                  *(arg for key in sets for arg in ("--set", key))])
+    assert trained.exit_code == 0, trained.output
+    folder = tmp_path / "smoke-trial"
+    before = sorted(folder.rglob("*"))
+    result = runner.invoke(app, ["analyze", str(folder)])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"error: {folder}: model.attention.layers has completed trials at 1 level(s), and a comparison "
+        "needs two; this folder holds one study trial, which trains the file's sections as they stand; "
+        "study run trains every level of its space"), result.output
+    assert sorted(folder.rglob("*")) == before
+
+
 def test_a_ctrl_c_as_the_plan_times_its_steps_is_one_line(monkeypatch):
     """Ctrl-C while ``study plan`` times the steps: one line and status 130, as ``run`` and
     ``trial`` give (it was click's "Aborted!", status 1)."""
