@@ -79,9 +79,41 @@ def local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def local_cpus() -> int:
-    """CPUs an embedded Ray would offer: those this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def local_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use, which the embedded Ray is started with: those it may run on (its
+    affinity: a Slurm allocation's on a shared node, taskset's) and, in a container, no more than
+    its CPU quota (``docker --cpus``), in whole CPUs, one at least. Ray by itself counts every CPU
+    of the machine where no quota is set, the allocation's neighbours' included.
+
+    Example:
+        >>> local_cpus() >= 1
+        True
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(cpus, int(quota))) if quota else cpus
+
+
+def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """A container's CPU quota in CPUs (its time per period), from the files Ray reads for it:
+    cgroup v2's ``cpu.max``, else v1's CFS quota; None where none is set.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = (Path(folder) / "cpu.max").write_text("150000 100000\n")  # docker --cpus=1.5
+        ...     cpu_quota(Path(folder))
+        1.5
+    """
+    try:  # cgroup v2, then v1
+        if (cgroup / "cpu.max").exists():
+            quota, period = (cgroup / "cpu.max").read_text().split()
+        else:
+            v1 = cgroup / "cpu"
+            quota, period = (v1 / "cpu.cfs_quota_us").read_text(), (v1 / "cpu.cfs_period_us").read_text()
+        return int(quota) / int(period) if int(quota) > 0 else None
+    except (OSError, ValueError):  # no such files, or no quota ("max" in v2, -1 in v1)
+        return None
 
 
 def check_memory(study: Study, workers: int, available: int | None = None) -> None:

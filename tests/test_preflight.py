@@ -77,6 +77,42 @@ def test_a_gpu_on_a_machine_without_one_is_a_message(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(("files", "quota"), [
+    ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2: docker --cpus=1.5
+    ({"cpu.max": "max 100000\n"}, None),  # no limit
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),  # not in a container
+])
+def test_a_containers_cpu_quota_caps_the_cpus_counted_here(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert preflight.cpu_quota(tmp_path) == quota
+    mine = len(os.sched_getaffinity(0))
+    assert preflight.local_cpus(tmp_path) == (min(mine, max(1, int(quota))) if quota else mine)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to leave one out")
+def test_the_embedded_ray_offers_the_cpus_this_process_may_run_on(tmp_path):
+    """A driver allowed one CPU of several (taskset, or a Slurm allocation on a shared node) starts
+    its Ray with one: Ray by itself counted every CPU of the machine, so the trials at once
+    outnumbered the CPUs and differed from the plan's."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "import ray\n"
+            "from study.tune.runner import _start_ray\n"
+            "_start_ray(None, False)\n"
+            "try:\n"
+            "    print(ray.cluster_resources()['CPU'])\n"
+            "finally:\n"
+            "    ray.shutdown()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) == 1.0, result.stdout
+
+
 def test_a_storage_server_that_does_not_answer_is_a_message_within_seconds(tmp_path, monkeypatch):
     monkeypatch.setitem(preflight.DRIVERS, "psycopg", "psycopg")  # the message, if no driver is here
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there

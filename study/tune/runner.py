@@ -37,7 +37,7 @@ from study.config import Study
 from study.data import build
 from study.decisions import decisions, planned_networks
 from study.errors import UserError
-from study.preflight import check_resources
+from study.preflight import check_resources, local_cpus
 from study.schedule import start_share, threads
 from study.sequential import seeds_in_words
 from study.tune.interrupts import Interrupted, Interrupts, Stopped
@@ -111,8 +111,10 @@ def _start_ray(address: str | None, verbose: bool) -> None:
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         # Without an address, a new embedded instance ("local"): never a cluster that `ray start`
-        # left on this machine, running or stale. Its token auth stays on.
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+        # left on this machine, running or stale; its token auth stays on, and it has the CPUs the
+        # plan counted (Ray's own count takes all of the machine's where no container limits them).
+        ray.init(address=address or "local", num_cpus=None if address else local_cpus(),
+                 include_dashboard=False, log_to_driver=verbose,
                  logging_level="info" if verbose else "warning",
                  runtime_env={"worker_process_setup_hook": "study.startup.freeze_imports"})
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as err:
