@@ -227,8 +227,10 @@ class Plan:
             train = stage.steps * eager
         elif study.train.compile is True:
             train = arch.warmup_s + stage.steps * compiled
-        else:  # auto: the first epoch eager
+        elif compiled < eager:  # auto: the first epoch eager
             train = per_epoch * eager + arch.warmup_s + (stage.steps - per_epoch) * compiled
+        else:  # auto, where compiling is no faster: two epochs compiled, the warm-up's and the one timed
+            train = (stage.steps - 2 * per_epoch) * eager + arch.warmup_s + 2 * per_epoch * compiled
         start = REUSED_START_S if reused else TRIAL_START_S
         return start + train + evaluated * arch.eval_ms / 1000
 
@@ -316,6 +318,8 @@ def lines(p: Plan) -> list[str]:
             part = "" if a.timed == 1 else f" (timed on {a.timed:.1%} of its images and scaled)"
             compiled = (f", compiled{how} {a.compiled_ms:.1f} ms after {a.warmup_s:.0f} s of warm-up"
                         if a.compiled_ms is not None else ", eager")
+            if study.train.compile == "auto" and a.compiled_ms is not None and a.compiled_ms >= a.step_ms:
+                compiled += " (no faster: eager again after two compiled epochs)"
             out.append(f"  {stage.name} {a.label}: {a.step_ms:.1f} ms per step of "
                        f"{counted(stage.seeds, 'seed')}{part}{compiled}; "
                        f"a trial ≈ {duration(p.trial_s(stage, a))}")

@@ -182,7 +182,8 @@ class Snapshot:
     optimizer: dict  # the optimiser's state_dict
     orders: list[torch.Tensor]  # each seed's batch-order generator state
     untrained: list[float]  # each seed's validation loss before training (the divergence rule's base)
-    compiled: bool  # the step was compiled (train.compile: auto decides once, after the first epoch)
+    compiled: bool  # the step was compiled (train.compile: auto decides after the first epoch, and
+    # again after the first compiled one past the warm-up's: study.compiled)
 
     def save(self, path: Path) -> None:
         torch.save(vars(self), path)
@@ -260,6 +261,7 @@ def fit(study: Study, seeds: Sequence[int],
         return Replayed(step) if graphed else step, ShapeSpecialised(inference(net), compiled)
 
     step, forward = prepared(compiled)
+    warmed = None  # under auto, the epoch this process first ran compiled: the warm-up's
     # A final batch of one sample would break batch norm's statistics: it is skipped.
     n_used = n - (n % cfg.batch_size == 1)
 
@@ -283,6 +285,12 @@ def fit(study: Study, seeds: Sequence[int],
             total += step(idx) * idx.shape[1]
         val_loss = evaluate(net, val_x, val_y, forward)[0].mean(1)
         train_loss, seconds = (total / n_used).tolist(), time.perf_counter() - t0
+        if compiled and cfg.compile == "auto":
+            if warmed is None:
+                warmed = epoch
+            elif epoch == warmed + 1 and seconds >= history[0][0]["seconds"]:
+                compiled = False  # no faster than the eager first epoch: the rest run eagerly again
+                step, forward = prepared(False)
         if epoch == 0 and not compiled and pays(study, seconds):
             compiled = True
             step, forward = prepared(True)

@@ -12,6 +12,7 @@ from study import footprint, loading, plan
 from study.cli import app
 from study.models import Stacked, attconv_cpu, build_network
 from study.plan import Architecture, stages
+from study.schedule import TRIAL_START_S
 
 from .conftest import ROOT, SMOKE, unloaded
 
@@ -93,6 +94,27 @@ def timed_as(step_ms: float):
         return [Architecture(label, 0.5, 1, ms, None, 0.0, 0.0, True, 1.0)
                 for label, ms in (("LeNet-5", step_ms), ("AttConv", 3 * step_ms))]
     return timed
+
+
+@pytest.mark.parametrize(("compiled_ms", "train_s", "said"), [
+    # 80 steps (10 epochs of 8): the first epoch eager, 30 s of warm-up, the rest compiled
+    (5.0, 8 * 0.010 + 30 + 72 * 0.005, False),
+    # compiled no faster: the warm-up's epoch and the one timed compiled, then eager again
+    (15.0, 30 + 16 * 0.015 + 64 * 0.010, True),
+])
+def test_a_compile_that_is_no_faster_is_planned_as_the_trial_runs_it(monkeypatch, compiled_ms, train_s, said):
+    """``train.compile: auto`` with AttConv's compiled step timed faster than its eager one (10 ms),
+    or slower: a trial then goes back to eager after two compiled epochs (``study.compiled``),
+    and the plan counts that and says so."""
+    monkeypatch.setattr(plan, "architectures", lambda study, seeds, compile_here: [
+        Architecture("AttConv", 1.0, 1, 10.0, compiled_ms, 30.0, 0.0, True, 1.0)])
+    study = loading.load(SMOKE, ["data.n_images=300", "train.epochs=10", "train.compile=auto"])
+    planned = plan.plan(study, cpus=2)
+    (stage,) = planned.stages
+    (arch,) = planned.architectures[stage.name]
+    assert stage.steps == 80 and planned.trial_s(stage, arch) == pytest.approx(TRIAL_START_S + train_s)
+    shown = "\n".join(plan.lines(planned))
+    assert ("(no faster: eager again after two compiled epochs)" in shown) is said, shown
 
 
 @pytest.mark.parametrize(("step_ms", "sets", "reallocates"), [

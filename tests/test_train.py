@@ -250,6 +250,56 @@ def test_auto_leaves_a_short_trial_eager(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("faster", [True, False])
+def test_auto_goes_back_to_eager_where_the_compiled_epoch_is_no_faster(monkeypatch, faster):
+    """``train.compile: auto`` compiles after the eager first epoch (here: as if that paid), and
+    keeps compiling only where the first compiled epoch after the warm-up's is faster than the
+    eager one; else the remaining epochs run eagerly again. The compiled step here is the eager
+    one without a delay the eager one has, or with one it lacks."""
+    import time
+
+    import study.train
+
+    def delayed(fn):
+        def slow(*args):
+            time.sleep(0.01)
+            return fn(*args)
+
+        slow.undelayed = fn
+        return slow
+
+    training_step = study.train.training_step
+    calls = {"compiled": 0}
+
+    def compile_(fn, **kwargs):
+        fast = getattr(fn, "undelayed", fn) if faster else delayed(fn)
+
+        def counted(*args):
+            calls["compiled"] += 1
+            return fast(*args)
+
+        return counted
+
+    if faster:
+        monkeypatch.setattr(study.train, "training_step", lambda *args: delayed(training_step(*args)))
+    monkeypatch.setattr(study.train, "pays", lambda study_, seconds: True)
+    monkeypatch.setattr(torch, "compile", compile_)
+    snapshots, counts = [], []
+
+    def report(metrics, take):
+        snapshots.append(take())
+        counts.append(calls["compiled"])
+
+    fit(loading.load(SMOKE, ["data.n_images=300", "train.epochs=5", "train.compile=auto"]), seeds=[0],
+        report=report)
+    assert [s.compiled for s in snapshots] == ([True] * 5 if faster else [True, True, False, False, False])
+    per_epoch = counts[1]  # the compiled calls of an epoch: epoch 0 ran eagerly
+    assert counts[0] == 0 and per_epoch > 0
+    compiled_epochs = [0, 1, 2, 3, 4] if faster else [0, 1, 2, 2, 2]  # by each epoch's end
+    assert counts == [per_epoch * e for e in compiled_epochs]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", ["[]", "[0]"])
 def test_a_trial_resumed_from_any_epochs_snapshot_trains_the_same_networks(layers, tmp_path):
     """The snapshot after epoch k, saved and loaded as a checkpoint is, continues to the networks
