@@ -8,9 +8,10 @@
   epochs are compiled when the time the compiled steps save (``GAIN`` of the measured eager
   time) exceeds the warm-up a compile costs (``WARMUP_S``). Both constants are measurements
   (``bench/compile.py``, ``docs/performance.md``), so a short run (the README's small one) stays
-  eager and a long one compiles. Where the first compiled epoch after the warm-up's is then no
-  faster than the eager first epoch (on a CPU, AttConv at conv2 measured 0.90–0.99× compiled),
-  the remaining epochs run eagerly again. A LeNet-5 without AttConv stays eager: on a CPU its
+  eager and a long one compiles. Where the first compiled epoch after the warm-up's (the third)
+  is then no faster than the eager first epoch (on a CPU, AttConv at conv2 measured 0.90–0.99×
+  compiled), the remaining epochs run eagerly again; a trial resumed past its second epoch keeps
+  what its snapshot says. A LeNet-5 without AttConv stays eager: on a CPU its
   compiled step measured 0.8–1.5× its eager one, no gain worth a warm-up.
 
 A compiled function is specialised to its input shapes: the short last batch of an epoch and the
