@@ -101,7 +101,7 @@ def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as folder:
-        ...     _ = (Path(folder) / "cpu.max").write_text("150000 100000\n")  # docker --cpus=1.5
+        ...     _ = (Path(folder) / "cpu.max").write_text("150000 100000")  # docker --cpus=1.5
         ...     cpu_quota(Path(folder))
         1.5
     """

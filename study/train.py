@@ -183,7 +183,7 @@ class Snapshot:
     orders: list[torch.Tensor]  # each seed's batch-order generator state
     untrained: list[float]  # each seed's validation loss before training (the divergence rule's base)
     compiled: bool  # the step was compiled (train.compile: auto decides after the first epoch, and
-    # again after the first compiled one past the warm-up's: study.compiled)
+    # once more after the third: study.compiled)
 
     def save(self, path: Path) -> None:
         torch.save(vars(self), path)
