@@ -261,7 +261,6 @@ def fit(study: Study, seeds: Sequence[int],
         return Replayed(step) if graphed else step, ShapeSpecialised(inference(net), compiled)
 
     step, forward = prepared(compiled)
-    warmed = None  # under auto, the epoch this process first ran compiled (its warm-up)
     # A final batch of one sample would break batch norm's statistics: it is skipped.
     n_used = n - (n % cfg.batch_size == 1)
 
@@ -285,13 +284,13 @@ def fit(study: Study, seeds: Sequence[int],
             total += step(idx) * idx.shape[1]
         val_loss = evaluate(net, val_x, val_y, forward)[0].mean(1)
         train_loss, seconds = (total / n_used).tolist(), time.perf_counter() - t0
-        if compiled and cfg.compile == "auto":
-            warmed = epoch if warmed is None else warmed
-            # Once a trial, at its third epoch where this process compiled in its second: a
-            # compiled epoch no faster than the eager first sends the rest back to eager.
-            if warmed == 1 and epoch == 2 and seconds >= history[0][0]["seconds"]:
-                compiled = False
-                step, forward = prepared(False)
+        # Once a trial, at its third epoch where this process compiled its second (the warm-up's:
+        # compiled is set only after epoch 0 or by the snapshot it started from): a compiled epoch
+        # no faster than the eager first sends the rest back to eager.
+        if (cfg.compile == "auto" and compiled and epoch == 2 and first <= 1
+                and seconds >= history[0][0]["seconds"]):
+            compiled = False
+            step, forward = prepared(False)
         if epoch == 0 and not compiled and pays(study, seconds):
             compiled = True
             step, forward = prepared(True)
