@@ -176,6 +176,12 @@ def _timed(network: Network, seeds: int, compile_here: bool) -> Architecture:
         torch.set_num_threads(before)
 
 
+def back_to_eager(study: Study, arch: Architecture) -> bool:
+    """Whether a trial of ``arch`` goes back to eager after two compiled epochs: under
+    ``train.compile: auto``, where its compiled step was timed no faster (``study.compiled``)."""
+    return study.train.compile == "auto" and arch.compiled_ms is not None and arch.compiled_ms >= arch.step_ms
+
+
 def timed_ms(fn: Callable, batches: Iterator, device: torch.device, steps: int = TIMED_STEPS,
              warmup: int = 2, budget_s: float | None = None) -> float:
     """Milliseconds per call of ``fn(next(batches))`` over ``steps`` calls, after ``warmup`` calls
@@ -227,10 +233,10 @@ class Plan:
             train = stage.steps * eager
         elif study.train.compile is True:
             train = arch.warmup_s + stage.steps * compiled
-        elif compiled < eager:  # auto: the first epoch eager
-            train = per_epoch * eager + arch.warmup_s + (stage.steps - per_epoch) * compiled
-        else:  # auto, where compiling is no faster: two epochs compiled, the warm-up's and the one timed
+        elif back_to_eager(study, arch):  # two epochs compiled, the warm-up's and the one timed
             train = (stage.steps - 2 * per_epoch) * eager + arch.warmup_s + 2 * per_epoch * compiled
+        else:  # auto: the first epoch eager
+            train = per_epoch * eager + arch.warmup_s + (stage.steps - per_epoch) * compiled
         start = REUSED_START_S if reused else TRIAL_START_S
         return start + train + evaluated * arch.eval_ms / 1000
 
@@ -318,7 +324,7 @@ def lines(p: Plan) -> list[str]:
             part = "" if a.timed == 1 else f" (timed on {a.timed:.1%} of its images and scaled)"
             compiled = (f", compiled{how} {a.compiled_ms:.1f} ms after {a.warmup_s:.0f} s of warm-up"
                         if a.compiled_ms is not None else ", eager")
-            if study.train.compile == "auto" and a.compiled_ms is not None and a.compiled_ms >= a.step_ms:
+            if back_to_eager(study, a):
                 compiled += " (no faster: eager again after two compiled epochs)"
             out.append(f"  {stage.name} {a.label}: {a.step_ms:.1f} ms per step of "
                        f"{counted(stage.seeds, 'seed')}{part}{compiled}; "
