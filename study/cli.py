@@ -301,11 +301,11 @@ def _print_plan(study: config.Study, compile_here: bool, cpus: int | None = None
     processes kept its CPUs busy as the steps were timed."""
     from study import busy, plan, preflight
 
-    others = busy.Others()
+    others = None if cpus else busy.Others()  # another node's load is not this machine's
     planned = plan.plan(study, cpus or preflight.local_cpus(), compile_here)
     for line in plan.lines(planned):
         typer.echo(line)
-    note = None if cpus else others.note()
+    note = others and others.note()
     if note:
         typer.echo(note)
     return planned
